@@ -1,0 +1,539 @@
+"""The options store: registered options, their stored values, and the override layers over them.
+
+Three kinds of value exist for an option key:
+
+* the *default*, from its ``OptionInfo``;
+* the *stored* value, set on purpose (``opts.set``, ``opts.KEY = v``, the settings page, ``POST /options``) and
+  written to ``config.json`` by ``save()``; only explicitly stored values are written;
+* *override layers*, pushed per context by ``modules.runtime_utils.temporary_opts``. They are never stored.
+
+Every read (``opts.KEY``, ``opts.get(KEY)``, ``opts.data[KEY]``) returns the *effective* value: the innermost
+override layer of the current context that has the key, else the stored value, else the default.
+
+``check_value`` is the one function that decides whether a value fits an option; ``set``, ``load``, the API and
+the override seam all use it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime
+import difflib
+import json
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("serena.options")
+
+_MISSING = object()
+
+
+class OptionError(ValueError):
+    """A value that does not fit an option, or an option that may not be changed this way."""
+
+    def __init__(self, key: str, reason: str):
+        super().__init__(f"{key}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+class SettingsFrozenError(OptionError):
+    """Raised when settings are changed or saved while ``--freeze-settings`` is on."""
+
+    def __init__(self, key: str = "*"):
+        super().__init__(key, "settings are frozen by --freeze-settings")
+
+
+class OptionInfo:
+    """How one option looks, what it accepts, and how it maps to infotext.
+
+    The signature follows A1111's ``OptionInfo`` and adds ``do_not_save``, ``choices``, ``aliases``,
+    ``validate`` (a callable that normalises a value or raises ``ValueError`` with the reason) and ``type``
+    (the expected Python type when the default cannot tell, e.g. a ``None`` default).
+    """
+
+    def __init__(self, default=None, label="", component=None, component_args=None, onchange=None, section=None,
+                 refresh=None, comment_before="", comment_after="", infotext=None, restrict_api=False,
+                 category_id=None, *, do_not_save=False, choices=None, aliases=(), validate=None, type=None):
+        self.default = default
+        self.label = label
+        self.component = component
+        self.component_args = component_args
+        self.onchange = onchange
+        self.section = section
+        self.refresh = refresh
+        self.comment_before = comment_before
+        self.comment_after = comment_after
+        self.infotext = infotext
+        self.restrict_api = restrict_api
+        self.category_id = category_id
+        self.do_not_save = do_not_save
+        self.choices = choices
+        self.aliases = tuple(aliases)
+        self.validate = validate
+        self.type = type
+
+    def needs_restart(self):
+        self.comment_after += " (requires restart)"
+        return self
+
+    def info(self, text):
+        self.comment_after += f" ({text})"
+        return self
+
+    def expected_type(self):
+        if self.type is not None:
+            return self.type
+        return None if self.default is None else type(self.default)
+
+    def fixed_choices(self):
+        """The list of allowed values when it is fixed; ``None`` when any value of the type (or a validator) decides."""
+        choices = self.choices
+        if choices is None and isinstance(self.component_args, dict):
+            choices = self.component_args.get("choices")
+        if choices is None or callable(choices):
+            return None
+        return list(choices)
+
+    def bounds(self):
+        args = self.component_args if isinstance(self.component_args, dict) else {}
+        return args.get("minimum"), args.get("maximum")
+
+
+def options_section(section_identifier, options_dict: dict) -> dict:
+    """Stamp ``section`` (and ``category_id``) on every option of a dict, as A1111's helper does."""
+    for v in options_dict.values():
+        if len(section_identifier) == 2:
+            v.section = section_identifier
+        else:
+            v.section = section_identifier[0:2]
+            v.category_id = section_identifier[2]
+    return options_dict
+
+
+def _type_name(t) -> str:
+    return getattr(t, "__name__", str(t))
+
+
+def check_value(key: str, info: OptionInfo, value: Any) -> Any:
+    """Return ``value`` normalised for option ``key``, or raise ``OptionError`` saying why it does not fit.
+
+    Rules: ``None`` only where the default is ``None``; an int is accepted for a float; a float with an integral
+    value for an int (JSON clients send ``2.0``); a bool is never a number and a number never a bool; a str is
+    never a number; numbers respect the component's ``minimum``/``maximum``; fixed choices accept only their
+    members; a ``validate`` callable has the last word (it may normalise, e.g. a checkpoint hash to its title).
+    """
+    expected = info.expected_type()
+    if value is None:
+        if info.default is None:
+            return None
+        raise OptionError(key, f"expected {_type_name(expected)}, got null")
+    if expected is not None:
+        if expected is bool:
+            if not isinstance(value, bool):
+                raise OptionError(key, f"expected a boolean (true/false), got {type(value).__name__} {value!r}")
+        elif expected is int:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise OptionError(key, f"expected an integer, got {type(value).__name__} {value!r}")
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise OptionError(key, f"expected an integer, got {value!r}")
+                value = int(value)
+        elif expected is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise OptionError(key, f"expected a number, got {type(value).__name__} {value!r}")
+            value = float(value)
+        elif expected in (list, tuple):
+            if not isinstance(value, (list, tuple)):
+                raise OptionError(key, f"expected a list, got {type(value).__name__} {value!r}")
+            value = list(value)
+        elif not isinstance(value, expected):
+            raise OptionError(key, f"expected {_type_name(expected)}, got {type(value).__name__} {value!r}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        lo, hi = info.bounds()
+        if lo is not None and value < lo:
+            raise OptionError(key, f"{value!r} is below the minimum {lo!r}")
+        if hi is not None and value > hi:
+            raise OptionError(key, f"{value!r} is above the maximum {hi!r}")
+    choices = info.fixed_choices()
+    if choices is not None:
+        items = value if isinstance(value, list) else [value]
+        bad = [v for v in items if v not in choices]
+        if bad:
+            raise OptionError(key, f"{bad[0]!r} is not one of {choices}")
+    if info.validate is not None:
+        try:
+            value = info.validate(value)
+        except ValueError as e:
+            raise OptionError(key, str(e)) from None
+    return value
+
+
+@dataclass(frozen=True)
+class OverrideLayer:
+    """One level of temporary values over the stored options, owned by one context."""
+
+    values: Mapping[str, Any]
+    owner: str = "?"
+    depth: int = 1
+    p: Any = field(default=None, compare=False)
+
+
+@dataclass
+class CheckResult:
+    """What ``Options.check`` made of a mapping of values."""
+
+    values: dict = field(default_factory=dict)        # normalised, keyed by current option names
+    errors: dict = field(default_factory=dict)        # key as given -> reason
+    warnings: list = field(default_factory=list)      # e.g. deprecated aliases
+
+
+class EffectiveData(MutableMapping):
+    """``opts.data``: a mapping view of effective values (A1111 code reads and writes ``opts.data`` directly).
+
+    Reading gives the effective value of a registered option (or of a stored key nobody registered); writing
+    stores a value on purpose, validated like ``opts.set``; deleting unsets a stored value.
+    """
+
+    def __init__(self, opts: "Options"):
+        self._opts = opts
+
+    def __getitem__(self, key):
+        value = self._opts._effective(key)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key, value):
+        self._opts._store(key, value)
+
+    def __delitem__(self, key):
+        self._opts.unset(key)
+
+    def __iter__(self) -> Iterator[str]:
+        seen = dict.fromkeys(self._opts.data_labels)
+        seen.update(dict.fromkeys(self._opts._stored))
+        return iter(list(seen))
+
+    def __len__(self):
+        return len(set(self._opts.data_labels) | set(self._opts._stored))
+
+    def __contains__(self, key):
+        return key in self._opts.data_labels or key in self._opts._stored
+
+    def __repr__(self):
+        return f"EffectiveData({dict(self)!r})"
+
+
+class Options:
+    """The options store. See the module docstring for stored, default and effective values."""
+
+    _builtin_fields = frozenset({"data_labels", "data", "restricted_opts", "typemap", "filename", "frozen",
+                                 "_stored", "_invalid", "_layers", "_lock", "_aliases"})
+    typemap = {int: float}
+
+    def __init__(self, data_labels: Mapping[str, OptionInfo], restricted_opts=None, *, filename=None, frozen=False):
+        object.__setattr__(self, "data_labels", dict(data_labels))
+        object.__setattr__(self, "restricted_opts", set(restricted_opts or ()))
+        object.__setattr__(self, "filename", filename)
+        object.__setattr__(self, "frozen", frozen)
+        object.__setattr__(self, "_stored", {})
+        object.__setattr__(self, "_invalid", {})  # stored values of the wrong type: kept on disk, never used
+        object.__setattr__(self, "_lock", threading.RLock())
+        object.__setattr__(self, "_layers", contextvars.ContextVar(f"serena_opts_layers_{id(self)}", default=()))
+        object.__setattr__(self, "_aliases", {})
+        object.__setattr__(self, "data", EffectiveData(self))
+        for key, info in self.data_labels.items():
+            self._index_aliases(key, info)
+
+    # -- reading ---------------------------------------------------------------------------------------------
+    def _effective(self, key):
+        for layer in reversed(self._layers.get()):
+            if key in layer.values:
+                return layer.values[key]
+        if key in self._stored:
+            return self._stored[key]
+        info = self.data_labels.get(key)
+        if info is not None:
+            return info.default
+        return _MISSING
+
+    def __getattr__(self, item):
+        if item.startswith("__"):
+            raise AttributeError(item)
+        value = self._effective(item)
+        if value is _MISSING:
+            raise AttributeError(f"no option named {item!r}")
+        return value
+
+    def get(self, key, default=_MISSING):
+        """The effective value of ``key``; ``default`` (or ``KeyError``) when no such option exists."""
+        value = self._effective(key)
+        if value is _MISSING:
+            if default is _MISSING:
+                raise KeyError(key)
+            return default
+        return value
+
+    def get_default(self, key):
+        info = self.data_labels.get(key)
+        return None if info is None else info.default
+
+    def stored(self) -> dict:
+        """A copy of the explicitly stored values (what ``save`` writes, less kept-but-invalid entries)."""
+        with self._lock:
+            return dict(self._stored)
+
+    def is_stored(self, key) -> bool:
+        return key in self._stored
+
+    def canonical_key(self, key: str) -> str | None:
+        """The current name of ``key`` (itself, or the option that declares it as an old name)."""
+        if key in self.data_labels:
+            return key
+        return self._aliases.get(key)
+
+    # -- validation ------------------------------------------------------------------------------------------
+    def _index_aliases(self, key, info):
+        for alias in info.aliases:
+            self._aliases[alias] = key
+
+    def check(self, values: Mapping[str, Any] | None, *, is_api=False, for_override=False) -> CheckResult:
+        """Validate a whole mapping without changing anything; every bad key is reported, not just the first."""
+        result = CheckResult()
+        for key, value in (values or {}).items():
+            name = self.canonical_key(key) if isinstance(key, str) else None
+            if name is None:
+                close = difflib.get_close_matches(str(key), list(self.data_labels), n=3)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                result.errors[key] = f"unknown option{hint}"
+                continue
+            if name != key:
+                result.warnings.append(f"option {key!r} is deprecated; use {name!r}")
+                if name in values:
+                    result.errors[key] = f"given together with its current name {name!r}"
+                    continue
+            info = self.data_labels[name]
+            if info.do_not_save:
+                result.errors[key] = "display-only option; it holds no value"
+                continue
+            if (is_api or for_override) and info.restrict_api:
+                result.errors[key] = "restricted: this option cannot be changed through the API or overrides"
+                continue
+            if self.frozen:
+                result.errors[key] = "settings are frozen by --freeze-settings"
+                continue
+            try:
+                result.values[name] = check_value(key, info, value)
+            except OptionError as e:
+                result.errors[key] = e.reason
+        return result
+
+    # -- writing stored values -------------------------------------------------------------------------------
+    def __setattr__(self, key, value):
+        if key in self._builtin_fields:
+            object.__setattr__(self, key, value)
+            return
+        self._store(key, value)
+
+    def _store(self, key, value):
+        if self.frozen:
+            raise SettingsFrozenError(key)
+        info = self.data_labels.get(key)
+        with self._lock:
+            if info is not None:
+                value = check_value(key, info, value)
+            self._stored[key] = value
+            self._invalid.pop(key, None)
+
+    def set(self, key, value, is_api=False, run_callbacks=True) -> bool:
+        """Store ``value`` for ``key`` on purpose. Returns whether the stored value changed.
+
+        Raises ``KeyError`` for an unknown key, ``OptionError`` for a value that does not fit, a restricted
+        option set through the API, or frozen settings. A failing ``onchange`` callback puts the old value
+        back and its error is raised as an ``OptionError``.
+        """
+        name = self.canonical_key(key)
+        if name is None:
+            raise KeyError(key)
+        if self.frozen:
+            raise SettingsFrozenError(name)
+        result = self.check({name: value}, is_api=is_api)
+        if result.errors:
+            raise OptionError(name, result.errors[name])
+        value = result.values[name]
+        info = self.data_labels[name]
+        with self._lock:
+            had = name in self._stored
+            old = self._stored.get(name, info.default)
+            if had and old == value:
+                return False
+            self._stored[name] = value
+            self._invalid.pop(name, None)
+        if run_callbacks and info.onchange is not None and old != value:
+            try:
+                info.onchange()
+            except Exception as e:
+                with self._lock:
+                    if had:
+                        self._stored[name] = old
+                    else:
+                        self._stored.pop(name, None)
+                raise OptionError(name, f"onchange callback failed: {e}") from e
+        return old != value or not had
+
+    def set_many(self, values: Mapping[str, Any], *, is_api=False, run_callbacks=True) -> dict:
+        """Validate every value first, then store all of them (or none). Returns ``{key: changed}``."""
+        result = self.check(values, is_api=is_api)
+        if result.errors:
+            raise OptionsRejected(result.errors)
+        return {k: self.set(k, v, is_api=is_api, run_callbacks=run_callbacks) for k, v in result.values.items()}
+
+    def unset(self, key):
+        """Forget a stored value: the default applies again and ``config.json`` no longer has the key."""
+        if self.frozen:
+            raise SettingsFrozenError(key)
+        with self._lock:
+            self._stored.pop(key, None)
+            self._invalid.pop(key, None)
+
+    def add_option(self, key, info: OptionInfo):
+        """Register an option (core or extension). A value stored before registration is checked now."""
+        with self._lock:
+            self.data_labels[key] = info
+            self._index_aliases(key, info)
+            if key in self._stored:
+                try:
+                    self._stored[key] = check_value(key, info, self._stored[key])
+                except OptionError as e:
+                    self._report_invalid(key, self._stored.pop(key), e.reason)
+
+    def onchange(self, key, func, call=True):
+        self.data_labels[key].onchange = func
+        if call:
+            func()
+
+    def cast_value(self, key, value):
+        """Turn a string (CLI ``--override``, a pasted infotext) into the option's type; other values pass."""
+        if not isinstance(value, str):
+            return value
+        info = self.data_labels.get(self.canonical_key(key) or key)
+        expected = info.expected_type() if info is not None else None
+        if expected is bool:
+            lowered = value.strip().lower()
+            if lowered in ("true", "1", "yes", "on"):
+                return True
+            if lowered in ("false", "0", "no", "off"):
+                return False
+            return value
+        if expected in (int, float):
+            try:
+                return expected(float(value)) if expected is int and float(value).is_integer() else expected(value)
+            except ValueError:
+                return value
+        if expected in (list, tuple, dict):
+            try:
+                return json.loads(value)
+            except ValueError:
+                return value
+        return value
+
+    # -- the file --------------------------------------------------------------------------------------------
+    def save(self, filename=None):
+        """Write the explicitly stored values atomically (temp file, fsync, rename). Overrides never reach it."""
+        if self.frozen:
+            raise SettingsFrozenError()
+        filename = filename or self.filename
+        if not filename:
+            raise ValueError("no settings file configured")
+        with self._lock:
+            payload = dict(self._invalid)
+            payload.update(self._stored)
+        directory = os.path.dirname(os.path.abspath(filename))
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf8") as f:
+                json.dump(payload, f, indent=4, ensure_ascii=False)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, filename)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def load(self, filename=None):
+        """Read stored values. A corrupt file is kept as a timestamped backup and defaults are used."""
+        filename = filename or self.filename
+        if not filename:
+            raise ValueError("no settings file configured")
+        stored = {}
+        if os.path.exists(filename):
+            try:
+                with open(filename, encoding="utf8") as f:
+                    stored = json.load(f)
+                if not isinstance(stored, dict):
+                    raise ValueError(f"expected a JSON object, found {type(stored).__name__}")
+            except (ValueError, UnicodeDecodeError) as e:
+                stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+                backup = f"{filename}.corrupt-{stamp}"
+                os.replace(filename, backup)
+                log.error("settings file %s is unreadable (%s); moved it to %s and started from defaults",
+                          filename, e, backup)
+                stored = {}
+        with self._lock:
+            self._stored.clear()
+            self._invalid.clear()
+            for key, value in stored.items():
+                name = self.canonical_key(key) or key
+                info = self.data_labels.get(name)
+                if info is None:
+                    self._stored[key] = value  # unknown (e.g. a removed extension's option): kept on disk
+                    continue
+                try:
+                    self._stored[name] = check_value(name, info, value)
+                except OptionError as e:
+                    self._report_invalid(key, value, e.reason)
+
+    def _report_invalid(self, key, value, reason):
+        self._invalid[key] = value
+        log.warning("stored setting %s=%r ignored (%s); using the default %r", key, value, reason,
+                    self.get_default(key))
+
+    def dumpjson(self) -> str:
+        d = {k: self._effective(k) for k in self.data_labels}
+        d["_comments_before"] = {k: v.comment_before for k, v in self.data_labels.items() if v.comment_before}
+        d["_comments_after"] = {k: v.comment_after for k, v in self.data_labels.items() if v.comment_after}
+        return json.dumps(d, default=str)
+
+    # -- override layers (driven by modules.runtime_utils) ---------------------------------------------------
+    def push_layer(self, layer: OverrideLayer) -> contextvars.Token:
+        return self._layers.set(self._layers.get() + (layer,))
+
+    def pop_layer(self, token: contextvars.Token):
+        self._layers.reset(token)
+
+    def layers(self) -> tuple:
+        """The override layers active in the current context, outermost first."""
+        return self._layers.get()
+
+    def keys_by_section(self) -> dict:
+        sections: dict = {}
+        for key, info in self.data_labels.items():
+            sections.setdefault(info.section, []).append(key)
+        return sections
+
+
+class OptionsRejected(ValueError):
+    """Several values rejected at once: ``errors`` maps each bad key to its reason."""
+
+    def __init__(self, errors: Mapping[str, str]):
+        self.errors = dict(errors)
+        super().__init__("; ".join(f"{k}: {v}" for k, v in self.errors.items()))
+

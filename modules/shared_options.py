@@ -1,0 +1,81 @@
+"""The core options, by section. Extensions add theirs with ``opts.add_option`` in ``on_ui_settings``."""
+
+from __future__ import annotations
+
+from modules.options import OptionInfo, options_section
+
+
+def _checkpoint_title(value):
+    # Imported late: the checkpoint list is only needed when a value is checked.
+    from modules import sd_models
+    return sd_models.resolve_checkpoint(value).title
+
+
+def _vae_name(value):
+    from modules import sd_vae
+    return sd_vae.resolve_vae_name(value)
+
+
+def _checkpoint_titles():
+    from modules import sd_models
+    return [c.title for c in sd_models.list_checkpoints()]
+
+
+def _vae_choices():
+    from modules import sd_vae
+    return sd_vae.vae_choices()
+
+
+options_templates: dict[str, OptionInfo] = {}
+
+options_templates.update(options_section(("sd", "Stable Diffusion", "sd"), {
+    "sd_model_checkpoint": OptionInfo(
+        None, "Stable Diffusion checkpoint", "Dropdown", lambda: {"choices": _checkpoint_titles()},
+        infotext="Model hash", validate=_checkpoint_title, type=str, choices=_checkpoint_titles),
+    "sd_checkpoints_limit": OptionInfo(
+        1, "Maximum number of checkpoints loaded at the same time", "Slider",
+        {"minimum": 1, "maximum": 10, "step": 1}),
+    "sd_vae": OptionInfo(
+        "Automatic", "SD VAE", "Dropdown", lambda: {"choices": _vae_choices()},
+        infotext="VAE", validate=_vae_name, choices=_vae_choices),
+    "CLIP_stop_at_last_layers": OptionInfo(
+        1, "Clip skip", "Slider", {"minimum": 1, "maximum": 12, "step": 1}, infotext="Clip skip"),
+}))
+
+options_templates.update(options_section(("sampler-params", "Sampler parameters", "sd"), {
+    "eta_noise_seed_delta": OptionInfo(
+        0, "Eta noise seed delta", "Number", {"minimum": 0, "maximum": 2**31 - 1, "precision": 0},
+        infotext="ENSD"),
+    "randn_source": OptionInfo(
+        "CPU", "Random number generator source", "Radio", {"choices": ["CPU", "GPU"]}, infotext="RNG"),
+}))
+
+options_templates.update(options_section(("saving-images", "Saving images/grids", "saving"), {
+    "samples_save": OptionInfo(True, "Always save all generated images"),
+    "samples_format": OptionInfo("png", "File format for images", "Radio", {"choices": ["png", "jpg", "webp"]}),
+    "add_model_hash_to_info": OptionInfo(True, "Add model hash to generation information"),
+    "add_model_name_to_info": OptionInfo(True, "Add model name to generation information"),
+}))
+
+options_templates.update(options_section(("saving-paths", "Paths for saving", "saving"), {
+    "outdir_samples": OptionInfo(
+        "", "Output directory for images; if empty, defaults to the three directories below", restrict_api=True),
+    "outdir_txt2img_samples": OptionInfo(
+        "outputs/txt2img-images", "Output directory for txt2img images", restrict_api=True),
+    "outdir_img2img_samples": OptionInfo(
+        "outputs/img2img-images", "Output directory for img2img images", restrict_api=True),
+}))
+
+options_templates.update(options_section(("ui", "User interface", "ui"), {
+    "send_seed": OptionInfo(True, "Send seed when sending prompt or image to other interface"),
+}))
+
+options_templates.update(options_section((None, "Hidden options"), {
+    "disabled_extensions": OptionInfo([], "Disable these extensions"),
+    "disable_all_extensions": OptionInfo(
+        "none", "Disable all extensions (preserves the list of disabled extensions)", "Radio",
+        {"choices": ["none", "extra", "all"]}),
+}))
+
+# Outdirs are never taken from requests: file-system paths come from the user's own settings only.
+restricted_opts = {"outdir_samples", "outdir_txt2img_samples", "outdir_img2img_samples"}

@@ -1,0 +1,89 @@
+"""Shared fixtures. The suite runs with strict hooks: the first hook error fails the call."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+os.environ.setdefault("SERENA_STRICT_HOOKS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+from modules import paths, plugins, sd_models, shared  # noqa: E402
+
+
+class FakeModel:
+    """Stands in for a loaded checkpoint in unit tests of the seam (never in smoke tests)."""
+
+    def __init__(self, info):
+        self.info = info
+        self.vae_name = None
+        self.sd_model_hash = info.shorthash
+
+    def apply_vae(self, vae, name):
+        self.vae_name = name
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    """A fresh data folder with two fake checkpoints and a VAE; ``shared.opts`` bound to its config.json."""
+    sd_dir = tmp_path / "models" / "Stable-diffusion"
+    sd_dir.mkdir(parents=True)
+    (sd_dir / "alpha.safetensors").write_bytes(b"alpha weights")
+    (sd_dir / "beta.safetensors").write_bytes(b"beta weights")
+    vae_dir = tmp_path / "models" / "VAE"
+    vae_dir.mkdir(parents=True)
+    (vae_dir / "sharp.safetensors").write_bytes(b"vae weights")
+    monkeypatch.setattr(shared, "data_paths", paths.Paths(str(tmp_path), str(tmp_path / "config.json")))
+    monkeypatch.setattr(sd_models, "model_dirs", lambda: [str(sd_dir)])
+    monkeypatch.setattr("modules.sd_vae.vae_dirs", lambda: [str(vae_dir)])
+    monkeypatch.setattr(sd_models, "_checkpoints", None)
+    monkeypatch.setattr(shared.opts, "filename", str(tmp_path / "config.json"))
+    shared.opts.load()
+    yield tmp_path
+    shared.opts.load(str(tmp_path / "does-not-exist.json"))
+
+
+@pytest.fixture
+def fake_models(data_dir, monkeypatch):
+    """A loaded-models cache whose loads are recorded instead of reading weights."""
+    loaded = []
+
+    def load(info):
+        loaded.append(info.name)
+        return FakeModel(info)
+
+    manager = sd_models.LoadedModels(load)
+    manager.loaded_names = loaded
+    monkeypatch.setattr(sd_models, "model_manager", manager)
+    yield manager
+
+
+@pytest.fixture
+def register():
+    """Register throw-away plugins on the global host for one test: ``register(obj, name, group)``."""
+    names = []
+
+    def _register(plugin, name, group=plugins.USER_GROUP):
+        plugins.host.register(plugin, name, group)
+        names.append(name)
+        return plugin
+
+    yield _register
+    for name in names:
+        plugins.host.unregister(name)
+
+
+@pytest.fixture
+def lenient_hooks(monkeypatch):
+    """Turn strict hooks off for one test, to check containment."""
+    monkeypatch.setattr(plugins.host, "strict", False)
+
+
+plugins.register_core_plugins()
