@@ -1,0 +1,19 @@
+"""The core's own hook implementations, registered first like any extension's (seam rule 12).
+
+A checkpoint or VAE override switches the loaded model on enter, from the loaded-models cache when possible.
+Switching back is lazy: the next generation that needs the stored model switches (``sd_models.current_model``),
+so N consecutive generations with the same checkpoint override cost exactly one load.
+"""
+
+from __future__ import annotations
+
+from modules import sd_models
+from modules.hookspecs import hookimpl
+
+MODEL_KEYS = ("sd_model_checkpoint", "sd_vae")
+
+
+@hookimpl
+def on_opts_override_enter(overrides):
+    if any(k in overrides for k in MODEL_KEYS):
+        sd_models.current_model()

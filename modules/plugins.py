@@ -1,0 +1,208 @@
+"""The one plugin manager, the order Serena calls implementations in, and the guarded dispatch.
+
+pluggy calls implementations last-registered-first and stops at the first exception. Serena needs the opposite
+on both counts: load order (core, built-in, user) so extension authors can predict it, and every implementation
+called even when one fails (exit hooks undo state). So the host resolves the order in ``resolved_order`` and
+calls implementations one at a time through ``call_each``; each call still goes through pluggy's hook executor,
+so argument pruning and ``pm.add_hookcall_monitoring`` tracing keep working.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import pluggy
+
+from modules import hookspecs
+
+log = logging.getLogger("serena.plugins")
+
+CORE_GROUP, BUILTIN_GROUP, USER_GROUP = "core", "builtin", "user"
+
+
+class PluginRegistrationError(ValueError):
+    """An extension module could not be registered (unknown hook, bad signature, unsupported wrapper)."""
+
+
+@dataclass
+class HookFailure:
+    """One implementation that raised: which hook, which extension, the exception and its traceback."""
+
+    hook: str
+    plugin: str
+    exception: BaseException
+    traceback: str = ""
+
+    def message(self) -> str:
+        return f"extension {self.plugin!r} failed in {self.hook}: {type(self.exception).__name__}: {self.exception}"
+
+
+class HookError(RuntimeError):
+    """Raised in strict mode for the first failing implementation (its exception is ``__cause__``)."""
+
+    def __init__(self, failure: HookFailure):
+        super().__init__(failure.message())
+        self.failure = failure
+        self.plugin = failure.plugin
+        self.hook = failure.hook
+
+
+@dataclass
+class _Registration:
+    name: str
+    group: str
+    index: int
+    plugin: Any = field(repr=False)
+
+
+def create_plugin_manager() -> pluggy.PluginManager:
+    """A fresh manager with Serena's hook specs (tests build their own with this)."""
+    manager = pluggy.PluginManager(hookspecs.PROJECT)
+    manager.add_hookspecs(hookspecs)
+    return manager
+
+
+class Host:
+    """Registration bookkeeping and dispatch over one ``PluginManager``."""
+
+    def __init__(self, manager: pluggy.PluginManager | None = None, *, strict: bool = False):
+        self.pm = manager or create_plugin_manager()
+        self.strict = strict
+        self._registrations: dict[str, _Registration] = {}
+        self._counter = 0
+        # hook name -> explicit plugin order from metadata.ini [hooks/<name>] constraints
+        self.hook_orders: dict[str, list[str]] = {}
+
+    # -- registration ----------------------------------------------------------------------------------------
+    def register(self, plugin: Any, name: str, group: str = USER_GROUP) -> None:
+        """Register ``plugin`` (a module or object with ``@hookimpl`` functions) under a stable ``name``.
+
+        Registration order is load order. Raises ``PluginRegistrationError`` (and registers nothing) for an
+        implementation of an unknown hook, one whose arguments the hook does not have, or a wrapper.
+        """
+        if name in self._registrations:
+            raise PluginRegistrationError(f"an extension named {name!r} is already registered")
+        try:
+            self.pm.register(plugin, name=name)
+        except pluggy.PluginValidationError as e:
+            raise PluginRegistrationError(f"{name}: {e}") from e
+        except ValueError as e:
+            raise PluginRegistrationError(f"{name}: {e}") from e
+        problems = []
+        for caller in self.pm.get_hookcallers(plugin) or []:
+            for impl in caller.get_hookimpls():
+                if impl.plugin is not plugin:
+                    continue
+                if not caller.has_spec():
+                    problems.append(f"{impl.function.__name__}: no hook named {caller.name!r}")
+                elif impl.wrapper or impl.hookwrapper:
+                    problems.append(f"{caller.name}: wrappers are not supported; use tryfirst/trylast")
+        if problems:
+            self.pm.unregister(plugin)
+            raise PluginRegistrationError(f"{name}: " + "; ".join(problems))
+        self._registrations[name] = _Registration(name, group, self._counter, plugin)
+        self._counter += 1
+
+    def unregister(self, name: str) -> None:
+        reg = self._registrations.pop(name, None)
+        if reg is not None:
+            self.pm.unregister(reg.plugin)
+
+    def is_registered(self, name: str) -> bool:
+        return name in self._registrations
+
+    def registered(self) -> list[tuple[str, str]]:
+        """``(name, group)`` in load order."""
+        return [(r.name, r.group) for r in sorted(self._registrations.values(), key=lambda r: r.index)]
+
+    # -- order -----------------------------------------------------------------------------------------------
+    def _impls_in_order(self, hook_name: str) -> list:
+        caller = getattr(self.pm.hook, hook_name)
+        by_plugin = {id(r.plugin): r for r in self._registrations.values()}
+        explicit = {n: i for i, n in enumerate(self.hook_orders.get(hook_name, ()))}
+
+        def key(impl):
+            reg = by_plugin.get(id(impl.plugin))
+            index = reg.index if reg else 10**9
+            band = 0 if impl.tryfirst else 2 if impl.trylast else 1
+            if reg is not None and reg.name in explicit:
+                index = (explicit[reg.name], index)
+            else:
+                index = (10**9, index)
+            group_rank = {CORE_GROUP: 0, BUILTIN_GROUP: 1, USER_GROUP: 2}.get(reg.group if reg else USER_GROUP, 2)
+            return band, group_rank, index
+
+        return sorted((i for i in caller.get_hookimpls() if not (i.wrapper or i.hookwrapper)), key=key)
+
+    def resolved_order(self, hook_name: str) -> list[str]:
+        """The extension names whose implementations of ``hook_name`` run, in call order (enter order)."""
+        return [self.plugin_name(impl.plugin) for impl in self._impls_in_order(hook_name)]
+
+    def hook_order(self) -> dict[str, list[str]]:
+        """``{hook: [extension, ...]}`` for every hook spec, in call order."""
+        return {name: self.resolved_order(name) for name in hook_names(self.pm)}
+
+    def plugin_name(self, plugin) -> str:
+        return self.pm.get_name(plugin) or repr(plugin)
+
+    # -- dispatch --------------------------------------------------------------------------------------------
+    def impls(self, hook_name: str) -> list:
+        """The implementations of ``hook_name`` in call order; pass a slice of them back to ``call_each``."""
+        return self._impls_in_order(hook_name)
+
+    def call_each(self, hook_name: str, kwargs: dict, *, impls: Iterable | None = None,
+                  failures: list | None = None, on_called=None) -> list:
+        """Call each implementation of ``hook_name`` once, in order, each guarded.
+
+        ``impls`` narrows (and orders) what is called, e.g. the reverse of those entered. A failing
+        implementation is logged with its extension's name and appended to ``failures``; the rest still run,
+        unless strict mode is on, where the first failure stops the loop and raises ``HookError``.
+        ``on_called(impl)`` runs before each call (so the caller knows what was entered even if it raised).
+        A non-``Exception`` (``KeyboardInterrupt``) stops the loop and propagates.
+        Returns the non-``None`` results.
+        """
+        results = []
+        for impl in (self._impls_in_order(hook_name) if impls is None else impls):
+            if on_called is not None:
+                on_called(impl)
+            try:
+                res = self.pm._hookexec(hook_name, [impl], kwargs, False)
+            except Exception as e:
+                failure = HookFailure(hook_name, self.plugin_name(impl.plugin), e, traceback.format_exc())
+                log.error("%s\n%s", failure.message(), failure.traceback)
+                if failures is not None:
+                    failures.append(failure)
+                if self.strict:
+                    raise HookError(failure) from e
+                continue
+            results.extend(r for r in res if r is not None)
+        return results
+
+    def call(self, hook_name: str, **kwargs) -> list:
+        """Fire a hook with per-implementation guarding (see ``call_each``); returns non-``None`` results."""
+        return self.call_each(hook_name, kwargs)
+
+
+def hook_names(manager: pluggy.PluginManager) -> list[str]:
+    """Every hook spec name, in the order ``hookspecs.py`` declares them."""
+    declared = [n for n, f in vars(hookspecs).items() if callable(f) and hasattr(f, f"{hookspecs.PROJECT}_spec")]
+    return [n for n in declared if hasattr(manager.hook, n)]
+
+
+host = Host(strict=os.environ.get("SERENA_STRICT_HOOKS") == "1")
+pm = host.pm
+
+
+def register_core_plugins() -> None:
+    """Register the core's own implementations first (seam rule 12), once."""
+    from modules import core_hooks
+    if not host.is_registered("serena.core"):
+        host.register(core_hooks, "serena.core", CORE_GROUP)
+
+
+def resolved_order(hook_name: str) -> list[str]:
+    return host.resolved_order(hook_name)
