@@ -76,6 +76,9 @@ class Host:
         self._counter = 0
         # hook name -> explicit plugin order from metadata.ini [hooks/<name>] constraints
         self.hook_orders: dict[str, list[str]] = {}
+        # Resolved order per hook, recomputed after any registration change (the hot path reads it per call).
+        self._order_cache: dict[str, tuple] = {}
+        self._generation = 0
 
     # -- registration ----------------------------------------------------------------------------------------
     def register(self, plugin: Any, name: str, group: str = USER_GROUP) -> None:
@@ -106,11 +109,13 @@ class Host:
             raise PluginRegistrationError(f"{name}: " + "; ".join(problems))
         self._registrations[name] = _Registration(name, group, self._counter, plugin)
         self._counter += 1
+        self._generation += 1
 
     def unregister(self, name: str) -> None:
         reg = self._registrations.pop(name, None)
         if reg is not None:
             self.pm.unregister(reg.plugin)
+            self._generation += 1
 
     def is_registered(self, name: str) -> bool:
         return name in self._registrations
@@ -122,21 +127,25 @@ class Host:
     # -- order -----------------------------------------------------------------------------------------------
     def _impls_in_order(self, hook_name: str) -> list:
         caller = getattr(self.pm.hook, hook_name)
+        explicit_names = tuple(self.hook_orders.get(hook_name, ()))
+        cache_key = (self._generation, explicit_names)
+        cached = self._order_cache.get(hook_name)
+        if cached is not None and cached[0] == cache_key:
+            return cached[1]
         by_plugin = {id(r.plugin): r for r in self._registrations.values()}
-        explicit = {n: i for i, n in enumerate(self.hook_orders.get(hook_name, ()))}
+        explicit = {n: i for i, n in enumerate(explicit_names)}
+        group_ranks = {CORE_GROUP: 0, BUILTIN_GROUP: 1, USER_GROUP: 2}
 
         def key(impl):
             reg = by_plugin.get(id(impl.plugin))
-            index = reg.index if reg else 10**9
             band = 0 if impl.tryfirst else 2 if impl.trylast else 1
-            if reg is not None and reg.name in explicit:
-                index = (explicit[reg.name], index)
-            else:
-                index = (10**9, index)
-            group_rank = {CORE_GROUP: 0, BUILTIN_GROUP: 1, USER_GROUP: 2}.get(reg.group if reg else USER_GROUP, 2)
-            return band, group_rank, index
+            if reg is None:  # registered on pm directly, bypassing the host: after everything else
+                return band, 3, (10**9, 10**9)
+            return band, group_ranks.get(reg.group, 2), (explicit.get(reg.name, 10**9), reg.index)
 
-        return sorted((i for i in caller.get_hookimpls() if not (i.wrapper or i.hookwrapper)), key=key)
+        ordered = sorted((i for i in caller.get_hookimpls() if not (i.wrapper or i.hookwrapper)), key=key)
+        self._order_cache[hook_name] = (cache_key, ordered)
+        return ordered
 
     def resolved_order(self, hook_name: str) -> list[str]:
         """The extension names whose implementations of ``hook_name`` run, in call order (enter order)."""
@@ -155,17 +164,19 @@ class Host:
         return self._impls_in_order(hook_name)
 
     def call_each(self, hook_name: str, kwargs: dict, *, impls: Iterable | None = None,
-                  failures: list | None = None, on_called=None) -> list:
+                  failures: list | None = None, on_called=None, run_all: bool = False) -> list:
         """Call each implementation of ``hook_name`` once, in order, each guarded.
 
         ``impls`` narrows (and orders) what is called, e.g. the reverse of those entered. A failing
-        implementation is logged with its extension's name and appended to ``failures``; the rest still run,
-        unless strict mode is on, where the first failure stops the loop and raises ``HookError``.
-        ``on_called(impl)`` runs before each call (so the caller knows what was entered even if it raised).
-        A non-``Exception`` (``KeyboardInterrupt``) stops the loop and propagates.
-        Returns the non-``None`` results.
+        implementation is logged with its extension's name and appended to ``failures``; the rest still run.
+        In strict mode the first failure raises ``HookError`` — at once, or with ``run_all`` (owed exit hooks)
+        only after every implementation ran. ``on_called(impl)`` runs before each call, so the caller knows
+        what was entered even if it raised. A non-``Exception`` (``KeyboardInterrupt``) propagates: at once,
+        or with ``run_all`` after the rest ran. Returns the non-``None`` results.
         """
         results = []
+        first_error: HookError | None = None
+        interrupt: BaseException | None = None
         for impl in (self._impls_in_order(hook_name) if impls is None else impls):
             if on_called is not None:
                 on_called(impl)
@@ -177,9 +188,22 @@ class Host:
                 if failures is not None:
                     failures.append(failure)
                 if self.strict:
-                    raise HookError(failure) from e
+                    error = HookError(failure)
+                    error.__cause__ = e
+                    if not run_all:
+                        raise error
+                    first_error = first_error or error
+                continue
+            except BaseException as e:
+                if not run_all:
+                    raise
+                interrupt = interrupt or e
                 continue
             results.extend(r for r in res if r is not None)
+        if interrupt is not None:
+            raise interrupt
+        if first_error is not None:
+            raise first_error
         return results
 
     def call(self, hook_name: str, **kwargs) -> list:

@@ -151,20 +151,13 @@ class temporary_opts:  # noqa: N801 - named as a function: it is used like conte
         exit_impls = {id(i.plugin): i for i in self.host.impls("on_opts_override_exit")}
         entered = [exit_impls[id(i.plugin)] for i in reversed(self._entered) if id(i.plugin) in exit_impls]
         self._entered = []
-        interrupt = None
-        first_strict: plugins.HookError | None = None
-        for impl in entered:
-            try:
-                self.host.call_each("on_opts_override_exit", kwargs, impls=[impl], failures=self.failures)
-            except plugins.HookError as e:
-                first_strict = first_strict or e
-            except BaseException as e:  # KeyboardInterrupt inside an exit hook: finish the owed exits first
-                interrupt = interrupt or e
-        self._report_failures()
-        if interrupt is not None:
-            raise interrupt
-        if first_strict is not None and error is None:
-            raise first_strict
+        try:
+            self.host.call_each("on_opts_override_exit", kwargs, impls=entered, failures=self.failures, run_all=True)
+        except plugins.HookError:
+            if error is None:  # the block's own exception, if any, is the one the caller must see
+                raise
+        finally:
+            self._report_failures()
 
     def _hook_kwargs(self) -> dict:
         return {"overrides": self.applied, "previous": self.previous, "p": self.p}
