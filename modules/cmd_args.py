@@ -59,6 +59,22 @@ def make_parser() -> argparse.ArgumentParser:
     ext.add_argument("--list-hooks", action="store_true",
                      help="(Serena) print the resolved order of every hook's implementations and exit")
 
+    gen = parser.add_argument_group("headless generation (Serena): generate, print where the images went, exit")
+    gen.add_argument("--txt2img", default=None, metavar="PROMPT", help="generate images for PROMPT without a server")
+    gen.add_argument("--negative-prompt", default="", metavar="TEXT")
+    gen.add_argument("--steps", type=int, default=20)
+    gen.add_argument("--seed", type=int, default=-1)
+    gen.add_argument("--sampler", default="Euler a", metavar="NAME")
+    gen.add_argument("--schedule-type", default="Automatic", metavar="NAME")
+    gen.add_argument("--cfg-scale", type=float, default=7.0)
+    gen.add_argument("--width", type=int, default=None, help="default: the checkpoint's native size")
+    gen.add_argument("--height", type=int, default=None, help="default: the checkpoint's native size")
+    gen.add_argument("--batch-size", type=int, default=1)
+    gen.add_argument("--n-iter", type=int, default=1)
+    gen.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                     help="a per-generation setting override; repeat for several")
+    gen.add_argument("--out", default=None, metavar="DIR", help="where to write the images (default: outputs/)")
+
     install = parser.add_argument_group("install")
     install.add_argument("--skip-install", action="store_true",
                          help="do not check or install the pinned requirements")

@@ -1,0 +1,48 @@
+"""Start-up, in order: flags, folders, settings, the core's hooks, extensions, their options, checkpoints.
+
+Everything a process needs before it serves or generates; ``webui.py`` and the tests call ``initialize``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from modules import cmd_args, paths, plugins, sd_models, shared
+
+
+def initialize(cmd_opts=None, *, load_extensions: bool = True):
+    """Bind the process-wide handles to ``cmd_opts`` and load settings and extensions.
+
+    ``shared.opts`` stays the same object (extensions hold references to it); only its file, frozen flag and
+    stored values change.
+    """
+    from modules import extensions
+
+    cmd_opts = cmd_opts if cmd_opts is not None else cmd_args.defaults()
+    shared.cmd_opts = cmd_opts
+    shared.data_paths = paths.from_cmd_opts(cmd_opts)
+    opts = shared.opts
+    opts.filename = shared.data_paths.config_file
+    opts.frozen = bool(cmd_opts.freeze_settings)
+    plugins.host.strict = bool(cmd_opts.strict_hooks) or os.environ.get("SERENA_STRICT_HOOKS") == "1"
+    plugins.register_core_plugins()
+    opts.load()
+    if cmd_opts.ckpt:
+        if not os.path.exists(cmd_opts.ckpt):
+            raise SystemExit(f"serena: error: --ckpt {cmd_opts.ckpt}: no such file")
+        sd_models.extra_checkpoints.append(os.path.abspath(cmd_opts.ckpt))
+    if load_extensions:
+        extensions.load_all(
+            builtin_dir=shared.data_paths.extensions_builtin_dir,
+            user_dir=shared.data_paths.extensions_dir,
+            disabled=list(opts.disabled_extensions),
+            disable_all=cmd_opts.disable_all_extensions or opts.disable_all_extensions == "all",
+            disable_extra=cmd_opts.disable_extra_extensions or opts.disable_all_extensions == "extra",
+        )
+        extensions.register_extension_options()
+    sd_models.refresh_checkpoints()
+    if cmd_opts.ckpt and not opts.frozen:
+        # A1111: --ckpt names the checkpoint to start with.
+        title = sd_models.resolve_checkpoint(os.path.basename(cmd_opts.ckpt.rstrip("/"))).title
+        opts.set("sd_model_checkpoint", title, run_callbacks=False)
+    return shared.opts

@@ -1,0 +1,269 @@
+"""Processing objects and the generation entry points.
+
+``process_images(p)`` fires ``on_before_process``, then enters ``temporary_opts(p.override_settings, p=p,
+restore=p.override_settings_restore_afterwards)`` and calls ``process_images_inner(p)``, which is decorated with
+``@with_overrides``: called directly (as extensions do), it applies ``p``'s overrides itself; reached through
+``process_images``, it sees them already active and applies nothing twice. No code here sets or restores an
+option by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from modules import infotext, jobs, plugins, sd_models, sd_samplers, shared
+from modules.runtime_utils import temporary_opts, with_overrides
+
+SEED_MAX = 2**32 - 1
+
+
+@dataclass
+class StableDiffusionProcessing:
+    """One generation request as plain data. Field names and defaults are A1111's."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    styles: list = field(default_factory=list)
+    seed: int = -1
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    seed_resize_from_h: int = -1
+    seed_resize_from_w: int = -1
+    sampler_name: str = "Euler a"
+    scheduler: str = "Automatic"
+    batch_size: int = 1
+    n_iter: int = 1
+    steps: int = 20
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    restore_faces: bool | None = None
+    tiling: bool | None = None
+    do_not_save_samples: bool = False
+    do_not_save_grid: bool = False
+    save_samples: bool | None = None  # None: follow the samples_save option; the CLI forces True
+    eta: float | None = None
+    denoising_strength: float | None = None
+    override_settings: dict = field(default_factory=dict)
+    override_settings_restore_afterwards: bool = True
+    extra_generation_params: dict = field(default_factory=dict)
+    outpath_samples: str | None = None
+    outpath_grids: str | None = None
+    is_api: bool = False
+    warnings: list = field(default_factory=list)
+
+    mode = "txt2img"
+
+    def __post_init__(self):
+        if self.override_settings is None:
+            self.override_settings = {}
+        if self.override_settings_restore_afterwards is None:
+            self.override_settings_restore_afterwards = True
+
+    # -- steps of process_images_inner, one method each (diffusers-style) -------------------------------------
+    def check_inputs(self):
+        """Raise ``ValueError`` naming the field for anything that cannot run, before any model work."""
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 8 or value % 8:
+                raise ValueError(f"`{name}` must be a positive multiple of 8, got {value!r}")
+        for name in ("steps", "batch_size", "n_iter"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be an integer of at least 1, got {value!r}")
+        sd_samplers.resolve_sampler(self.sampler_name)
+        sd_samplers.resolve_scheduler(self.scheduler)
+
+    def init_seeds(self):
+        """Seeds for every image: -1 picks a random seed; image i of the whole run uses seed + i (A1111)."""
+        seed = int(self.seed) if self.seed not in (None, -1, "") else random.randrange(SEED_MAX)
+        subseed = int(self.subseed) if self.subseed not in (None, -1, "") else random.randrange(SEED_MAX)
+        self.seed, self.subseed = seed, subseed
+        count = self.batch_size * self.n_iter
+        self.all_seeds = [(seed + i) % (SEED_MAX + 1) for i in range(count)]
+        self.all_subseeds = [(subseed + i) % (SEED_MAX + 1) for i in range(count)]
+        self.all_prompts = [self.prompt] * count
+        self.all_negative_prompts = [self.negative_prompt] * count
+
+    def sample_batch(self, model, prompts: list[str], negative_prompts: list[str], seeds: list[int],
+                     subseeds: list[int]) -> list:
+        """Generate one batch of PIL images. Implemented by the pipeline (``modules.sd_pipeline``)."""
+        from modules import sd_pipeline
+        return sd_pipeline.sample_batch(self, model, prompts, negative_prompts, seeds, subseeds)
+
+    def infotext_params(self, index: int, model) -> dict:
+        """Generation parameters of image ``index``, read from the effective options of this generation."""
+        opts = shared.opts
+        clip_skip = opts.CLIP_stop_at_last_layers
+        params = {
+            "Steps": self.steps,
+            "Sampler": self.sampler_name,
+            "Schedule type": self.scheduler if self.scheduler != "Automatic" else None,
+            "CFG scale": self.cfg_scale,
+            "Seed": self.all_seeds[index],
+            "Size": f"{self.width}x{self.height}",
+            "Model hash": getattr(model, "sd_model_hash", None) if opts.add_model_hash_to_info else None,
+            "Model": getattr(getattr(model, "info", None), "model_name", None) if opts.add_model_name_to_info else None,
+            "VAE": getattr(model, "vae_name", None),
+            "Denoising strength": self.denoising_strength if self.mode == "img2img" else None,
+            "Clip skip": clip_skip if clip_skip > 1 else None,
+            "ENSD": opts.eta_noise_seed_delta or None,
+            "RNG": opts.randn_source if opts.randn_source != "CPU" else None,
+        }
+        if self.subseed_strength:
+            params.update({"Variation seed": self.all_subseeds[index],
+                           "Variation seed strength": self.subseed_strength})
+        params.update(self.extra_generation_params)
+        _fire("on_infotext", self, p=self, params=params)
+        return params
+
+
+@dataclass
+class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_upscaler: str | None = None
+    hr_second_pass_steps: int = 0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    firstphase_width: int = 0
+    firstphase_height: int = 0
+
+    mode = "txt2img"
+
+
+@dataclass
+class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
+    init_images: list = field(default_factory=list)
+    resize_mode: int = 0
+    denoising_strength: float = 0.75
+    image_cfg_scale: float | None = None
+    mask: Any = None
+    mask_blur: int = 4
+    inpainting_fill: int = 0
+    inpaint_full_res: bool = True
+    inpaint_full_res_padding: int = 0
+    inpainting_mask_invert: int = 0
+    initial_noise_multiplier: float | None = None
+
+    mode = "img2img"
+
+    def check_inputs(self):
+        super().check_inputs()
+        if not self.init_images:
+            raise ValueError("`init_images` must hold at least one image for img2img")
+        if not 0.0 <= float(self.denoising_strength) <= 1.0:
+            raise ValueError(f"`denoising_strength` must be between 0 and 1, got {self.denoising_strength!r}")
+
+
+@dataclass
+class Processed:
+    """The result of a generation: images plus everything A1111 clients read from ``info``."""
+
+    p: StableDiffusionProcessing
+    images: list
+    seed: int
+    all_seeds: list
+    subseed: int
+    all_subseeds: list
+    all_prompts: list
+    all_negative_prompts: list
+    infotexts: list
+    sd_model_name: str | None = None
+    sd_model_hash: str | None = None
+    sd_vae_name: str | None = None
+    clip_skip: int = 1
+    job_timestamp: str = "0"
+    warnings: list = field(default_factory=list)
+    saved_paths: list = field(default_factory=list)
+
+    def js(self) -> str:
+        p = self.p
+        return json.dumps({
+            "prompt": p.prompt, "all_prompts": self.all_prompts,
+            "negative_prompt": p.negative_prompt, "all_negative_prompts": self.all_negative_prompts,
+            "seed": self.seed, "all_seeds": self.all_seeds, "subseed": self.subseed, "all_subseeds": self.all_subseeds,
+            "subseed_strength": p.subseed_strength, "width": p.width, "height": p.height,
+            "sampler_name": p.sampler_name, "scheduler": p.scheduler, "cfg_scale": p.cfg_scale, "steps": p.steps,
+            "batch_size": p.batch_size, "restore_faces": bool(p.restore_faces), "face_restoration_model": None,
+            "sd_model_name": self.sd_model_name, "sd_model_hash": self.sd_model_hash,
+            "sd_vae_name": self.sd_vae_name, "sd_vae_hash": None,
+            "seed_resize_from_w": p.seed_resize_from_w, "seed_resize_from_h": p.seed_resize_from_h,
+            "denoising_strength": p.denoising_strength, "extra_generation_params": p.extra_generation_params,
+            "index_of_first_image": 0, "infotexts": self.infotexts, "styles": p.styles,
+            "job_timestamp": self.job_timestamp, "clip_skip": self.clip_skip,
+            "is_using_inpainting_conditioning": False, "version": "serena",
+            "warnings": self.warnings,
+        })
+
+
+def _should_save(p) -> bool:
+    if p.do_not_save_samples:
+        return False
+    return shared.opts.samples_save if p.save_samples is None else p.save_samples
+
+
+def _fire(hook: str, p, **kwargs):
+    """Fire a hook for this generation; contained failures become the generation's warnings."""
+    failures: list = []
+    try:
+        plugins.host.call_each(hook, kwargs, failures=failures)
+    finally:
+        p.warnings.extend(f.message() for f in failures)
+
+
+def process_images(p: StableDiffusionProcessing) -> Processed:
+    """Run a generation: ``on_before_process``, then ``process_images_inner`` with ``p``'s overrides in effect."""
+    _fire("on_before_process", p, p=p)
+    with temporary_opts(p.override_settings, p=p, restore=p.override_settings_restore_afterwards,
+                        owner="process_images"):
+        return process_images_inner(p)
+
+
+@with_overrides
+def process_images_inner(p: StableDiffusionProcessing) -> Processed:
+    """The generation itself, with the overrides of ``p`` in effect (applied here when called directly)."""
+    # 1. Check inputs before any model work
+    p.check_inputs()
+    # 2. Extensions adjust p with the effective options visible
+    _fire("on_process", p, p=p)
+    # 3. Seeds and prompts for every image
+    p.init_seeds()
+    # 4. The model that matches the effective checkpoint and VAE
+    model = sd_models.current_model()
+    state = jobs.state
+    state.job_count = p.n_iter
+    images, infotexts, saved_paths = [], [], []
+    # 5. Sample batch by batch; interrupt stops before the next batch (the pipeline checks every step)
+    for n in range(p.n_iter):
+        if state.interrupted:
+            break
+        state.job_no = n
+        state.skipped = False
+        lo, hi = n * p.batch_size, (n + 1) * p.batch_size
+        batch = p.sample_batch(model, p.all_prompts[lo:hi], p.all_negative_prompts[lo:hi], p.all_seeds[lo:hi],
+                               p.all_subseeds[lo:hi])
+        for i, image in enumerate(batch):
+            index = lo + i
+            params = p.infotext_params(index, model)
+            text = infotext.create_infotext(p.all_prompts[index], p.all_negative_prompts[index], params)
+            image.info["parameters"] = text
+            if _should_save(p):
+                from modules import images as images_module
+                saved_paths.append(images_module.save_image(image, p, text, seed=p.all_seeds[index]))
+            images.append(image)
+            infotexts.append(text)
+    # 6. The result, built while the overrides are still in effect
+    info = getattr(model, "info", None)
+    processed = Processed(
+        p=p, images=images, seed=p.all_seeds[0], all_seeds=p.all_seeds, subseed=p.all_subseeds[0],
+        all_subseeds=p.all_subseeds, all_prompts=p.all_prompts, all_negative_prompts=p.all_negative_prompts,
+        infotexts=infotexts, sd_model_name=getattr(info, "model_name", None),
+        sd_model_hash=getattr(info, "shorthash", None), sd_vae_name=getattr(model, "vae_name", None),
+        clip_skip=shared.opts.CLIP_stop_at_last_layers, job_timestamp=state.job_timestamp, warnings=p.warnings,
+        saved_paths=saved_paths)
+    _fire("on_postprocess", p, p=p, processed=processed)
+    return processed

@@ -1,0 +1,233 @@
+"""The diffusion itself: prompt conditioning, seeded noise, the scheduler loop, decoding.
+
+diffusers provides the networks and schedulers; this module writes by hand only what diffusers does not do:
+A1111's prompt syntax (attention weights, prompt editing, alternation, chunks longer than 75 tokens), clip skip,
+per-image seeds with variation seeds, noise drawn on the CPU, and the per-step progress/interrupt/preview.
+Everything it needs arrives as arguments; the effective options are read once at the start of a batch.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from modules import jobs, prompt_parser, sd_samplers, shared
+
+CHUNK = 75  # tokens per CLIP window, between the start and end tokens (A1111)
+PREVIEW_EVERY = 5
+
+# Linear map from SD1.x latent channels to RGB: a cheap preview that needs no VAE decode (A1111's "Approx cheap").
+_LATENT_RGB = torch.tensor([[0.298, 0.207, 0.208], [0.187, 0.286, 0.173], [-0.158, 0.189, 0.264],
+                            [-0.184, -0.271, -0.473]])
+
+
+class PromptEncoder:
+    """Encodes prompts with A1111's attention syntax into CLIP hidden states, ``CHUNK`` tokens per window."""
+
+    def __init__(self, tokenizer, text_encoder, clip_skip: int, device, dtype):
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder
+        self.clip_skip = max(1, int(clip_skip))
+        self.device, self.dtype = device, dtype
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def encode(self, text: str) -> torch.Tensor:
+        """``[chunks*77, hidden]`` conditioning for one prompt (cached: prompt editing reuses texts)."""
+        if text not in self._cache:
+            tokens, weights = self._tokens_and_weights(text)
+            self._cache[text] = self._encode_chunks(tokens, weights)
+        return self._cache[text]
+
+    def _tokens_and_weights(self, text: str) -> tuple[list[list[int]], list[list[float]]]:
+        chunks_t, chunks_w = [[]], [[]]
+        for piece, weight in prompt_parser.parse_prompt_attention(text):
+            if piece == "BREAK" and weight == -1:
+                chunks_t.append([])
+                chunks_w.append([])
+                continue
+            ids = self.tokenizer(piece, add_special_tokens=False)["input_ids"]
+            for token in ids:
+                if len(chunks_t[-1]) == CHUNK:
+                    chunks_t.append([])
+                    chunks_w.append([])
+                chunks_t[-1].append(token)
+                chunks_w[-1].append(weight)
+        return chunks_t, chunks_w
+
+    def _encode_chunks(self, tokens: list[list[int]], weights: list[list[float]]) -> torch.Tensor:
+        bos, eos = self.tokenizer.bos_token_id, self.tokenizer.eos_token_id
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
+        outs = []
+        for chunk, chunk_w in zip(tokens, weights):
+            ids = [bos] + chunk + [eos] + [pad] * (CHUNK - len(chunk))
+            w = [1.0] + chunk_w + [1.0] * (CHUNK + 1 - len(chunk))
+            ids_t = torch.tensor([ids], device=self.device)
+            out = self.text_encoder(ids_t, output_hidden_states=self.clip_skip > 1)
+            if self.clip_skip > 1:
+                # Clip skip: an earlier layer's output, normalised as the last layer's would be (A1111).
+                hidden = self.text_encoder.text_model.final_layer_norm(out.hidden_states[-self.clip_skip]) \
+                    if hasattr(self.text_encoder, "text_model") else \
+                    self.text_encoder.final_layer_norm(out.hidden_states[-self.clip_skip])
+            else:
+                hidden = out.last_hidden_state
+            hidden = hidden[0]
+            weight_t = torch.tensor(w, device=self.device, dtype=hidden.dtype).unsqueeze(-1)
+            mean_before = hidden.mean()
+            hidden = hidden * weight_t
+            mean_after = hidden.mean()
+            if mean_after.abs() > 1e-12:
+                hidden = hidden * (mean_before / mean_after)
+            outs.append(hidden)
+        return torch.cat(outs, dim=0).to(self.dtype)
+
+
+def _stack_padded(conds: list[torch.Tensor]) -> torch.Tensor:
+    """Stack conditionings of different lengths by repeating each one's last window (A1111 pads the same way).
+
+    Positive and negative prompts go through the UNet as one batch, so they must have equal lengths.
+    """
+    window = CHUNK + 2
+    length = max(c.shape[0] for c in conds)
+    padded = []
+    for c in conds:
+        while c.shape[0] < length:
+            c = torch.cat([c, c[-window:]])
+        padded.append(c)
+    return torch.stack(padded)
+
+
+def _slerp(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    a_n, b_n = a / a.norm(), b / b.norm()
+    dot = (a_n * b_n).sum().clamp(-1, 1)
+    if dot.abs() > 0.9995:
+        return (1 - t) * a + t * b
+    omega = torch.acos(dot)
+    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+
+
+def initial_noise(shape, seeds, subseeds, subseed_strength: float, device, source: str) -> torch.Tensor:
+    """One noise tensor per image from its own seed, so image i is the same alone or in a batch.
+
+    ``source`` "CPU" draws on the CPU, so a seed gives the same image on any device (A1111's ``randn_source``).
+    """
+    gen_device = torch.device("cpu") if source == "CPU" else torch.device(device)
+    noises = []
+    for seed, subseed in zip(seeds, subseeds):
+        noise = torch.randn(shape, generator=torch.Generator(gen_device).manual_seed(int(seed)), device=gen_device)
+        if subseed_strength:
+            sub = torch.randn(shape, generator=torch.Generator(gen_device).manual_seed(int(subseed)),
+                              device=gen_device)
+            noise = _slerp(float(subseed_strength), noise, sub)
+        noises.append(noise)
+    return torch.stack(noises).to(device)
+
+
+def latents_to_images(latents: torch.Tensor, vae) -> list[Image.Image]:
+    scale = getattr(vae.config, "scaling_factor", 0.18215)
+    decoded = vae.decode(latents.to(vae.dtype) / scale).sample
+    arr = ((decoded.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+    arr = arr.permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in arr]
+
+
+def preview_image(latents: torch.Tensor) -> Image.Image:
+    coeffs = _LATENT_RGB.to(latents.device, latents.dtype)
+    rgb = torch.einsum("chw,cr->hwr", latents[0, :4], coeffs)
+    arr = ((rgb + 1) / 2).clamp(0, 1).mul(255).byte().cpu().numpy()
+    return Image.fromarray(np.ascontiguousarray(arr))
+
+
+def images_to_latents(images: list[Image.Image], vae, width: int, height: int, device, dtype) -> torch.Tensor:
+    tensors = []
+    for image in images:
+        image = image.convert("RGB").resize((width, height), Image.LANCZOS)
+        arr = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+        tensors.append(arr)
+    batch = torch.stack(tensors).to(device=device, dtype=dtype)
+    scale = getattr(vae.config, "scaling_factor", 0.18215)
+    return vae.encode(batch).latent_dist.mean * scale
+
+
+def mask_to_latent(mask: Image.Image, width: int, height: int, factor: int, invert: bool, device, dtype):
+    """1 where the image is repainted, at latent resolution."""
+    m = mask.convert("L").resize((width // factor, height // factor), Image.BILINEAR)
+    t = torch.from_numpy(np.asarray(m, dtype=np.float32) / 255.0)
+    if invert:
+        t = 1.0 - t
+    return t.to(device=device, dtype=dtype)[None, None]
+
+
+def _step_kwargs(scheduler, generators, eta) -> dict:
+    """Pass per-image generators (ancestral/SDE noise) and eta only to schedulers whose ``step`` takes them."""
+    params = inspect.signature(scheduler.step).parameters
+    kwargs = {}
+    if "generator" in params:
+        kwargs["generator"] = generators
+    if "eta" in params and eta is not None:
+        kwargs["eta"] = eta
+    return kwargs
+
+
+@torch.inference_mode()
+def sample_batch(p, model, prompts: list[str], negative_prompts: list[str], seeds: list[int],
+                 subseeds: list[int]) -> list[Image.Image]:
+    """Generate one batch for processing object ``p`` on ``model``; returns PIL images."""
+    opts = shared.opts
+    state = jobs.state
+    device, dtype = model.device, model.dtype
+    # 1. Scheduler from the model's own config (prediction type, betas, spacing stay the model's)
+    scheduler = sd_samplers.create_scheduler(p.sampler_name, p.scheduler, model.scheduler_config)
+    scheduler.set_timesteps(p.steps, device=device)
+    timesteps = scheduler.timesteps
+    # 2. Conditioning schedules (prompt editing and alternation switch at their steps)
+    encoder = PromptEncoder(model.tokenizer, model.text_encoder, opts.CLIP_stop_at_last_layers, device, dtype)
+    cond_schedules = prompt_parser.get_learned_conditioning_prompt_schedules(prompts, p.steps)
+    uncond_schedules = prompt_parser.get_learned_conditioning_prompt_schedules(negative_prompts, p.steps)
+    # 3. Initial latents: seeded noise, or the encoded init image noised to the starting step
+    factor = 2 ** (len(model.vae.config.block_out_channels) - 1)
+    shape = (model.unet.config.in_channels, p.height // factor, p.width // factor)
+    noise = initial_noise(shape, seeds, subseeds, p.subseed_strength, device, opts.randn_source).to(dtype)
+    ensd = int(opts.eta_noise_seed_delta)
+    step_generators = [torch.Generator("cpu").manual_seed(int(s) + ensd) for s in seeds]
+    init_latents = mask = None
+    if p.mode == "img2img":
+        init_images = (p.init_images * len(seeds))[:len(seeds)]
+        init_latents = images_to_latents(init_images, model.vae, p.width, p.height, device, dtype)
+        start = min(len(timesteps) - 1, int(len(timesteps) * (1 - float(p.denoising_strength))))
+        timesteps = timesteps[start:]
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(start)
+        latents = scheduler.add_noise(init_latents, noise, timesteps[:1])
+        if p.mask is not None:
+            mask = mask_to_latent(p.mask, p.width, p.height, factor, bool(p.inpainting_mask_invert), device, dtype)
+    else:
+        latents = noise * scheduler.init_noise_sigma
+    step_kwargs = _step_kwargs(scheduler, step_generators, p.eta)
+    # 4. Denoising loop with classifier-free guidance
+    state.sampling_steps = len(timesteps)
+    for i, t in enumerate(tqdm(timesteps, desc=p.sampler_name, leave=False, disable=None)):
+        if state.interrupted or state.skipped:
+            break
+        step = min(p.steps - 1, i * p.steps // max(1, len(scheduler.timesteps)))
+        conds = [encoder.encode(prompt_parser.schedule_for_step(sch, step)) for sch in uncond_schedules + cond_schedules]
+        context = _stack_padded(conds)
+        model_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
+        pred = model.unet(model_in, t, encoder_hidden_states=context).sample
+        pred_uncond, pred_cond = pred.chunk(2)
+        guided = pred_uncond + p.cfg_scale * (pred_cond - pred_uncond)
+        latents = scheduler.step(guided, t, latents, **step_kwargs).prev_sample
+        if mask is not None:
+            # Keep the unmasked area on the init image's trajectory.
+            later = timesteps[i + 1:i + 2]
+            kept = scheduler.add_noise(init_latents, noise, later) if len(later) else init_latents
+            latents = kept * (1 - mask) + latents * mask
+        state.sampling_step = i + 1
+        if (i + 1) % PREVIEW_EVERY == 0:
+            state.current_image, state.current_image_step = preview_image(latents), i + 1
+    # 5. Decode
+    return latents_to_images(latents, model.vae)
+

@@ -1,0 +1,85 @@
+"""The composition root: parse flags, initialise, build the FastAPI app (API + web UI), serve it with uvicorn.
+
+``python launch.py`` prepares the environment and runs this file with the same flags.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+
+from modules import cmd_args, extensions, initialize, plugins, shared
+
+log = logging.getLogger("serena")
+
+
+def create_app(cmd_opts):
+    """The FastAPI app: A1111 API under /sdapi/v1, Serena's under /serena/v1, the gradio UI at / (unless --nowebui).
+
+    Extension routes (``on_app_started``) are added before the UI is mounted: a route declared after gradio is
+    mounted at ``/`` is shadowed by it.
+    """
+    from fastapi import FastAPI
+
+    from modules.api.api import Api
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        print(f"Serena ready on {app.state.url}", flush=True)
+        yield
+
+    app = FastAPI(title="Serena", description="Stable Diffusion web UI runtime with an A1111-compatible API",
+                  lifespan=lifespan)
+    Api(app, auth=cmd_opts.api_auth)
+    plugins.host.call("on_app_started", app=app)
+    if not cmd_opts.nowebui:
+        import gradio as gr
+
+        from modules.ui import create_ui
+        blocks = create_ui()
+        app = gr.mount_gradio_app(app, blocks, path="/", footer_links=["api"])
+    return app
+
+
+def serve(cmd_opts) -> int:
+    import uvicorn
+
+    host = "0.0.0.0" if cmd_opts.listen else "127.0.0.1"
+    port = cmd_opts.port or (7861 if cmd_opts.nowebui else 7860)
+    app = create_app(cmd_opts)
+    app.state.url = f"http://{host}:{port}"
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    server.run()
+    return 0
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cmd_opts = cmd_args.parse_args(argv)
+    started = time.perf_counter()
+    initialize.initialize(cmd_opts)
+    for problem in extensions.problems():
+        log.warning("extension problem: %s", problem)
+    if cmd_opts.list_hooks:
+        print(extensions.format_hook_order(plugins.host))
+        return 0
+    if cmd_opts.exit:
+        print(f"Serena initialised in {time.perf_counter() - started:.1f} s; exiting (--exit)", flush=True)
+        return 0
+    if cmd_opts.txt2img is not None:
+        from modules import cli
+        return cli.run_txt2img(cmd_opts)
+    from modules import sd_models
+    try:
+        sd_models.current_model()  # load the starting checkpoint before serving: the first request is fast
+    except (ValueError, OSError) as e:
+        log.error("no model loaded at start-up: %s", e)
+    log.info("start-up took %.1f s (checkpoint: %s)", time.perf_counter() - started,
+             getattr(sd_models.model_manager.current, "title", None))
+    return serve(shared.cmd_opts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
