@@ -60,8 +60,6 @@ def main(argv=None) -> int:
     cmd_opts = cmd_args.parse_args(argv)
     started = time.perf_counter()
     initialize.initialize(cmd_opts)
-    for problem in extensions.problems():
-        log.warning("extension problem: %s", problem)
     if cmd_opts.list_hooks:
         print(extensions.format_hook_order(plugins.host))
         return 0

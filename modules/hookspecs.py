@@ -36,10 +36,11 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 @hookspec
 def on_ui_settings() -> None:
-    """Register options. Fires once at start-up, after extensions are loaded and before ``config.json`` is read.
+    """Register options. Fires once at start-up, after ``config.json`` is read and extensions are loaded.
 
     Call ``opts.add_option(key, OptionInfo(default, label, section=(id, label)))`` here. Registered options are
-    stored in ``config.json`` like core options, shown on the settings page, and may be overridden per generation.
+    stored in ``config.json`` like core options (a value already stored is checked when the option is added),
+    shown on the settings page, and may be overridden per generation.
     A1111 name: ``script_callbacks.on_ui_settings``.
 
     :returns: nothing; return values are ignored.

@@ -206,7 +206,7 @@ def _should_save(p) -> bool:
     return shared.opts.samples_save if p.save_samples is None else p.save_samples
 
 
-def _fire(hook: str, p, **kwargs):
+def _fire(hook: str, p, /, **kwargs):
     """Fire a hook for this generation; contained failures become the generation's warnings."""
     failures: list = []
     try:

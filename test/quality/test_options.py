@@ -88,9 +88,11 @@ class TestStoredAndEffective:
         assert set(info.value.errors) == {"samples_format", "nope"}
         assert opts.stored() == {}
 
-    def test_onchange_failure_puts_old_value_back(self, opts):
+    def test_onchange_failure_puts_old_value_back(self, opts, monkeypatch):
         def fail():
             raise RuntimeError("cannot reload")
+        # OptionInfo objects are shared with the process-wide store: restore the callback afterwards.
+        monkeypatch.setattr(opts.data_labels["eta_noise_seed_delta"], "onchange", None)
         opts.onchange("eta_noise_seed_delta", fail, call=False)
         with pytest.raises(OptionError, match="cannot reload"):
             opts.set("eta_noise_seed_delta", 5)

@@ -1,0 +1,518 @@
+"""Every hook: documented, and called by a test through Serena's dispatch; the built-in extensions; nesting.
+
+The policy (``shared/design/style.md`` point 3), one subtest per hook spec in ``modules/hookspecs.py``:
+
+* the spec has a docstring with a ``:param x:`` line per argument;
+* ``docs/extensions/hooks.md`` has a heading that is exactly ``name(arg1, arg2, ...)`` in backticks, followed by
+  an argument table listing exactly the spec's arguments, in order;
+* this file has a ``test_hook_<name>`` — and that test really calls the hook: the autouse ``hook_calls`` fixture
+  records every hook call through ``plugins.pm`` (``add_hookcall_monitoring``) and fails a ``test_hook_<name>``
+  during which ``<name>`` was never called.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from PIL import Image
+
+from modules import extensions, hookspecs, plugins, processing, shared
+from modules.hookspecs import hookimpl
+from modules.runtime_utils import active_overrides, temporary_opts
+
+ROOT = Path(__file__).resolve().parents[2]
+HOOKS_DOC = ROOT / "docs" / "extensions" / "hooks.md"
+HOOKS = plugins.hook_names(plugins.pm)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fixtures
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(autouse=True)
+def hook_calls(request):
+    """Hook names called through the process-wide ``pm`` during this test, in order."""
+    called: list[str] = []
+    undo = plugins.pm.add_hookcall_monitoring(lambda name, impls, kwargs: called.append(name),
+                                              lambda outcome, name, impls, kwargs: None)
+    yield called
+    undo()
+    test_name = request.node.originalname
+    hook = test_name.removeprefix("test_hook_")
+    if test_name.startswith("test_hook_") and hook in HOOKS:
+        assert hook in called, (f"{test_name} in {Path(__file__).name} must call {hook} through Serena's dispatch "
+                                f"(plugins.host / process_images / temporary_opts); it called {sorted(set(called))}")
+
+
+class SketchTxt2Img(processing.StableDiffusionProcessingTxt2Img):
+    """A generation without a model: small solid images; records what each batch saw."""
+
+    def sample_batch(self, model, prompts, negative_prompts, seeds, subseeds):
+        self.seen = getattr(self, "seen", [])
+        self.seen.append({"clip_skip": shared.opts.CLIP_stop_at_last_layers, "prompts": list(prompts),
+                          "stack": active_overrides()})
+        for callback in getattr(self, "during", ()):
+            callback(self)
+        return [Image.new("RGB", (self.width, self.height), (seed % 256, 0, 0)) for seed in seeds]
+
+
+def make_p(**kw) -> SketchTxt2Img:
+    defaults = dict(prompt="a cat", steps=2, width=64, height=64, seed=5, do_not_save_samples=True)
+    defaults.update(kw)
+    return SketchTxt2Img(**defaults)
+
+
+@pytest.fixture
+def option_labels(monkeypatch):
+    """Options registered during the test are forgotten afterwards."""
+    monkeypatch.setattr(shared.opts, "data_labels", dict(shared.opts.data_labels))
+    monkeypatch.setattr(shared.opts, "_aliases", dict(shared.opts._aliases))
+
+
+@pytest.fixture
+def builtins(data_dir, option_labels):
+    """The real ``extensions-builtin/`` loaded on the process-wide host, as start-up does, for one test."""
+    exts = extensions.load_all(builtin_dir=str(ROOT / "extensions-builtin"), user_dir=str(data_dir / "extensions"),
+                               disabled=[], disable_all=False, disable_extra=False, entry_points=False)
+    assert [e.name for e in exts if e.loaded] == ["clip-skip-cache", "override-infotext"]
+    assert extensions.register_extension_options() == []
+    yield {e.name: plugins.pm.get_plugin(e.name) for e in exts}
+    extensions.unload(exts)
+
+
+def infotext_fields(text: str) -> dict:
+    from modules import infotext
+    return infotext.parse_generation_parameters(text)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The policy: docstring, docs section with the exact signature and argument table, a test that calls the hook
+# ---------------------------------------------------------------------------------------------------------------
+
+def spec_args(hook: str) -> list[str]:
+    return list(getattr(plugins.pm.hook, hook).spec.argnames)
+
+
+def doc_section(hook: str) -> tuple[str, str]:
+    """``(heading line, body up to the next heading)`` of the hook's section in hooks.md."""
+    text = HOOKS_DOC.read_text(encoding="utf-8")
+    match = re.search(rf"^###\s+`{hook}\(.*$", text, re.M)
+    if match is None:
+        return "", ""
+    rest = text[match.end():]
+    following = re.search(r"^#{1,3}\s", rest, re.M)
+    return match.group(0), rest[:following.start()] if following else rest
+
+
+def test_every_hook_spec_is_covered():
+    declared = [n for n, f in vars(hookspecs).items() if callable(f) and hasattr(f, "serena_spec")]
+    assert HOOKS == declared and len(HOOKS) >= 11
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_policy_spec_has_docstring(hook):
+    doc = inspect.getdoc(getattr(hookspecs, hook)) or ""
+    assert doc.strip(), f"modules/hookspecs.py: {hook} has no docstring"
+    for arg in spec_args(hook):
+        assert f":param {arg}:" in doc, f"modules/hookspecs.py: {hook}'s docstring lacks ':param {arg}:'"
+    assert ":returns:" in doc, f"modules/hookspecs.py: {hook}'s docstring lacks ':returns:'"
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_policy_docs_heading_is_the_exact_signature(hook):
+    signature = f"{hook}({', '.join(spec_args(hook))})"
+    heading, _ = doc_section(hook)
+    assert heading == f"### `{signature}`", (
+        f"docs/extensions/hooks.md needs the heading ### `{signature}` (found {heading!r})")
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_policy_docs_argument_table_matches_spec(hook):
+    _, body = doc_section(hook)
+    rows = [line for line in body.splitlines() if line.startswith("|")]
+    args = spec_args(hook)
+    if not args:
+        assert not rows and "No arguments." in body, f"docs/extensions/hooks.md: {hook} takes no arguments"
+        return
+    assert rows and re.match(r"\|\s*Argument\s*\|\s*Type\s*\|\s*Meaning\s*\|", rows[0]), (
+        f"docs/extensions/hooks.md: {hook} needs a table | Argument | Type | Meaning |")
+    names = [re.match(r"\|\s*`(\w+)`", row).group(1) for row in rows[2:] if re.match(r"\|\s*`(\w+)`", row)]
+    assert names == args, f"docs/extensions/hooks.md: the argument table of {hook} lists {names}, the spec {args}"
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_policy_hook_has_a_test(hook):
+    test = globals().get(f"test_hook_{hook}")
+    assert callable(test), f"{Path(__file__).name} needs a test_hook_{hook} that calls {hook} through pm"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One test per hook, each calling it through Serena's dispatch
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_hook_on_ui_settings(data_dir, register, option_labels):
+    class Settings:
+        @hookimpl
+        def on_ui_settings(self):
+            shared.opts.add_option("hooktest_strength", shared_options_info(0.5))
+
+    register(Settings(), "settings-ext")
+    assert extensions.register_extension_options() == []
+    assert shared.opts.hooktest_strength == 0.5
+    # Stored like core options ...
+    shared.opts.set("hooktest_strength", 0.75)
+    shared.opts.save()
+    shared.opts.load()
+    assert shared.opts.hooktest_strength == 0.75
+    # ... and overridable per generation like them.
+    with temporary_opts({"hooktest_strength": 1.0}):
+        assert shared.opts.hooktest_strength == 1.0
+    assert shared.opts.hooktest_strength == 0.75
+
+
+def shared_options_info(default):
+    from modules.extensions_api import OptionInfo
+    return OptionInfo(default, "Hook test strength", "Slider", {"minimum": 0.0, "maximum": 1.0},
+                      section=("hooktest", "Hook test"))
+
+
+def test_hook_on_app_started(register):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    class Routes:
+        @hookimpl
+        def on_app_started(self, app):
+            app.add_api_route("/hooktest/ping", lambda: {"pong": True}, methods=["GET"])
+
+    register(Routes(), "routes-ext")
+    app = FastAPI()
+    plugins.host.call("on_app_started", app=app)
+    assert TestClient(app).get("/hooktest/ping").json() == {"pong": True}
+
+
+def test_hook_on_ui_tabs(register):
+    tab = object()  # stands for a gradio Blocks
+
+    class Tabs:
+        @hookimpl
+        def on_ui_tabs(self):
+            return [(tab, "Hook test", "hooktest_tab")]
+
+    class NoTab:
+        @hookimpl
+        def on_ui_tabs(self):
+            return None
+
+    register(Tabs(), "tabs-ext")
+    register(NoTab(), "no-tab-ext")
+    assert plugins.host.call("on_ui_tabs") == [[(tab, "Hook test", "hooktest_tab")]]
+
+
+def test_hook_on_model_loaded(fake_models, register):
+    from modules import sd_models
+    seen = []
+
+    class Loaded:
+        @hookimpl
+        def on_model_loaded(self, sd_model):
+            seen.append(sd_model.info.name)
+
+    register(Loaded(), "loaded-ext")
+    info = sd_models.resolve_checkpoint("alpha")
+    model = sd_models.model_manager.get(info)
+    plugins.host.call("on_model_loaded", sd_model=model)  # sd_models fires it after each real load
+    assert seen[-1] == info.name
+
+
+def test_hook_on_before_process(fake_models, register):
+    class Before:
+        @hookimpl
+        def on_before_process(self, p):
+            self.seen_clip_skip = shared.opts.CLIP_stop_at_last_layers  # overrides are not applied yet
+            p.override_settings["CLIP_stop_at_last_layers"] = 3        # validated and applied with the rest
+            p.prompt += ", masterpiece"
+
+    before = register(Before(), "before-ext")
+    p = make_p(override_settings={"eta_noise_seed_delta": 7})
+    processed = processing.process_images(p)
+    assert before.seen_clip_skip == 1
+    assert p.seen[0]["clip_skip"] == 3 and p.seen[0]["prompts"] == ["a cat, masterpiece"]
+    assert infotext_fields(processed.infotexts[0])["Clip skip"] == "3"
+    assert shared.opts.CLIP_stop_at_last_layers == 1 and shared.opts.stored() == {}
+
+
+def test_hook_on_opts_override_enter(data_dir, register):
+    calls = []
+
+    class Enter:
+        @hookimpl
+        def on_opts_override_enter(self, overrides, previous, p):
+            calls.append((dict(overrides), dict(previous), p, shared.opts.CLIP_stop_at_last_layers))
+            with pytest.raises(TypeError):
+                overrides["CLIP_stop_at_last_layers"] = 5  # read-only
+
+    register(Enter(), "enter-ext")
+    marker = SimpleNamespace(warnings=[])
+    with temporary_opts({"CLIP_stop_at_last_layers": 2}, p=marker):
+        pass
+    with temporary_opts({}):  # empty is free: no hook
+        pass
+    assert calls == [({"CLIP_stop_at_last_layers": 2}, {"CLIP_stop_at_last_layers": 1}, marker, 2)]
+
+
+def test_hook_on_opts_override_exit(data_dir, register):
+    calls = []
+
+    class Exit:
+        @hookimpl
+        def on_opts_override_enter(self):
+            pass
+
+        @hookimpl
+        def on_opts_override_exit(self, overrides, previous, p, error, restored):
+            calls.append((dict(overrides), dict(previous), p, error, restored, shared.opts.CLIP_stop_at_last_layers))
+
+    register(Exit(), "exit-ext")
+    boom = ValueError("boom")
+    with pytest.raises(ValueError):
+        with temporary_opts({"CLIP_stop_at_last_layers": 2}):
+            raise boom
+    with temporary_opts({"CLIP_stop_at_last_layers": 4}, restore=False):
+        pass
+    assert calls == [
+        ({"CLIP_stop_at_last_layers": 2}, {"CLIP_stop_at_last_layers": 1}, None, boom, True, 1),
+        ({"CLIP_stop_at_last_layers": 4}, {"CLIP_stop_at_last_layers": 1}, None, None, False, 4),
+    ]
+    assert shared.opts.stored() == {"CLIP_stop_at_last_layers": 4}
+
+
+def test_hook_on_process(fake_models, register):
+    class Process:
+        @hookimpl
+        def on_process(self, p):
+            p.prompt = p.prompt.upper()
+            p.extra_generation_params["Seen clip skip"] = shared.opts.CLIP_stop_at_last_layers
+
+    register(Process(), "process-ext")
+    processed = processing.process_images(make_p(override_settings={"CLIP_stop_at_last_layers": 2}))
+    assert processed.all_prompts == ["A CAT"]
+    assert infotext_fields(processed.infotexts[0])["Seen clip skip"] == "2"
+
+
+def test_hook_on_infotext(fake_models, register):
+    class Info:
+        @hookimpl
+        def on_infotext(self, p, params):
+            params["Hook clip skip"] = shared.opts.CLIP_stop_at_last_layers  # overrides still in effect
+            params.pop("Sampler", None)
+            params["Dropped"] = None                                          # None is left out
+
+    register(Info(), "info-ext")
+    processed = processing.process_images(make_p(override_settings={"CLIP_stop_at_last_layers": 2}, batch_size=2))
+    for text in processed.infotexts:
+        fields = infotext_fields(text)
+        assert fields["Hook clip skip"] == "2" and "Sampler" not in fields and "Dropped" not in text
+
+
+def test_hook_on_image_saved(fake_models, register, data_dir):
+    saved = []
+
+    class Saved:
+        @hookimpl
+        def on_image_saved(self, params):
+            saved.append((params.filename, params.pnginfo["parameters"], params.p,
+                          shared.opts.CLIP_stop_at_last_layers))
+
+    register(Saved(), "saved-ext")
+    p = make_p(do_not_save_samples=False, override_settings={"CLIP_stop_at_last_layers": 2}, n_iter=2)
+    processed = processing.process_images(p)
+    assert [s[0] for s in saved] == processed.saved_paths and len(saved) == 2
+    for (filename, parameters, seen_p, clip_skip), text in zip(saved, processed.infotexts):
+        assert Path(filename).is_file() and str(data_dir) in filename
+        assert parameters == text and seen_p is p and clip_skip == 2
+
+
+def test_hook_on_postprocess(fake_models, register):
+    class Post:
+        @hookimpl
+        def on_postprocess(self, p, processed):
+            processed.images.append(Image.new("RGB", (8, 8)))
+            processed.infotexts.append(f"clip skip {shared.opts.CLIP_stop_at_last_layers}")
+
+    register(Post(), "post-ext")
+    processed = processing.process_images(make_p(override_settings={"CLIP_stop_at_last_layers": 2}))
+    assert len(processed.images) == 2 and processed.infotexts[-1] == "clip skip 2"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The built-in extensions, through process_images
+# ---------------------------------------------------------------------------------------------------------------
+
+class TestOverrideInfotext:
+    def test_field_present_during_and_absent_after(self, fake_models, builtins, register):
+        seen = []
+
+        class Peek:  # a user extension's on_infotext runs after the built-in one
+            @hookimpl
+            def on_infotext(self, params):
+                seen.append(params.get("Override settings"))
+
+        register(Peek(), "peek")
+        p = make_p(override_settings={"CLIP_stop_at_last_layers": 2, "eta_noise_seed_delta": 31337})
+        processed = processing.process_images(p)
+        expected = "CLIP_stop_at_last_layers=2, eta_noise_seed_delta=31337"
+        assert seen == [expected]
+        assert infotext_fields(processed.infotexts[0])["Override settings"] == expected
+        nxt = processing.process_images(make_p())
+        assert "Override settings" not in nxt.infotexts[0] and seen[-1] is None
+        assert builtins["override-infotext"].current() == {}
+
+    def test_no_leak_after_a_failed_generation(self, fake_models, builtins):
+        def fail(p):
+            raise RuntimeError("sampler blew up")
+
+        p = make_p(override_settings={"CLIP_stop_at_last_layers": 3})
+        p.during = [fail]
+        with pytest.raises(RuntimeError):
+            processing.process_images(p)
+        assert "Override settings" not in processing.process_images(make_p()).infotexts[0]
+
+
+class TestClipSkipCache:
+    def test_enter_exit_symmetry(self, fake_models, builtins):
+        cache = builtins["clip-skip-cache"]
+        shared.opts.set("CLIP_stop_at_last_layers", 2)
+        assert cache.current() == cache.derive(2)
+        during = []
+        p = make_p(override_settings={"CLIP_stop_at_last_layers": 4})
+        p.during = [lambda p: during.append(cache.current())]
+        processing.process_images(p)
+        assert during == [cache.derive(4)] and during[0].hidden_layer == -4
+        assert cache.current() == cache.derive(2)           # derived from the stored value again
+        p2 = make_p(override_settings={"eta_noise_seed_delta": 1})  # another key: the stored value's state
+        p2.during = [lambda p: during.append(cache.current())]
+        processing.process_images(p2)
+        assert during[-1] == cache.derive(2)
+
+    def test_its_option_is_stored_and_overridable(self, fake_models, builtins, data_dir):
+        p = make_p(override_settings={"clip_skip_cache_infotext": True, "CLIP_stop_at_last_layers": 3})
+        fields = infotext_fields(processing.process_images(p).infotexts[0])
+        assert fields["CLIP layer"] == "-3"
+        assert "CLIP layer" not in processing.process_images(make_p()).infotexts[0]
+        shared.opts.set("clip_skip_cache_infotext", True)
+        shared.opts.save()
+        shared.opts.load()
+        assert shared.opts.clip_skip_cache_infotext is True
+        assert infotext_fields(processing.process_images(make_p()).infotexts[0])["CLIP layer"] == "-1"
+
+    def test_derived_state_is_per_thread(self, fake_models, builtins):
+        cache = builtins["clip-skip-cache"]
+        inside, release, other = threading.Event(), threading.Event(), []
+
+        def hold(p):
+            inside.set()
+            assert release.wait(10)
+
+        p = make_p(override_settings={"CLIP_stop_at_last_layers": 5})
+        p.during = [hold]
+        worker = threading.Thread(target=processing.process_images, args=(p,))
+        worker.start()
+        try:
+            assert inside.wait(10)
+            other.append(cache.current())  # this thread: no override in effect
+        finally:
+            release.set()
+            worker.join(10)
+        assert other == [cache.derive(1)] and p.seen[0]["clip_skip"] == 5
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A generation inside a generation (as ADetailer does)
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_nested_generation_fires_nested_pairs_and_restores(fake_models, builtins, register):
+    events = []
+
+    class Trace:
+        @hookimpl
+        def on_opts_override_enter(self, overrides, p):
+            events.append(("enter", sorted(overrides), getattr(p, "name", None)))
+
+        @hookimpl
+        def on_opts_override_exit(self, overrides, p):
+            events.append(("exit", sorted(overrides), getattr(p, "name", None),
+                           shared.opts.CLIP_stop_at_last_layers, shared.opts.eta_noise_seed_delta))
+
+    class Detailer:
+        @hookimpl
+        def on_postprocess(self, p, processed):
+            if getattr(p, "name", None) != "outer":
+                return
+            inner = make_p(prompt="a face", override_settings={"eta_noise_seed_delta": 9})
+            inner.name = "inner"
+            result = processing.process_images(inner)
+            self.inner_seen = (inner.seen[0]["clip_skip"], [layer["keys"] for layer in inner.seen[0]["stack"]])
+            self.inner_infotext = result.infotexts[0]
+            processed.images.extend(result.images)
+
+    register(Trace(), "trace")
+    detailer = register(Detailer(), "detailer")
+    outer = make_p(override_settings={"CLIP_stop_at_last_layers": 2})
+    outer.name = "outer"
+    processed = processing.process_images(outer)
+
+    assert events == [
+        ("enter", ["CLIP_stop_at_last_layers"], "outer"),
+        ("enter", ["eta_noise_seed_delta"], "inner"),
+        ("exit", ["eta_noise_seed_delta"], "inner", 2, 0),    # back to the outer level
+        ("exit", ["CLIP_stop_at_last_layers"], "outer", 1, 0),  # back to stored values
+    ]
+    assert detailer.inner_seen == (2, [["CLIP_stop_at_last_layers"], ["eta_noise_seed_delta"]])
+    inner_fields = infotext_fields(detailer.inner_infotext)
+    assert inner_fields["Override settings"] == "CLIP_stop_at_last_layers=2, eta_noise_seed_delta=9"
+    assert infotext_fields(processed.infotexts[0])["Override settings"] == "CLIP_stop_at_last_layers=2"
+    assert len(processed.images) == 2
+    # everything as before
+    assert shared.opts.layers() == () and shared.opts.stored() == {}
+    assert builtins["override-infotext"].current() == {}
+    assert builtins["clip-skip-cache"].current() == builtins["clip-skip-cache"].derive(1)
+    assert "Override settings" not in processing.process_images(make_p()).infotexts[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Code shown in the docs is the code that runs
+# ---------------------------------------------------------------------------------------------------------------
+
+# ``<!-- include: path#marker -->`` before a fenced block: the block is the text between ``# -- start marker --``
+# and ``# -- end marker --`` in that file (``#whole``: the whole file), as datasette's literalinclude does.
+INCLUDE = re.compile(r"<!-- include: (?P<path>[^#\s]+)#(?P<marker>[\w-]+) -->\n```\w*\n(?P<code>.*?)```", re.S)
+
+
+def included_snippets():
+    for doc in sorted((ROOT / "docs" / "extensions").glob("*.md")):
+        for match in INCLUDE.finditer(doc.read_text(encoding="utf-8")):
+            yield pytest.param(doc.name, match, id=f"{doc.name}:{match['marker']}")
+
+
+def test_docs_have_included_snippets():
+    assert len(list(included_snippets())) >= 3
+
+
+@pytest.mark.parametrize("doc, match", list(included_snippets()))
+def test_docs_snippet_matches_its_source(doc, match):
+    source = (ROOT / match["path"]).read_text(encoding="utf-8")
+    if match["marker"] == "whole":
+        assert match["code"] == source, f"docs/extensions/{doc}: the copy of {match['path']} is out of date"
+        return
+    snippet = re.search(rf"^[ \t]*# -- start {match['marker']} --\n(.*?)^[ \t]*# -- end {match['marker']} --", source,
+                        re.S | re.M)
+    assert snippet is not None, f"{match['path']} has no '# -- start {match['marker']} --' ... '# -- end' markers"
+    assert match["code"] == snippet.group(1), (
+        f"docs/extensions/{doc}: the block after <!-- include: {match['path']}#{match['marker']} --> differs from "
+        f"the source; copy it again")
