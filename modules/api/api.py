@@ -1,0 +1,634 @@
+"""The HTTP API: A1111's ``/sdapi/v1`` routes and Serena's ``/serena/v1``, registered on a FastAPI app.
+
+Handlers are thin: they turn a request into a processing object (``build_processing``), queue it through
+``jobs.run_job`` and shape the result as A1111 clients parse it. Everything a request can get wrong is checked
+before it queues: fields (sampler, scheduler, size limits, images, scripts) and every override key
+(``opts.check``), so a bad request never waits behind a running generation and never changes anything.
+
+Errors keep A1111's JSON shape ``{"error", "detail", "body", "errors"}`` (see ``error_response``); request
+validation stays FastAPI's own ``422 {"detail": [...]}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import io
+import logging
+import re
+import secrets
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import Depends, HTTPException
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from PIL import Image, UnidentifiedImageError
+
+from modules import (extensions, images, infotext, jobs, plugins, processing, runtime_utils, sd_models, sd_samplers,
+                     sd_vae, shared, upscalers)
+from modules.api import models
+from modules.options import OptionError, OptionInfo, OptionsRejected, SettingsFrozenError
+from modules.runtime_utils import OverrideError
+
+log = logging.getLogger("serena.api")
+
+# Request limits, as options (section "API") so a server owner can raise them in config.json or the settings page.
+# restrict_api: a client must not lift its own limits through POST /options or override_settings.
+_LIMIT_OPTIONS = {
+    "api_max_width": OptionInfo(2048, "Largest width an API request may ask for", "Number",
+                                {"minimum": 64, "maximum": 16384, "precision": 0}, restrict_api=True),
+    "api_max_height": OptionInfo(2048, "Largest height an API request may ask for", "Number",
+                                 {"minimum": 64, "maximum": 16384, "precision": 0}, restrict_api=True),
+    "api_max_steps": OptionInfo(150, "Most sampling steps an API request may ask for", "Number",
+                                {"minimum": 1, "maximum": 10000, "precision": 0}, restrict_api=True),
+    "api_max_images": OptionInfo(16, "Most images (batch_size x n_iter) one API request may ask for", "Number",
+                                 {"minimum": 1, "maximum": 10000, "precision": 0}, restrict_api=True),
+}
+for _key, _info in _LIMIT_OPTIONS.items():
+    _info.section = ("api", "API")
+    shared.opts.add_option(_key, _info)
+
+# Largest side extras may produce: a scale of 8 on a big image would otherwise allocate gigabytes.
+MAX_UPSCALED_SIDE = 8192
+
+# Infotext keys that fill request fields (A1111's paste fields for the API).
+_INFOTEXT_FIELDS = {
+    "Prompt": "prompt", "Negative prompt": "negative_prompt", "Steps": "steps", "Sampler": "sampler_name",
+    "Schedule type": "scheduler", "CFG scale": "cfg_scale", "Seed": "seed", "Size-1": "width", "Size-2": "height",
+    "Variation seed": "subseed", "Variation seed strength": "subseed_strength",
+    "Denoising strength": "denoising_strength",
+}
+
+
+# -- errors ----------------------------------------------------------------------------------------------------
+
+
+class RequestFieldError(ValueError):
+    """Request fields Serena cannot act on (unknown sampler, too large, bad image...): ``errors`` maps each to why."""
+
+    def __init__(self, errors: Mapping[str, str]):
+        self.errors = dict(errors)
+        super().__init__("; ".join(f"{k}: {v}" for k, v in self.errors.items()))
+
+
+def _error_body(error: str, detail: str, errors: Any = "") -> dict:
+    return {"error": error, "detail": detail, "body": "", "errors": errors}
+
+
+def error_response(e: Exception) -> JSONResponse:
+    """A1111's error JSON for ``e``; 4xx for what the client can fix, 500 (traceback logged) for the rest."""
+    if isinstance(e, HTTPException):
+        return JSONResponse(_error_body(type(e).__name__, str(e.detail or ""), str(e)), status_code=e.status_code,
+                            headers=e.headers)
+    if isinstance(e, SettingsFrozenError):
+        return JSONResponse(_error_body(type(e).__name__, str(e), {e.key: e.reason}), status_code=403)
+    if isinstance(e, (OptionsRejected, RequestFieldError)):  # OverrideError is an OptionsRejected
+        return JSONResponse(_error_body(type(e).__name__, str(e), e.errors), status_code=422)
+    if isinstance(e, OptionError):
+        return JSONResponse(_error_body(type(e).__name__, str(e), {e.key: e.reason}), status_code=422)
+    log.error("API error: %s: %s", type(e).__name__, e, exc_info=e)
+    return JSONResponse(_error_body(type(e).__name__, "", str(e)), status_code=500)
+
+
+class ApiRoute(APIRoute):
+    """A route whose errors come back in A1111's shape. Scoped to the API's routes: the UI's stay untouched."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def shaped_handler(request):
+            try:
+                return await handler(request)
+            except RequestValidationError:
+                raise  # FastAPI's own 422 {"detail": [...]}, which A1111 clients already get
+            except Exception as e:  # noqa: BLE001 - every failure becomes a response; none may hang the client
+                return error_response(e)
+
+        return shaped_handler
+
+
+# -- images ----------------------------------------------------------------------------------------------------
+
+_DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
+_ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
+
+
+def decode_image(data: str, field: str) -> Image.Image:
+    """A PIL image from base64 or a data URL; ``RequestFieldError`` naming ``field`` when it is not one.
+
+    URLs are refused: the server never fetches what a request points at.
+    """
+    if not isinstance(data, str) or not data.strip():
+        raise RequestFieldError({field: "no image given"})
+    if data.startswith(("http://", "https://")):
+        raise RequestFieldError({field: "URLs are not fetched; send the image as base64 or a data URL"})
+    payload = _DATA_URL.sub("", data.strip(), count=1)
+    try:
+        raw = base64.b64decode("".join(payload.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestFieldError({field: "not valid base64"}) from None
+    try:
+        image = Image.open(io.BytesIO(raw))
+        image.load()
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        raise RequestFieldError({field: f"not a readable image ({e})"}) from None
+    if image.format not in _ACCEPTED_FORMATS:
+        raise RequestFieldError({field: f"{image.format} images are not accepted; send PNG, JPEG or WEBP"})
+    return image
+
+
+# EXIF segments hold at most 64 KiB; longer parameters only fit in a PNG text chunk.
+_EXIF_TEXT_LIMIT = 60000
+
+
+def encode_image(image: Image.Image) -> str:
+    """Raw base64 of ``image`` in ``samples_format`` with its ``parameters`` embedded (as saved files are).
+
+    JPEG/WEBP is used when it keeps everything: no alpha channel and parameters short enough for EXIF;
+    otherwise PNG (a text chunk holds any length and keeps transparency).
+    """
+    parameters = image.info.get("parameters")
+    fmt = str(shared.opts.samples_format).lower()
+    simple = image.mode in ("RGB", "L") and len((parameters or "").encode("utf-16-be")) < _EXIF_TEXT_LIMIT
+    if fmt not in ("jpg", "jpeg", "webp") or not simple:
+        fmt = "png"
+    buffer = io.BytesIO()
+    images.encode_image(image, fmt, parameters, buffer)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def read_parameters(image: Image.Image) -> tuple[str, dict]:
+    """The ``parameters`` text of an image (PNG text chunk or EXIF UserComment) and its other metadata."""
+    items = {k: v for k, v in image.info.items() if isinstance(v, (str, int, float, bool))}
+    text = items.pop("parameters", None)
+    if text is None:
+        exif = image.getexif()
+        comment = exif.get(0x9286) or exif.get_ifd(0x8769).get(0x9286)
+        text = _exif_text(comment) if comment else None
+    for key in ("exif", "icc_profile"):
+        items.pop(key, None)
+    return text or "", items
+
+
+def _exif_text(value) -> str:
+    if isinstance(value, str):
+        return value
+    if value[:8] == b"UNICODE\0":
+        body = value[8:]
+        # Writers disagree on the byte order of UNICODE; a BOM or the zero bytes of ASCII text tell.
+        return body.decode("utf-16-le" if body[1:2] == b"\0" else "utf-16-be", errors="replace")
+    if value[:8] in (b"ASCII\0\0\0", b"\0" * 8):
+        value = value[8:]
+    return value.decode("utf-8", errors="replace")
+
+
+# -- from request to processing object --------------------------------------------------------------------------
+
+
+def _check_limits(req) -> dict:
+    opts = shared.opts
+    errors = {}
+    for field, key in (("width", "api_max_width"), ("height", "api_max_height"), ("steps", "api_max_steps")):
+        limit = opts.get(key)
+        if getattr(req, field) > limit:
+            errors[field] = f"{getattr(req, field)} is above this server's limit of {limit} (option {key})"
+    count = req.batch_size * req.n_iter
+    if count > opts.api_max_images:
+        errors["batch_size"] = (f"batch_size x n_iter = {count} images is above this server's limit of "
+                                f"{opts.api_max_images} (option api_max_images)")
+    return errors
+
+
+def _check_scripts(req) -> dict:
+    # Serena has no A1111 scripts: a request that depends on one would silently do something else.
+    errors = {}
+    if req.script_name:
+        errors["script_name"] = f"no script named {req.script_name!r}; this server has none (GET /sdapi/v1/scripts)"
+    if req.alwayson_scripts:
+        names = ", ".join(map(repr, req.alwayson_scripts))
+        errors["alwayson_scripts"] = f"no always-on script named {names}; this server has none"
+    return errors
+
+
+def _resolve_sampling(req) -> tuple[dict, dict]:
+    """Canonical sampler and schedule type names; A1111's old combined names ("DPM++ 2M Karras") are read too."""
+    sampler_field = "sampler_name" if req.sampler_name else "sampler_index"
+    name = req.sampler_name or req.sampler_index
+    try:
+        sampler, scheduler = sd_samplers.resolve_sampler_and_scheduler(name, req.scheduler)
+    except ValueError:
+        errors = {}
+        for field, resolve, value in ((sampler_field, sd_samplers.resolve_sampler, name),
+                                      ("scheduler", sd_samplers.resolve_scheduler, req.scheduler)):
+            try:
+                resolve(value)
+            except ValueError as e:
+                errors[field] = str(e)
+        return {}, errors
+    return {"sampler_name": sampler.name, "scheduler": scheduler.label}, {}
+
+
+def apply_infotext(req):
+    """``req`` with the fields it did not set filled from ``req.infotext``, and the infotext's settings added to
+    ``override_settings`` where not given (A1111's ``apply_infotext``).
+
+    The checkpoint in an infotext is not applied: A1111 does not switch models on paste by default
+    (``disable_weights_auto_swap``), and an image made on a model this server lacks must still be reproducible.
+    """
+    if not req.infotext:
+        return req
+    try:
+        params = infotext.parse_generation_parameters(req.infotext)
+        from_text = infotext.infotext_to_overrides(params, shared.opts.data_labels)
+    except (TypeError, ValueError) as e:
+        raise RequestFieldError({"infotext": str(e)}) from None
+    data = {field: params[key] for key, field in _INFOTEXT_FIELDS.items() if key in params and params[key] != ""}
+    data.update(req.model_dump(exclude_unset=True))
+    from_text.pop("sd_model_checkpoint", None)
+    overrides = {k: v for k, v in from_text.items() if v != shared.opts.get(k)}
+    overrides.update(req.override_settings or {})
+    data["override_settings"] = overrides
+    try:
+        return type(req).model_validate(data)
+    except ValueError as e:
+        raise RequestFieldError({"infotext": f"its values do not fit the request: {e}"}) from None
+
+
+def unsupported_warnings(req) -> list[str]:
+    """A warning for every field set to something Serena does not act on, and for every unknown field."""
+    warnings = []
+    for field, (neutral, only_with) in models.UNSUPPORTED_FIELDS.items():
+        if field not in type(req).model_fields or (only_with and not getattr(req, only_with, None)):
+            continue
+        value = getattr(req, field)
+        if value is None or value == type(req).model_fields[field].default or value in neutral:
+            continue
+        warnings.append(f"`{field}`={value!r} is not supported by Serena and was ignored")
+    for field in req.model_extra or {}:
+        warnings.append(f"unknown field `{field}` was ignored")
+    return warnings
+
+
+def build_processing(req, cls, **fields) -> processing.StableDiffusionProcessing:
+    """The processing object for a generation request, or the error listing everything wrong with it.
+
+    Checked here, before the request queues: scripts, sampler and scheduler names, size limits, the processing
+    object's own input checks, and every override key (``OverrideError``: nothing applied, no hook fired).
+    """
+    # 1. Fields: scripts, sampler/scheduler names, limits (all reported together)
+    sampling, errors = _resolve_sampling(req)
+    errors.update(_check_scripts(req))
+    errors.update(_check_limits(req))
+    if errors:
+        raise RequestFieldError(errors)
+    # 2. Build p from every request field the processing class also has; None means "the class default"
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in req.model_dump(exclude=set(req.model_extra or ())).items()
+              if k in names and v is not None}
+    kwargs.update(sampling, **fields)
+    kwargs.update(override_settings=dict(req.override_settings or {}), is_api=True,
+                  do_not_save_samples=not req.save_images, do_not_save_grid=not req.save_images)
+    p = cls(**kwargs)
+    try:
+        p.check_inputs()
+    except ValueError as e:
+        field = re.search(r"`(\w+)`", str(e))
+        raise RequestFieldError({field.group(1) if field else "request": str(e)}) from None
+    # 3. Overrides: the same checks temporary_opts makes, before the queue lock
+    check = shared.opts.check(p.override_settings, for_override=True)
+    if check.errors:
+        raise OverrideError(check.errors)
+    p.warnings.extend(unsupported_warnings(req))
+    return p
+
+
+def request_parameters(req, *, hide_images: bool = False) -> dict:
+    """The request as echoed in ``parameters`` (A1111: ``vars(request)``); img2img hides its images by default."""
+    params = req.model_dump(exclude={"include_init_images", *(req.model_extra or ())})
+    if hide_images:
+        params["init_images"] = params["mask"] = None
+    return params
+
+
+# -- auth ------------------------------------------------------------------------------------------------------
+
+
+def parse_credentials(auth: str | None) -> dict[str, str]:
+    """``"user:pass,user2:pass2"`` → ``{user: pass}``.
+
+    Each pair splits at its first ``:``, so passwords may hold ``:`` (not ``,``, which separates pairs); white space
+    around a pair is dropped. A1111 splits at every ``:`` and fails to start on such passwords.
+    """
+    credentials = {}
+    for item in (auth or "").split(","):
+        user, sep, password = item.strip().partition(":")
+        if not item.strip():
+            continue
+        if not sep or not user:
+            # The message names no part of the item: it may be a password missing its user.
+            raise ValueError("--api-auth: every credential must be USER:PASSWORD with a non-empty USER")
+        credentials[user] = password
+    return credentials
+
+
+# -- the routes ------------------------------------------------------------------------------------------------
+
+
+class Api:
+    """Registers every API route on ``app``. ``auth`` is ``--api-auth``: HTTP Basic on every route when given."""
+
+    def __init__(self, app, auth: str | None = None):
+        self.app = app
+        self.credentials = parse_credentials(auth)
+        m = models
+        get, post = ["GET"], ["POST"]
+        routes = [
+            ("/sdapi/v1/txt2img", self.text2imgapi, post, m.TextToImageResponse),
+            ("/sdapi/v1/img2img", self.img2imgapi, post, m.ImageToImageResponse),
+            ("/sdapi/v1/extra-single-image", self.extras_single_image_api, post, m.ExtrasSingleImageResponse),
+            ("/sdapi/v1/extra-batch-images", self.extras_batch_images_api, post, m.ExtrasBatchImagesResponse),
+            ("/sdapi/v1/png-info", self.pnginfoapi, post, m.PNGInfoResponse),
+            ("/sdapi/v1/progress", self.progressapi, get, m.ProgressResponse),
+            ("/sdapi/v1/interrupt", self.interruptapi, post, dict[str, Any]),
+            ("/sdapi/v1/skip", self.skip, post, dict[str, Any]),
+            ("/sdapi/v1/options", self.get_config, get, dict[str, Any]),
+            ("/sdapi/v1/options", self.set_config, post, None),
+            ("/sdapi/v1/cmd-flags", self.get_cmd_flags, get, dict[str, Any]),
+            ("/sdapi/v1/samplers", self.get_samplers, get, list[m.SamplerItem]),
+            ("/sdapi/v1/schedulers", self.get_schedulers, get, list[m.SchedulerItem]),
+            ("/sdapi/v1/upscalers", self.get_upscalers, get, list[m.UpscalerItem]),
+            ("/sdapi/v1/latent-upscale-modes", self.get_latent_upscale_modes, get, list[m.LatentUpscalerModeItem]),
+            ("/sdapi/v1/sd-models", self.get_sd_models, get, list[m.SDModelItem]),
+            ("/sdapi/v1/sd-vae", self.get_sd_vaes, get, list[m.SDVaeItem]),
+            ("/sdapi/v1/hypernetworks", self.get_hypernetworks, get, list[m.HypernetworkItem]),
+            ("/sdapi/v1/face-restorers", self.get_face_restorers, get, list[m.FaceRestorerItem]),
+            ("/sdapi/v1/realesrgan-models", self.get_realesrgan_models, get, list[m.RealesrganItem]),
+            ("/sdapi/v1/prompt-styles", self.get_prompt_styles, get, list[m.PromptStyleItem]),
+            ("/sdapi/v1/embeddings", self.get_embeddings, get, m.EmbeddingsResponse),
+            ("/sdapi/v1/loras", self.get_loras, get, list[m.LoraItem]),
+            ("/sdapi/v1/refresh-checkpoints", self.refresh_checkpoints, post, None),
+            ("/sdapi/v1/refresh-vae", self.refresh_vae, post, None),
+            ("/sdapi/v1/unload-checkpoint", self.unloadapi, post, dict[str, Any]),
+            ("/sdapi/v1/reload-checkpoint", self.reloadapi, post, dict[str, Any]),
+            ("/sdapi/v1/memory", self.get_memory, get, m.MemoryResponse),
+            ("/sdapi/v1/scripts", self.get_scripts_list, get, m.ScriptsList),
+            ("/sdapi/v1/script-info", self.get_script_info, get, list[m.ScriptInfo]),
+            ("/sdapi/v1/extensions", self.get_extensions_list, get, list[m.ExtensionItem]),
+            ("/serena/v1/hooks", self.get_hooks, get, dict[str, list[str]]),
+            ("/serena/v1/overrides/validate", self.validate_overrides, post, m.OverrideValidationResponse),
+            ("/serena/v1/overrides/active", self.active_overrides, get, m.ActiveOverridesResponse),
+        ]
+        for path, endpoint, methods, response_model in routes:
+            self.add_api_route(path, endpoint, methods=methods, response_model=response_model)
+
+    def add_api_route(self, path: str, endpoint, **kwargs):
+        """Add a route with the API's error shape and, with ``--api-auth``, its credentials check."""
+        dependencies = [Depends(self.auth)] if self.credentials else []
+        error_responses = {code: {"model": models.ErrorResponse} for code in (401, 403, 422, 500)}
+        self.app.router.add_api_route(path, endpoint, dependencies=dependencies, route_class_override=ApiRoute,
+                                      responses=error_responses, **kwargs)
+
+    def auth(self, credentials: HTTPBasicCredentials | None = Depends(HTTPBasic(auto_error=False))):
+        if credentials is not None:
+            # Compare against every entry so the time taken does not tell which user names exist.
+            matched = False
+            for user, password in self.credentials.items():
+                ok_user = secrets.compare_digest(credentials.username.encode(), user.encode())
+                ok_password = secrets.compare_digest(credentials.password.encode(), password.encode())
+                matched |= ok_user and ok_password
+            if matched:
+                return True
+        raise HTTPException(status_code=401, detail="Incorrect username or password",
+                            headers={"WWW-Authenticate": "Basic"})
+
+    # -- generation ----------------------------------------------------------------------------------------------
+    def text2imgapi(self, req: models.StableDiffusionTxt2ImgProcessingAPI):
+        req = apply_infotext(req)
+        p = build_processing(req, processing.StableDiffusionProcessingTxt2Img)
+        processed = jobs.run_job("txt2img", processing.process_images, p)
+        return models.TextToImageResponse(
+            images=[encode_image(i) for i in processed.images] if req.send_images else [],
+            parameters=request_parameters(req), info=processed.js(), warnings=processed.warnings)
+
+    def img2imgapi(self, req: models.StableDiffusionImg2ImgProcessingAPI):
+        req = apply_infotext(req)
+        if not req.init_images:
+            raise RequestFieldError({"init_images": "img2img needs at least one init image"})
+        init_images = [decode_image(data, f"init_images[{i}]") for i, data in enumerate(req.init_images)]
+        mask = decode_image(req.mask, "mask") if req.mask else None
+        p = build_processing(req, processing.StableDiffusionProcessingImg2Img, init_images=init_images, mask=mask)
+        processed = jobs.run_job("img2img", processing.process_images, p)
+        return models.ImageToImageResponse(
+            images=[encode_image(i) for i in processed.images] if req.send_images else [],
+            parameters=request_parameters(req, hide_images=not req.include_init_images), info=processed.js(),
+            warnings=processed.warnings)
+
+    # -- extras --------------------------------------------------------------------------------------------------
+    def extras_single_image_api(self, req: models.ExtrasSingleImageRequest):
+        image = decode_image(req.image, "image")
+        plan = _upscale_plan(req, [image])
+        [result] = jobs.run_job("extras", upscalers.run_plan, plan, [image])
+        return models.ExtrasSingleImageResponse(html_info=plan.describe(), image=encode_image(result))
+
+    def extras_batch_images_api(self, req: models.ExtrasBatchImagesRequest):
+        batch = [decode_image(item.data, f"imageList[{i}].data") for i, item in enumerate(req.imageList)]
+        plan = _upscale_plan(req, batch)
+        results = jobs.run_job("extras", upscalers.run_plan, plan, batch)
+        return models.ExtrasBatchImagesResponse(html_info=plan.describe(), images=[encode_image(r) for r in results])
+
+    def pnginfoapi(self, req: models.PNGInfoRequest):
+        text, items = read_parameters(decode_image(req.image, "image"))
+        return models.PNGInfoResponse(info=text, items=items,
+                                      parameters=infotext.parse_generation_parameters(text) if text else {})
+
+    # -- progress and control (never take the queue lock) ----------------------------------------------------------
+    def progressapi(self, skip_current_image: bool = False):
+        state = jobs.state
+        current = state.current_image
+        image = None
+        if current is not None and not skip_current_image:
+            buffer = io.BytesIO()
+            current.save(buffer, format="PNG")
+            image = base64.b64encode(buffer.getvalue()).decode("ascii")
+        snapshot = {"job": state.job, "job_count": state.job_count, "job_no": state.job_no,
+                    "sampling_step": state.sampling_step, "sampling_steps": state.sampling_steps,
+                    "interrupted": state.interrupted, "skipped": state.skipped, "job_timestamp": state.job_timestamp}
+        return models.ProgressResponse(progress=state.progress(), eta_relative=state.eta_relative(), state=snapshot,
+                                       current_image=image, textinfo=state.textinfo)
+
+    def interruptapi(self):
+        jobs.state.interrupt()
+        return {}
+
+    def skip(self):
+        jobs.state.skip()
+        return {}
+
+    # -- options -------------------------------------------------------------------------------------------------
+    def get_config(self):
+        # Runs in its own request context: a running generation's overrides are not visible here (seam rule 11).
+        return _options_view()
+
+    def set_config(self, req: dict[str, Any]):
+        opts = shared.opts
+        if opts.frozen:
+            raise SettingsFrozenError()
+        # Keys sent back unchanged (a client posting GET /options back) are not changes: they are not refused even
+        # where the option is restricted, and are not stored.
+        shown = _options_view()
+        changed = {k: v for k, v in req.items() if k not in shown or shown[k] != v}
+        check = opts.check(changed, is_api=True)
+        if check.errors:
+            raise OptionsRejected(check.errors)
+        if not changed:
+            return None
+        # Under the queue lock: a generation never sees stored options (or its model) change half-way.
+        with jobs.queue_lock:
+            opts.set_many(changed, is_api=True)
+            opts.save()
+        return None
+
+    def get_cmd_flags(self):
+        flags = dict(vars(shared.cmd_opts))
+        if flags.get("api_auth"):
+            flags["api_auth"] = "<hidden>"  # A1111 shows the passwords to anyone who can call the API
+        return flags
+
+    # -- lists ---------------------------------------------------------------------------------------------------
+    def get_samplers(self):
+        return sd_samplers.samplers_for_api()
+
+    def get_schedulers(self):
+        return sd_samplers.schedulers_for_api()
+
+    def get_upscalers(self):
+        return [models.UpscalerItem(name=u.name, model_name=u.model_name, model_path=u.model_path,
+                                    model_url=u.model_url, scale=u.scale) for u in upscalers.all_upscalers()]
+
+    def get_latent_upscale_modes(self):
+        return []  # latent upscaling belongs to hires fix, which Serena does not implement
+
+    def get_sd_models(self):
+        return [models.SDModelItem(title=c.title, model_name=c.model_name, hash=c.shorthash, sha256=c.sha256,
+                                   filename=c.filename, config=None) for c in sd_models.list_checkpoints()]
+
+    def get_sd_vaes(self):
+        return [models.SDVaeItem(model_name=name, filename=path) for name, path in sd_vae.list_vaes().items()]
+
+    def get_hypernetworks(self):
+        return []
+
+    def get_face_restorers(self):
+        return []
+
+    def get_realesrgan_models(self):
+        return []
+
+    def get_prompt_styles(self):
+        return []
+
+    def get_embeddings(self):
+        return models.EmbeddingsResponse(loaded={}, skipped={})
+
+    def get_loras(self):
+        return []
+
+    def get_memory(self):
+        import psutil
+        ram = psutil.virtual_memory()
+        cuda: dict[str, Any] = {"error": "unavailable"}
+        torch = sys.modules.get("torch")  # only if a model made it load: a memory query must not import torch
+        if torch is not None and torch.cuda.is_available():
+            free, total = torch.cuda.mem_get_info()
+            cuda = {"system": {"free": free, "used": total - free, "total": total},
+                    "allocated": {"current": torch.cuda.memory_allocated(), "peak": torch.cuda.max_memory_allocated()},
+                    "reserved": {"current": torch.cuda.memory_reserved(), "peak": torch.cuda.max_memory_reserved()}}
+        return models.MemoryResponse(ram={"free": ram.available, "used": ram.total - ram.available,
+                                          "total": ram.total}, cuda=cuda)
+
+    def get_scripts_list(self):
+        return models.ScriptsList(txt2img=[], img2img=[])
+
+    def get_script_info(self):
+        return []
+
+    def get_extensions_list(self):
+        return [models.ExtensionItem(name=e.name, enabled=e.enabled, group=e.group, loaded=e.loaded,
+                                     problems=list(e.problems)) for e in extensions.extensions()]
+
+    # -- models (under the queue lock: the loaded-models cache belongs to the running job) -------------------------
+    def refresh_checkpoints(self):
+        with jobs.queue_lock:
+            sd_models.refresh_checkpoints()
+
+    def refresh_vae(self):
+        sd_vae.list_vaes()  # read from disk on every call: there is no list to refresh, only a request to honour
+
+    def unloadapi(self):
+        with jobs.queue_lock:
+            sd_models.model_manager.unload_all()
+        return {}
+
+    def reloadapi(self):
+        with jobs.queue_lock:
+            sd_models.current_model()
+        return {}
+
+    # -- Serena ----------------------------------------------------------------------------------------------------
+    def get_hooks(self):
+        return plugins.host.hook_order()
+
+    def validate_overrides(self, req: dict[str, Any]):
+        check = shared.opts.check(req, for_override=True)
+        return models.OverrideValidationResponse(valid=not check.errors, errors=check.errors, warnings=check.warnings,
+                                                 normalized=check.values)
+
+    def active_overrides(self):
+        layers = [layer for stack in runtime_utils.running_overrides().values() for layer in stack]
+        return models.ActiveOverridesResponse(job=jobs.state.job or None, overrides=layers)
+
+
+def _options_view() -> dict:
+    """Every registered option's effective value in this context (stored, else default).
+
+    An unset ``sd_model_checkpoint`` shows the checkpoint generations use (A1111 always shows one; clients such as
+    webuiapi's ``util_get_current_model`` read it).
+    """
+    opts = shared.opts
+    view = {key: opts.get(key) for key in opts.data_labels}
+    if view.get("sd_model_checkpoint") is None:
+        default = sd_models.default_checkpoint()
+        view["sd_model_checkpoint"] = default.title if default is not None else None
+    return view
+
+
+def _upscale_plan(req, batch: list) -> upscalers.Plan:
+    """The extras request as an upscale plan, or the error naming the fields that cannot be honoured."""
+    errors, found = {}, {}
+    for field in ("upscaler_1", "upscaler_2"):
+        try:
+            found[field] = upscalers.resolve(getattr(req, field))
+        except ValueError as e:
+            errors[field] = str(e)
+    if errors:
+        raise RequestFieldError(errors)
+    warnings = [f"`{f}` is not supported by Serena (no face restorers) and was ignored"
+                for f in ("gfpgan_visibility", "codeformer_visibility") if getattr(req, f)]
+    plan = upscalers.Plan(upscaler_1=found["upscaler_1"], upscaler_2=found["upscaler_2"],
+                          upscaler_2_visibility=req.extras_upscaler_2_visibility, resize_mode=req.resize_mode,
+                          scale=req.upscaling_resize, width=req.upscaling_resize_w, height=req.upscaling_resize_h,
+                          crop=req.upscaling_crop, warnings=warnings)
+    if not plan.active and found["upscaler_2"].upscale is not None and plan.upscaler_2_visibility > 0:
+        warnings.append("`upscaler_2` was ignored: it blends into the result of `upscaler_1`, which is None")
+    if plan.active:
+        largest = max((max(plan.scaled_size(image)) for image in batch), default=0)
+        if largest > MAX_UPSCALED_SIDE:
+            field = "upscaling_resize" if req.resize_mode == 0 else "upscaling_resize_w"
+            raise RequestFieldError({field: f"the result would be {largest} pixels wide or high; the limit is "
+                                            f"{MAX_UPSCALED_SIDE}"})
+    return plan

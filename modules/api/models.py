@@ -1,0 +1,446 @@
+"""Request and response bodies of the HTTP API, with A1111's field names and defaults.
+
+The generation requests are written out field by field (A1111 builds them by introspecting its processing
+classes; an explicit list keeps the schema reviewable and stable when the processing dataclasses change). Three
+kinds of field exist:
+
+* fields that become attributes of the processing object (the API handler copies every field that the processing
+  dataclass also has);
+* fields of the API itself: ``sampler_index``, ``script_name``, ``script_args``, ``send_images``, ``save_images``,
+  ``alwayson_scripts``, ``force_task_id``, ``infotext`` (and ``include_init_images`` for img2img);
+* fields A1111 clients send that Serena accepts but does not act on (``UNSUPPORTED_FIELDS``). A request that sets one
+  of them to something other than its neutral value still succeeds; the response's ``warnings`` (and the
+  ``"warnings"`` key of ``info``) say what was ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# -- generation requests ---------------------------------------------------------------------------------------
+
+
+class _GenerationRequest(BaseModel):
+    """Fields shared by txt2img and img2img (A1111's ``StableDiffusionProcessing`` plus the API's own)."""
+
+    # Unknown fields are kept so the handler can report them as ignored (a typo such as ``sampler`` for
+    # ``sampler_name`` would otherwise vanish without a word).
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    prompt: str = Field("", description="The prompt.")
+    negative_prompt: str = Field("", description="The negative prompt.")
+    styles: list[str] | None = Field(
+        None, description="Prompt style names (Serena has none; a non-empty list is ignored).")
+    seed: int = Field(-1, description="Seed of the first image; -1 picks a random one. Image i uses seed + i.")
+    subseed: int = Field(-1, description="Variation seed; -1 picks a random one.")
+    subseed_strength: float = Field(0.0, description="How much of the variation seed's noise is mixed in (0 to 1).")
+    seed_resize_from_h: int = Field(-1, description="A1111's 'resize seed from height' (not supported; ignored).")
+    seed_resize_from_w: int = Field(-1, description="A1111's 'resize seed from width' (not supported; ignored).")
+    sampler_name: str | None = Field(
+        None, description="Sampler name or alias (GET /samplers); A1111's old 'DPM++ 2M Karras' form too. "
+                          "Falls back to `sampler_index`.")
+    scheduler: str | None = Field(None, description="Schedule type (GET /schedulers); null means 'Automatic'.")
+    batch_size: int = Field(1, description="Images generated at once.")
+    n_iter: int = Field(1, description="Number of batches.")
+    steps: int = Field(50, description="Sampling steps.")
+    cfg_scale: float = Field(7.0, description="Classifier-free guidance scale.")
+    width: int = Field(512, description="Image width in pixels (a multiple of 8).")
+    height: int = Field(512, description="Image height in pixels (a multiple of 8).")
+    restore_faces: bool | None = Field(None, description="Face restoration (not supported; true is ignored).")
+    tiling: bool | None = Field(None, description="Seamless tiling (not supported; true is ignored).")
+    do_not_save_samples: bool = Field(False, description="Superseded by `save_images`, as in A1111.")
+    do_not_save_grid: bool = Field(False, description="Superseded by `save_images`, as in A1111.")
+    eta: float | None = Field(None, description="Noise multiplier for samplers whose step takes `eta`.")
+    denoising_strength: float | None = Field(None, description="img2img: how much of the init image is replaced.")
+    s_min_uncond: float | None = Field(None, description="A1111 sampler parameter (not supported; ignored).")
+    s_churn: float | None = Field(None, description="A1111 sampler parameter (not supported; ignored).")
+    s_tmax: float | None = Field(None, description="A1111 sampler parameter (not supported; ignored).")
+    s_tmin: float | None = Field(None, description="A1111 sampler parameter (not supported; ignored).")
+    s_noise: float | None = Field(None, description="A1111 sampler parameter (not supported; ignored).")
+    override_settings: dict[str, Any] | None = Field(
+        None, description="Settings in effect for this request only. Every key is validated before the request "
+                          "queues; any bad key fails the request with 422 listing each one, and nothing is applied.")
+    override_settings_restore_afterwards: bool | None = Field(
+        True, description="false keeps the overrides as stored settings afterwards (not written to config.json).")
+    refiner_checkpoint: str | None = Field(None, description="A1111 refiner (not supported; ignored).")
+    refiner_switch_at: float | None = Field(None, description="A1111 refiner (not supported; ignored).")
+    disable_extra_networks: bool | None = Field(
+        False, description="Accepted for A1111 clients; Serena has no extra networks.")
+    comments: dict[str, Any] | None = Field(None, description="Free-form comments (accepted, not used).")
+
+    sampler_index: str = Field("Euler", description="Deprecated: the sampler used when `sampler_name` is not given.")
+    script_name: str | None = Field(None, description="A selectable script (Serena has none: any name is refused).")
+    script_args: list[Any] = Field(default_factory=list, description="Arguments of `script_name`.")
+    send_images: bool = Field(True, description="false returns `images: []` (the info is still returned).")
+    save_images: bool = Field(False, description="Save the images to the output folder as the UI does.")
+    alwayson_scripts: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Arguments of always-on scripts by name (Serena has none: any name is refused).")
+    force_task_id: str | None = Field(None, description="Accepted for A1111 clients; not used.")
+    infotext: str | None = Field(
+        None, description="Generation parameters text (as in a PNG's 'parameters'): fills the fields not given, "
+                          "and adds its settings to `override_settings` where not given.")
+
+
+class StableDiffusionTxt2ImgProcessingAPI(_GenerationRequest):
+    """Body of ``POST /sdapi/v1/txt2img``."""
+
+    enable_hr: bool = Field(False, description="Hires fix (not supported; true is ignored).")
+    firstphase_width: int = Field(0, description="Legacy hires first-pass width (not supported; ignored).")
+    firstphase_height: int = Field(0, description="Legacy hires first-pass height (not supported; ignored).")
+    hr_scale: float = Field(2.0, description="Hires fix parameter (used only with `enable_hr`).")
+    hr_upscaler: str | None = Field(None, description="Hires fix parameter (used only with `enable_hr`).")
+    hr_second_pass_steps: int = Field(0, description="Hires fix parameter (used only with `enable_hr`).")
+    hr_resize_x: int = Field(0, description="Hires fix parameter (used only with `enable_hr`).")
+    hr_resize_y: int = Field(0, description="Hires fix parameter (used only with `enable_hr`).")
+    hr_checkpoint_name: str | None = Field(None, description="Hires fix parameter (used only with `enable_hr`).")
+    hr_sampler_name: str | None = Field(None, description="Hires fix parameter (used only with `enable_hr`).")
+    hr_scheduler: str | None = Field(None, description="Hires fix parameter (used only with `enable_hr`).")
+    hr_prompt: str = Field("", description="Hires fix parameter (used only with `enable_hr`).")
+    hr_negative_prompt: str = Field("", description="Hires fix parameter (used only with `enable_hr`).")
+    firstpass_image: str | None = Field(None, description="A1111 hires input image (not supported; ignored).")
+
+
+class StableDiffusionImg2ImgProcessingAPI(_GenerationRequest):
+    """Body of ``POST /sdapi/v1/img2img``."""
+
+    init_images: list[str] | None = Field(
+        None, description="Images to start from: base64 or data URLs, PNG/JPEG/WEBP. Image i of a batch uses "
+                          "init image i (repeated when there are fewer).")
+    resize_mode: int = Field(0, description="0: just resize (the only mode Serena implements).")
+    denoising_strength: float | None = Field(0.75, description="How much of the init image is replaced (0 to 1).")
+    image_cfg_scale: float | None = Field(None, description="instruct-pix2pix guidance (not supported; ignored).")
+    mask: str | None = Field(None, description="Inpainting mask (white = repaint): base64 or data URL.")
+    mask_blur_x: int = Field(4, description="A1111 mask blur (not supported; ignored).")
+    mask_blur_y: int = Field(4, description="A1111 mask blur (not supported; ignored).")
+    mask_blur: int | None = Field(None, description="A1111 mask blur (not supported; ignored).")
+    mask_round: bool = Field(True, description="A1111 mask rounding (accepted, not used).")
+    inpainting_fill: int = Field(0, description="A1111 masked content mode (not supported; ignored).")
+    inpaint_full_res: bool = Field(True, description="A1111 'inpaint only masked' (not supported; ignored).")
+    inpaint_full_res_padding: int = Field(0, description="A1111 'only masked' padding (not supported; ignored).")
+    inpainting_mask_invert: int = Field(0, description="1 repaints the black area of the mask instead.")
+    initial_noise_multiplier: float | None = Field(None, description="A1111 noise multiplier (not supported; ignored).")
+    latent_mask: str | None = Field(None, description="A1111 latent mask (not supported; ignored).")
+    include_init_images: bool = Field(
+        False, description="Echo `init_images` and `mask` in the response's `parameters` (null otherwise).")
+
+
+# Fields accepted for A1111 clients that Serena does not act on, with the values at which A1111 would not act on
+# them either (the field's own default is always neutral). Anything else is reported in the response's warnings.
+# A second table entry restricts the check to requests where the condition field is set (mask options matter
+# only with a mask).
+UNSUPPORTED_FIELDS: dict[str, tuple[tuple, str | None]] = {
+    "styles": (([],), None),
+    "seed_resize_from_h": ((0,), None),
+    "seed_resize_from_w": ((0,), None),
+    "restore_faces": ((False,), None),
+    "tiling": ((False,), None),
+    "s_min_uncond": ((0,), None),
+    # webuiapi sends s_tmax=0, s_tmin=0, s_churn=0, s_noise=1 by default: A1111 treats those as "off".
+    "s_churn": ((0,), None),
+    "s_tmax": ((0, float("inf")), None),
+    "s_tmin": ((0,), None),
+    "s_noise": ((1,), None),
+    "refiner_checkpoint": (("", "None"), None),
+    "enable_hr": ((), None),
+    "firstphase_width": ((), None),
+    "firstphase_height": ((), None),
+    "firstpass_image": (("",), None),
+    "resize_mode": ((), None),
+    "image_cfg_scale": ((), None),
+    "initial_noise_multiplier": ((1,), None),
+    "latent_mask": (("",), None),
+    "mask_blur": ((4,), "mask"),
+    "mask_blur_x": ((), "mask"),
+    "mask_blur_y": ((), "mask"),
+    "inpainting_fill": ((), "mask"),
+    "inpaint_full_res": ((False,), "mask"),
+    "inpaint_full_res_padding": ((), "mask"),
+}
+
+# -- generation responses --------------------------------------------------------------------------------------
+
+
+class _GenerationResponse(BaseModel):
+    """What a generation returns: A1111's three fields plus Serena's ``warnings``."""
+
+    images: list[str] | None = Field(
+        None, title="Image", description="The images as raw base64 (no data: prefix), in `samples_format` with the "
+                                         "generation parameters embedded; [] when `send_images` is false.")
+    parameters: dict[str, Any] = Field(description="The request as the server understood it.")
+    info: str = Field(description="A JSON string: seeds, prompts, infotexts, model, warnings... (A1111's `info`).")
+    warnings: list[str] = Field(
+        default_factory=list, description="Serena: what was ignored or went wrong without failing the request.")
+
+
+class TextToImageResponse(_GenerationResponse):
+    """Response of ``POST /sdapi/v1/txt2img``."""
+
+
+class ImageToImageResponse(_GenerationResponse):
+    """Response of ``POST /sdapi/v1/img2img``."""
+
+
+# -- extras ----------------------------------------------------------------------------------------------------
+
+
+class _ExtrasBase(BaseModel):
+    """Fields shared by the extras requests (A1111's ``ExtrasBaseRequest``)."""
+
+    resize_mode: int = Field(
+        0, ge=0, le=1, description="0: scale by `upscaling_resize`; 1: to `upscaling_resize_w`x`upscaling_resize_h`.")
+    show_extras_results: bool = Field(True, description="Accepted for A1111 clients; not used.")
+    gfpgan_visibility: float = Field(0, ge=0, le=1, description="Face restoration (Serena has none; ignored).")
+    codeformer_visibility: float = Field(0, ge=0, le=1, description="Face restoration (Serena has none; ignored).")
+    codeformer_weight: float = Field(0, ge=0, le=1, description="Face restoration (Serena has none; ignored).")
+    upscaling_resize: float = Field(2, ge=1, le=8, description="Scale factor for resize_mode 0.")
+    upscaling_resize_w: int = Field(512, ge=1, description="Target width for resize_mode 1.")
+    upscaling_resize_h: int = Field(512, ge=1, description="Target height for resize_mode 1.")
+    upscaling_crop: bool = Field(True, description="resize_mode 1: crop to the exact target size after scaling.")
+    upscaler_1: str = Field("None", description="Upscaler name (GET /upscalers).")
+    upscaler_2: str = Field("None", description="Second upscaler, blended in by `extras_upscaler_2_visibility`.")
+    extras_upscaler_2_visibility: float = Field(0, ge=0, le=1, description="Weight of `upscaler_2`'s result.")
+    upscale_first: bool = Field(False, description="Accepted for A1111 clients; upscaling is the only step.")
+
+
+class ExtrasSingleImageRequest(_ExtrasBase):
+    """Body of ``POST /sdapi/v1/extra-single-image``."""
+
+    image: str = Field("", description="The image: base64 or data URL, PNG/JPEG/WEBP.")
+
+
+class FileData(BaseModel):
+    """One image of ``extra-batch-images``."""
+
+    data: str = Field(description="Base64 or data URL of the file.")
+    name: str = Field(description="File name.")
+
+
+class ExtrasBatchImagesRequest(_ExtrasBase):
+    """Body of ``POST /sdapi/v1/extra-batch-images``."""
+
+    imageList: list[FileData] = Field(description="The images, each base64 or a data URL.")  # noqa: N815 - A1111's name
+
+
+class ExtrasSingleImageResponse(BaseModel):
+    """Response of ``POST /sdapi/v1/extra-single-image``."""
+
+    html_info: str = Field(description="What was done, as text.")
+    image: str = Field(description="The result, raw base64 PNG.")
+
+
+class ExtrasBatchImagesResponse(BaseModel):
+    """Response of ``POST /sdapi/v1/extra-batch-images``."""
+
+    html_info: str = Field(description="What was done, as text.")
+    images: list[str] = Field(description="The results, raw base64 PNG, in request order.")
+
+
+# -- PNG info, progress ----------------------------------------------------------------------------------------
+
+
+class PNGInfoRequest(BaseModel):
+    """Body of ``POST /sdapi/v1/png-info``."""
+
+    image: str = Field(description="The image: base64 or data URL, PNG/JPEG/WEBP.")
+
+
+class PNGInfoResponse(BaseModel):
+    """Response of ``POST /sdapi/v1/png-info``."""
+
+    info: str = Field(description="The generation parameters text, '' when the image has none.")
+    items: dict[str, Any] = Field(description="Other metadata of the image.")
+    parameters: dict[str, Any] = Field(description="`info` parsed into fields, as the UI pastes it.")
+
+
+class ProgressResponse(BaseModel):
+    """Response of ``GET /sdapi/v1/progress``; read without waiting for the queue."""
+
+    progress: float = Field(description="Fraction of the running job done, 0 to 1.")
+    eta_relative: float = Field(description="Estimated seconds left.")
+    state: dict[str, Any] = Field(
+        description="job, job_count, job_no, sampling_step, sampling_steps, interrupted, skipped, job_timestamp.")
+    current_image: str | None = Field(None, description="A preview of the running job, raw base64 PNG, or null.")
+    textinfo: str | None = Field(None, description="Status text.")
+
+
+# -- lists -----------------------------------------------------------------------------------------------------
+
+
+class SamplerItem(BaseModel):
+    """One entry of ``GET /samplers``; ``options`` holds A1111's sampler options (default schedule type...)."""
+
+    name: str
+    aliases: list[str] = Field(default_factory=list)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class SchedulerItem(BaseModel):
+    """One entry of ``GET /schedulers``: a schedule type by API name and label."""
+
+    name: str
+    label: str
+    aliases: list[str] | None = None
+    default_rho: float | None = None
+    need_inner_model: bool | None = None
+
+
+class UpscalerItem(BaseModel):
+    """One entry of ``GET /upscalers``: the PIL ones, and any an extension registered."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    name: str
+    model_name: str | None = None
+    model_path: str | None = None
+    model_url: str | None = None
+    scale: float | None = None
+
+
+class LatentUpscalerModeItem(BaseModel):
+    """One entry of ``GET /latent-upscale-modes`` (empty in Serena: no hires fix)."""
+
+    name: str
+
+
+class SDModelItem(BaseModel):
+    """One entry of ``GET /sd-models``: a checkpoint found under ``models/Stable-diffusion``."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    title: str = Field(description="'name [shorthash]': what `sd_model_checkpoint` shows.")
+    model_name: str
+    hash: str | None = Field(description="The first 10 hex digits of the sha256.")
+    sha256: str | None
+    filename: str
+    config: str | None = None
+
+
+class SDVaeItem(BaseModel):
+    """One entry of ``GET /sd-vae``: a VAE file under ``models/VAE``."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_name: str
+    filename: str
+
+
+class HypernetworkItem(BaseModel):
+    """A1111 shape; Serena lists none."""
+
+    name: str
+    path: str | None = None
+
+
+class FaceRestorerItem(BaseModel):
+    """A1111 shape; Serena lists none."""
+
+    name: str
+    cmd_dir: str | None = None
+
+
+class RealesrganItem(BaseModel):
+    """A1111 shape; Serena lists none."""
+
+    name: str
+    path: str | None = None
+    scale: int | None = None
+
+
+class PromptStyleItem(BaseModel):
+    """A1111 shape; Serena lists none."""
+
+    name: str
+    prompt: str | None = None
+    negative_prompt: str | None = None
+
+
+class LoraItem(BaseModel):
+    """The Lora extension's shape (webuiapi reads it); Serena lists none."""
+
+    name: str
+    alias: str | None = None
+    path: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class EmbeddingsResponse(BaseModel):
+    loaded: dict[str, Any] = Field(description="Embeddings by name (Serena loads none).")
+    skipped: dict[str, Any] = Field(description="Embeddings found but not loaded.")
+
+
+class MemoryResponse(BaseModel):
+    ram: dict[str, Any] = Field(description="System memory in bytes: free, used, total.")
+    cuda: dict[str, Any] = Field(description="GPU memory in bytes, or {'error': ...} without CUDA.")
+
+
+class ScriptsList(BaseModel):
+    """Selectable script titles per tab (empty in Serena: it has no A1111 scripts)."""
+
+    txt2img: list[str] = Field(default_factory=list)
+    img2img: list[str] = Field(default_factory=list)
+
+
+class ScriptInfo(BaseModel):
+    """A1111 shape; Serena lists none."""
+
+    name: str | None = None
+    is_alwayson: bool | None = None
+    is_img2img: bool | None = None
+    args: list[Any] = Field(default_factory=list)
+
+
+class ExtensionItem(BaseModel):
+    """A1111's fields (null where Serena does not track them) plus Serena's load status."""
+
+    name: str
+    remote: str | None = None
+    branch: str | None = None
+    commit_hash: str | None = None
+    version: str | None = None
+    commit_date: int | None = None
+    enabled: bool
+    group: str | None = Field(None, description="Serena: 'builtin', 'user' or 'package'.")
+    loaded: bool | None = Field(None, description="Serena: whether its scripts were registered.")
+    problems: list[str] = Field(default_factory=list, description="Serena: why it did not load, or what to fix.")
+
+
+# -- errors and Serena's own endpoints -------------------------------------------------------------------------
+
+
+class ErrorResponse(BaseModel):
+    """A1111's error body. Serena puts ``{field or key: reason}`` in ``errors`` for 4xx it can attribute."""
+
+    error: str = Field(description="The exception's type name, e.g. 'OverrideError'.")
+    detail: str = Field("", description="A message for people.")
+    body: str = Field("", description="Unused (A1111 compatibility).")
+    errors: dict[str, str] | str = Field(
+        "", description="{key: reason} for every bad key or field; a message otherwise.")
+
+
+class OverrideValidationResponse(BaseModel):
+    """Response of ``POST /serena/v1/overrides/validate``: the checks a generation makes, with no side effects."""
+
+    valid: bool = Field(description="Whether a generation with these overrides would start.")
+    errors: dict[str, str] = Field(description="Every bad key and why.")
+    warnings: list[str] = Field(description="E.g. deprecated option names that were mapped to their current names.")
+    normalized: dict[str, Any] = Field(description="The values as they would be applied, by current option name.")
+
+
+class OverrideLayerItem(BaseModel):
+    """One level of overrides in effect."""
+
+    keys: list[str]
+    values: dict[str, Any]
+    owner: str = Field(description="Who entered the layer (module or function).")
+    depth: int = Field(description="1 for the outermost layer.")
+
+
+class ActiveOverridesResponse(BaseModel):
+    """Response of ``GET /serena/v1/overrides/active``."""
+
+    job: str | None = Field(description="The running job's name, or null when idle.")
+    overrides: list[OverrideLayerItem] = Field(
+        description="The override layers in effect in the running job, outermost first.")
