@@ -27,6 +27,9 @@ def make_parser() -> argparse.ArgumentParser:
                        help="settings file (default: <data-dir>/config.json)")
     paths.add_argument("--ckpt", default=None, metavar="FILE",
                        help="a checkpoint to register and load at start-up")
+    paths.add_argument("--allow-pickle-checkpoints", action="store_true",
+                       help="(Serena) load pickled .ckpt checkpoints; they can run arbitrary code, so only for files "
+                            "you trust (weights-only unpickling is still enforced)")
 
     server = parser.add_argument_group("server")
     server.add_argument("--port", type=int, default=None,

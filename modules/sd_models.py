@@ -179,11 +179,12 @@ def resolve_checkpoint(name: Any) -> CheckpointInfo:
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"expected a checkpoint name, got {name!r}")
     checkpoints = list_checkpoints()
-    for c in checkpoints:
-        if name in c.ids:
-            return c
+    # A file name or hash can be an exact id of several checkpoints (same name in two subfolders, copies).
+    exact = [c for c in checkpoints if name in c.ids]
+    if len(exact) == 1:
+        return exact[0]
     lowered = name.lower()
-    matches = [c for c in checkpoints if any(lowered == i.lower() for i in c.ids)]
+    matches = exact or [c for c in checkpoints if any(lowered == i.lower() for i in c.ids)]
     if not matches:
         matches = [c for c in checkpoints
                    if lowered in c.title.lower() or (len(name) >= 8 and c.sha256.startswith(lowered))]
@@ -260,8 +261,7 @@ class LoadedModels:
 def _load_from_disk(info: CheckpointInfo):
     from modules import devices, plugins, sd_models_loader
     model = sd_models_loader.load_checkpoint(info, device=devices.device(), dtype=devices.dtype(),
-                                             allow_pickle=bool(getattr(shared.cmd_opts, "allow_pickle_checkpoints",
-                                                                       False)))
+                                             allow_pickle=shared.cmd_opts.allow_pickle_checkpoints)
     plugins.host.call("on_model_loaded", sd_model=model)
     return model
 

@@ -1,0 +1,491 @@
+"""Loading Stable Diffusion 1.x checkpoints into diffusers/transformers components, and writing them back.
+
+Two on-disk forms load:
+
+* a single ``.safetensors`` file in the original (A1111/LDM) key layout: ``model.diffusion_model.*`` (UNet),
+  ``first_stage_model.*`` (VAE), ``cond_stage_model.transformer[.text_model].*`` (CLIP text encoder);
+* a diffusers-format folder (``model_index.json`` with ``unet/``, ``vae/``, ``text_encoder/``, ``scheduler/``).
+
+Component configs come from the file's ``serena_config`` safetensors metadata when present (Serena's own files),
+else from the hand-written SD1.5 configs in ``modules/sd_configs/v1/``; the tokenizer always comes from
+``modules/sd_configs/tokenizer/``. Nothing is fetched from a hub.
+
+LDM keys are mapped to diffusers keys by diffusers' own converters, then loaded strictly: a tensor that finds no
+place, or a parameter left without a tensor, raises ``ValueError`` naming the file, so a checkpoint never runs
+with random weights. ``save_ldm_checkpoint``/``save_ldm_vae`` write the inverse mapping.
+
+Pickled ``.ckpt`` files are refused unless the caller opts in (``--allow-pickle-checkpoints``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import torch
+from accelerate import init_empty_weights
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.loaders.single_file_utils import (
+    convert_ldm_clip_checkpoint,
+    convert_ldm_unet_checkpoint,
+    convert_ldm_vae_checkpoint,
+)
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from modules import paths
+from modules.sd_models import CheckpointInfo
+
+CONFIGS_DIR = os.path.join(paths.script_path, "modules", "sd_configs")
+TOKENIZER_DIR = os.path.join(CONFIGS_DIR, "tokenizer")
+V1_CONFIG_DIR = os.path.join(CONFIGS_DIR, "v1")
+METADATA_KEY = "serena_config"
+
+UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
+TEXT_PREFIX = "cond_stage_model.transformer.text_model."
+_TEXT_PREFIX_SHORT = "cond_stage_model.transformer."
+_VAE_PARTS = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
+PICKLE_EXTENSIONS = (".ckpt", ".pt", ".pth", ".bin")
+
+_COMPONENT_FILES = {
+    "unet": "unet/config.json",
+    "vae": "vae/config.json",
+    "text_encoder": "text_encoder/config.json",
+    "scheduler": "scheduler/scheduler_config.json",
+}
+# Config entries that describe the writing environment, not the architecture; left out of saved metadata
+# so the same weights always give the same file bytes.
+_VOLATILE_TEXT_CONFIG_KEYS = {"transformers_version", "_name_or_path", "dtype", "torch_dtype"}
+
+
+class SDModel:
+    """One loaded SD1.x checkpoint: the components a pipeline needs, plus where they came from.
+
+    ``scheduler_config`` is the checkpoint's own scheduler config (betas, prediction type…); samplers are built
+    from it with ``SchedulerClass.from_config``. ``vae`` is the checkpoint's own VAE unless ``apply_vae``
+    swapped another in, in which case ``vae_name`` names the VAE file.
+    """
+
+    def __init__(self, *, info: CheckpointInfo, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel,
+                 unet: UNet2DConditionModel, vae: AutoencoderKL, scheduler_config: dict,
+                 device: torch.device, dtype: torch.dtype):
+        self.info = info
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder
+        self.unet = unet
+        self.vae = vae
+        self.scheduler_config = scheduler_config
+        self.device = device
+        self.dtype = dtype
+        self.vae_name: str | None = None
+        self._own_vae = vae
+
+    @property
+    def sd_model_hash(self) -> str:
+        """The A1111 "Model hash": the first 10 hex digits of the checkpoint's sha256."""
+        return self.info.shorthash
+
+    def apply_vae(self, vae: AutoencoderKL | None, name: str | None = None) -> None:
+        """Use ``vae`` instead of the checkpoint's own VAE, or restore the checkpoint's own with ``None``.
+
+        Args:
+            vae: a VAE from ``load_vae``; moved to this model's device and dtype. ``None`` restores the
+                checkpoint's own VAE, kept in memory since loading, so nothing is re-read.
+            name: the VAE file name reported as ``vae_name`` (ignored when ``vae`` is ``None``).
+        """
+        if vae is None:
+            self.vae, self.vae_name = self._own_vae, None
+            return
+        if (vae.device, vae.dtype) != (self.device, self.dtype):
+            vae = vae.to(device=self.device, dtype=self.dtype)
+        self.vae, self.vae_name = vae.eval(), name
+
+    def __repr__(self):
+        vae = f", vae={self.vae_name!r}" if self.vae_name else ""
+        return f"<SDModel {self.info.title} on {self.device} {self.dtype}{vae}>"
+
+
+def load_tokenizer() -> CLIPTokenizer:
+    """The CLIP ViT-L/14 tokenizer in ``modules/sd_configs/tokenizer`` (built by tools/build_clip_tokenizer.py)."""
+    return CLIPTokenizer.from_pretrained(TOKENIZER_DIR, local_files_only=True)
+
+
+def default_configs() -> dict[str, dict]:
+    """The SD1.5 component configs from ``modules/sd_configs/v1``: ``{"unet", "vae", "text_encoder", "scheduler"}``."""
+    configs = {}
+    for component, rel in _COMPONENT_FILES.items():
+        with open(os.path.join(V1_CONFIG_DIR, rel), encoding="utf-8") as f:
+            configs[component] = json.load(f)
+    return configs
+
+
+def load_checkpoint(info: CheckpointInfo, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                    allow_pickle: bool = False) -> SDModel:
+    """Load a checkpoint file or diffusers folder into an ``SDModel``.
+
+    Args:
+        info: the checkpoint, from ``modules.sd_models``.
+        device: where the components are placed.
+        dtype: the components' floating-point dtype (weights are cast from whatever the file holds).
+        allow_pickle: accept pickled ``.ckpt`` files (read with ``torch.load(weights_only=True)``).
+
+    Raises:
+        ValueError: the file is unreadable, truncated, pickled without ``allow_pickle``, not an SD1.x layout,
+            or its tensors do not fit its config; the message names the file.
+    """
+    device = torch.device(device)
+    if os.path.isdir(info.filename):
+        components = _load_diffusers_folder(info.filename, device, dtype)
+    else:
+        state_dict, metadata = read_state_dict(info.filename, allow_pickle=allow_pickle)
+        components = _components_from_ldm(state_dict, _configs_from_metadata(metadata, info.filename),
+                                          os.path.basename(info.filename), device, dtype)
+    unet, vae, text_encoder, scheduler_config = components
+    return SDModel(info=info, tokenizer=load_tokenizer(), text_encoder=text_encoder.eval(), unet=unet.eval(),
+                   vae=vae.eval(), scheduler_config=scheduler_config, device=device, dtype=dtype)
+
+
+def load_vae(path: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> AutoencoderKL:
+    """Load a standalone VAE ``.safetensors`` file.
+
+    Accepts A1111 VAE files (LDM keys ``encoder.down.0.block.0…``, with or without ``first_stage_model.``) and
+    diffusers-keyed VAE weights (``encoder.down_blocks.0.resnets.0…``). The config comes from the file's
+    ``serena_config`` metadata, else the SD1.5 VAE config.
+
+    Raises:
+        ValueError: unreadable file, or tensors that do not fit the config; the message names the file.
+    """
+    name = os.path.basename(path)
+    state_dict, metadata = read_state_dict(path)
+    config = _configs_from_metadata(metadata, path)["vae"]
+    prefix = VAE_PREFIX if any(k.startswith(VAE_PREFIX) for k in state_dict) else ""
+    source = {k[len(prefix):]: v for k, v in state_dict.items()
+              if k.startswith(prefix) and k[len(prefix):].startswith(_VAE_PARTS)}
+    if not source:
+        raise ValueError(f"{name}: not a VAE file: no encoder.*/decoder.* tensors")
+    if any(".down_blocks." in k or ".up_blocks." in k for k in source):
+        converted = source
+    else:
+        converted = _convert(name, "VAE", convert_ldm_vae_checkpoint, source, config)
+        _check_conversion(name, "VAE", len(source), converted)
+    return _instantiate(lambda: AutoencoderKL.from_config(config), converted, name, "VAE",
+                        torch.device(device), dtype).eval()
+
+
+def read_state_dict(path: str, *, allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``(tensors, safetensors metadata)`` of a checkpoint file, on the CPU in the file's dtypes.
+
+    Raises:
+        ValueError: pickled file without ``allow_pickle``, unknown extension, or a corrupt/truncated file.
+    """
+    name = os.path.basename(path)
+    if path.lower().endswith(PICKLE_EXTENSIONS):
+        if not allow_pickle:
+            raise ValueError(f"{name}: pickled checkpoints can run arbitrary code; convert to .safetensors, "
+                             f"or start with --allow-pickle-checkpoints to load it anyway")
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch.load surfaces corruption as many unrelated exception types
+            raise ValueError(f"{name}: cannot read pickled checkpoint: {e}") from e
+        state_dict = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+        if not isinstance(state_dict, dict):
+            raise ValueError(f"{name}: pickled checkpoint holds {type(obj).__name__}, not a state dict")
+        return {k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}, {}
+    if not path.lower().endswith(".safetensors"):
+        raise ValueError(f"{name}: unsupported checkpoint type; expected .safetensors")
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{name}: corrupt or truncated .safetensors file: {e}") from e
+    return tensors, metadata
+
+
+def _configs_from_metadata(metadata: dict[str, str], path: str) -> dict[str, dict]:
+    configs = default_configs()
+    if METADATA_KEY in metadata:
+        try:
+            stored = json.loads(metadata[METADATA_KEY])
+        except ValueError as e:
+            raise ValueError(f"{os.path.basename(path)}: unreadable {METADATA_KEY} metadata: {e}") from e
+        if not isinstance(stored, dict):
+            raise ValueError(f"{os.path.basename(path)}: {METADATA_KEY} metadata is not a JSON object")
+        configs.update({k: v for k, v in stored.items() if k in configs})
+    return configs
+
+
+def _components_from_ldm(state_dict: dict[str, torch.Tensor], configs: dict[str, dict], name: str,
+                         device: torch.device, dtype: torch.dtype):
+    """``(unet, vae, text_encoder, scheduler_config)`` from an LDM-layout state dict."""
+    _check_ldm_layout(state_dict, name)
+    unet_config, vae_config = configs["unet"], configs["vae"]
+
+    n_unet = sum(k.startswith(UNET_PREFIX) for k in state_dict)
+    unet_sd = _convert(name, "UNet", convert_ldm_unet_checkpoint, state_dict, unet_config)
+    _check_conversion(name, "UNet", n_unet, unet_sd)
+
+    vae_source = {k: v for k, v in state_dict.items()
+                  if k.startswith(VAE_PREFIX) and k[len(VAE_PREFIX):].startswith(_VAE_PARTS)}
+    vae_sd = _convert(name, "VAE", convert_ldm_vae_checkpoint, vae_source, vae_config)
+    _check_conversion(name, "VAE", len(vae_source), vae_sd)
+
+    # position_ids is a non-persistent buffer in transformers; some old files carry broken float copies of it.
+    text_source = {k: v for k, v in state_dict.items()
+                   if k.startswith(_TEXT_PREFIX_SHORT) and not k.endswith("embeddings.position_ids")}
+    text_sd = {k.removeprefix("text_model."): v for k, v in convert_ldm_clip_checkpoint(text_source).items()}
+    _check_conversion(name, "text encoder", len(text_source), text_sd)
+
+    unet = _instantiate(lambda: UNet2DConditionModel.from_config(unet_config), unet_sd, name, "UNet", device, dtype)
+    vae = _instantiate(lambda: AutoencoderKL.from_config(vae_config), vae_sd, name, "VAE", device, dtype)
+    text_config = CLIPTextConfig(**configs["text_encoder"])
+    text_encoder = _instantiate(lambda: CLIPTextModel(text_config), text_sd, name, "text encoder", device, dtype)
+    return unet, vae, text_encoder, dict(configs["scheduler"])
+
+
+def _check_ldm_layout(state_dict: dict[str, torch.Tensor], name: str) -> None:
+    if not state_dict:
+        raise ValueError(f"{name}: the file holds no tensors")
+    keys = list(state_dict)
+
+    def has(prefix):
+        return any(k.startswith(prefix) for k in keys)
+
+    if has("conditioner.embedders."):
+        raise ValueError(f"{name}: an SDXL checkpoint; Serena loads Stable Diffusion 1.x only")
+    if has("cond_stage_model.model."):
+        raise ValueError(f"{name}: an SD 2.x (OpenCLIP) checkpoint; Serena loads Stable Diffusion 1.x only")
+    parts = ((UNET_PREFIX, "UNet"), (VAE_PREFIX, "VAE"), (_TEXT_PREFIX_SHORT, "text encoder"))
+    missing = [what for prefix, what in parts if not has(prefix)]
+    if missing:
+        found = sorted({".".join(k.split(".")[:2]) for k in keys})[:8]
+        raise ValueError(f"{name}: not a Stable Diffusion 1.x checkpoint in the LDM layout: no "
+                         f"{', '.join(missing)} tensors (found key prefixes {found})")
+
+
+def _check_conversion(name: str, what: str, n_source: int, converted: dict[str, torch.Tensor]) -> None:
+    """Fail when diffusers' converter dropped source tensors.
+
+    The converters map tensors by name pattern and silently skip what they do not recognise; each source
+    tensor maps to exactly one target, so equal counts mean nothing was dropped.
+    """
+    if len(converted) != n_source:
+        raise ValueError(f"{name}: {n_source} {what} tensors in the file, but {len(converted)} mapped onto the "
+                         f"SD1.x layout its config describes")
+
+
+def _convert(name: str, what: str, convert, *args) -> dict[str, torch.Tensor]:
+    try:
+        return convert(*args)
+    except KeyError as e:
+        raise ValueError(f"{name}: the {what} conversion needs {e}, which the file or its config lacks") from e
+
+
+def _instantiate(build, state_dict: dict[str, torch.Tensor], name: str, what: str,
+                 device: torch.device, dtype: torch.dtype):
+    """Build a model without allocating random weights, then assign ``state_dict`` to it strictly.
+
+    The tensors are cast before they are assigned: casting a diffusers model afterwards warns on every load.
+    """
+    state_dict = {k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)
+                  for k, v in state_dict.items()}
+    with init_empty_weights():
+        model = build()
+    try:
+        model.load_state_dict(state_dict, strict=True, assign=True)
+    except RuntimeError as e:
+        raise ValueError(f"{name}: {what} weights do not fit its config: {e}") from e
+    # Non-persistent buffers (CLIP's position_ids) were built on the CPU and are not in the state dict.
+    return model.to(device)
+
+
+def _load_diffusers_folder(folder: str, device: torch.device, dtype: torch.dtype):
+    """``(unet, vae, text_encoder, scheduler_config)`` from a diffusers-format folder, strictly, safetensors only."""
+    name = os.path.basename(folder.rstrip("/\\"))
+    loaded = []
+    for cls, sub in ((UNet2DConditionModel, "unet"), (AutoencoderKL, "vae"), (CLIPTextModel, "text_encoder")):
+        try:
+            dtype_arg = {"dtype": dtype} if cls is CLIPTextModel else {"torch_dtype": dtype}
+            model, report = cls.from_pretrained(folder, subfolder=sub, local_files_only=True, use_safetensors=True,
+                                                output_loading_info=True, **dtype_arg)
+        except (OSError, ValueError, RuntimeError, SafetensorError) as e:
+            raise ValueError(f"{name}: cannot load {sub}/: {e}") from e
+        problems = {k: v for k, v in report.items() if k != "error_msgs" and v}
+        if problems or report.get("error_msgs"):
+            raise ValueError(f"{name}: {sub}/ weights do not fit its config: {problems or report['error_msgs']}")
+        loaded.append(model.to(device))
+    scheduler_file = os.path.join(folder, _COMPONENT_FILES["scheduler"])
+    if os.path.isfile(scheduler_file):
+        with open(scheduler_file, encoding="utf-8") as f:
+            scheduler_config = json.load(f)
+    else:
+        scheduler_config = default_configs()["scheduler"]
+    return (*loaded, scheduler_config)
+
+
+# --- writing (diffusers -> LDM) ---------------------------------------------------------------------------------
+
+_UNET_TOP = {"time_embedding.linear_1.": "time_embed.0.", "time_embedding.linear_2.": "time_embed.2.",
+             "conv_in.": "input_blocks.0.0.", "conv_norm_out.": "out.0.", "conv_out.": "out.2."}
+_UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
+                "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}
+_VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+def _unet_key_to_ldm(key: str, config: dict) -> str:
+    # LDM numbers every layer of the UNet flat; each level takes layers_per_block (+1 for its resampler) slots.
+    per_level = config["layers_per_block"] + 1
+    for prefix, ldm in _UNET_TOP.items():
+        if key.startswith(prefix):
+            return ldm + key[len(prefix):]
+    m = re.fullmatch(r"(down|up)_blocks\.(\d+)\.(resnets|attentions|downsamplers|upsamplers)\.(\d+)\.(.+)", key)
+    if m:
+        side, level, kind, index, rest = m.group(1), int(m.group(2)), m.group(3), int(m.group(4)), m.group(5)
+        if kind == "resnets":
+            first, _, tail = rest.partition(".")
+            rest = f"{_UNET_RESNET.get(first, first)}.{tail}"
+        if side == "down":
+            if kind == "downsamplers":
+                return f"input_blocks.{(level + 1) * per_level}.0.op.{rest.removeprefix('conv.')}"
+            return f"input_blocks.{1 + level * per_level + index}.{0 if kind == 'resnets' else 1}.{rest}"
+        if kind == "upsamplers":
+            slot = 2 if config["up_block_types"][level].startswith("CrossAttn") else 1
+            return f"output_blocks.{level * per_level + per_level - 1}.{slot}.{rest}"
+        return f"output_blocks.{level * per_level + index}.{0 if kind == 'resnets' else 1}.{rest}"
+    m = re.fullmatch(r"mid_block\.(resnets|attentions)\.(\d+)\.(.+)", key)
+    if m:
+        kind, index, rest = m.group(1), int(m.group(2)), m.group(3)
+        if kind == "resnets":
+            first, _, tail = rest.partition(".")
+            return f"middle_block.{2 * index}.{_UNET_RESNET.get(first, first)}.{tail}"
+        return f"middle_block.1.{rest}"
+    raise ValueError(f"UNet parameter {key!r} has no place in the SD1.x LDM layout")
+
+
+def _vae_key_to_ldm(key: str, config: dict) -> str:
+    n_levels = len(config["block_out_channels"])
+    key = key.replace("conv_norm_out.", "norm_out.")
+    m = re.fullmatch(r"(encoder|decoder)\.(down|up)_blocks\.(\d+)\.(resnets|downsamplers|upsamplers)\.(\d+)\.(.+)", key)
+    if m:
+        part, side, level, kind, index, rest = m.groups()
+        # The LDM decoder numbers its levels from the lowest resolution up, diffusers from the top down.
+        level = int(level) if side == "down" else n_levels - 1 - int(level)
+        if kind == "resnets":
+            return f"{part}.{side}.{level}.block.{index}.{rest.replace('conv_shortcut.', 'nin_shortcut.')}"
+        return f"{part}.{side}.{level}.{'downsample' if side == 'down' else 'upsample'}.{rest}"
+    m = re.fullmatch(r"(encoder|decoder)\.mid_block\.(resnets|attentions)\.(\d+)\.(.+)", key)
+    if m:
+        part, kind, index, rest = m.groups()
+        if kind == "resnets":
+            return f"{part}.mid.block_{int(index) + 1}.{rest}"
+        layer, _, param = rest.rpartition(".")
+        return f"{part}.mid.attn_1.{_VAE_ATTN[layer]}.{param}"
+    if re.fullmatch(r"(encoder|decoder)\.(conv_in|conv_out|norm_out)\.\w+|(post_)?quant_conv\.\w+", key):
+        return key
+    raise ValueError(f"VAE parameter {key!r} has no place in the SD1.x LDM layout")
+
+
+def vae_to_ldm(vae: AutoencoderKL) -> dict[str, torch.Tensor]:
+    """The VAE's weights under LDM keys without prefix, as A1111 VAE files store them.
+
+    The LDM mid-block attention uses 1×1 convolutions where diffusers uses linear layers, so those
+    weights gain two trailing unit dimensions.
+    """
+    config = dict(vae.config)
+    out = {}
+    for key, tensor in vae.state_dict().items():
+        ldm = _vae_key_to_ldm(key, config)
+        if ".mid.attn_1." in ldm and ldm.endswith(".weight") and tensor.ndim == 2:
+            tensor = tensor[:, :, None, None]
+        out[ldm] = tensor
+    return out
+
+
+def ldm_state_dict(unet: UNet2DConditionModel, vae: AutoencoderKL,
+                   text_encoder: CLIPTextModel) -> dict[str, torch.Tensor]:
+    """The three components' weights under the SD1.x LDM keys a single-file checkpoint uses."""
+    unet_config = dict(unet.config)
+    out = {UNET_PREFIX + _unet_key_to_ldm(k, unet_config): v for k, v in unet.state_dict().items()}
+    out.update({VAE_PREFIX + k: v for k, v in vae_to_ldm(vae).items()})
+    out.update({TEXT_PREFIX + k.removeprefix("text_model."): v for k, v in text_encoder.state_dict().items()})
+    return out
+
+
+def component_configs(unet: UNet2DConditionModel | None = None, vae: AutoencoderKL | None = None,
+                      text_encoder: CLIPTextModel | None = None, scheduler_config: dict | None = None) -> dict:
+    """The ``serena_config`` metadata object for the given components (only the ones passed)."""
+    configs = {}
+    if unet is not None:
+        configs["unet"] = {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}
+    if vae is not None:
+        configs["vae"] = {k: v for k, v in dict(vae.config).items() if not k.startswith("_")}
+    if text_encoder is not None:
+        configs["text_encoder"] = {k: v for k, v in text_encoder.config.to_dict().items()
+                                   if k not in _VOLATILE_TEXT_CONFIG_KEYS and k not in ("id2label", "label2id")}
+    if scheduler_config is not None:
+        configs["scheduler"] = dict(scheduler_config)
+    return configs
+
+
+def save_ldm_checkpoint(path: str, *, unet: UNet2DConditionModel, vae: AutoencoderKL, text_encoder: CLIPTextModel,
+                        scheduler_config: dict, dtype: torch.dtype = torch.float16,
+                        extra_metadata: dict[str, str] | None = None) -> None:
+    """Write an SD1.x single-file checkpoint in the LDM key layout (A1111's), which ``load_checkpoint`` reads.
+
+    Args:
+        path: the ``.safetensors`` file to write (replaced atomically).
+        unet, vae, text_encoder: the components whose weights are written.
+        scheduler_config: the model's own scheduler config, stored in the metadata.
+        dtype: the floating-point dtype on disk.
+        extra_metadata: more safetensors metadata entries (string values).
+
+    The same weights always give the same bytes: metadata keys are written in sorted order.
+    """
+    metadata = {METADATA_KEY: json.dumps(component_configs(unet, vae, text_encoder, scheduler_config), sort_keys=True)}
+    metadata.update(extra_metadata or {})
+    _write_safetensors(path, ldm_state_dict(unet, vae, text_encoder), metadata, dtype)
+
+
+def save_ldm_vae(path: str, vae: AutoencoderKL, *, dtype: torch.dtype = torch.float16) -> None:
+    """Write a standalone VAE file in the A1111 layout (un-prefixed LDM keys) with its config as metadata."""
+    metadata = {METADATA_KEY: json.dumps(component_configs(vae=vae), sort_keys=True)}
+    _write_safetensors(path, vae_to_ldm(vae), metadata, dtype)
+
+
+def _write_safetensors(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
+                       dtype: torch.dtype) -> None:
+    tensors = {k: (v.detach().to(device="cpu", dtype=dtype) if v.is_floating_point() else v.detach().cpu()).contiguous()
+               for k, v in tensors.items()}
+    # Serialised in memory and written by Python: safetensors' own save_file creates files with mode 0600.
+    data = _sort_header_metadata(save(tensors, metadata=metadata))
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.partial")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _sort_header_metadata(data: bytes) -> bytes:
+    """The serialised file with its header's ``__metadata__`` in sorted key order.
+
+    safetensors writes metadata in hash-map order, which changes from one process to the next; reordering keeps
+    the header's byte length, so the tensor data and its offsets are untouched.
+    """
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    if len(header.get("__metadata__") or {}) < 2:
+        return data
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if len(text) > size:
+        raise ValueError(f"re-serialised safetensors header grew from {size} to {len(text)} bytes")
+    return data[:8] + text.ljust(size, b" ") + data[8 + size:]
