@@ -14,10 +14,11 @@ A1111 quotes only on ``,``, ``:`` and line breaks; both read each other's text.
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+from modules.options import cast_text
 
 __all__ = [
     "IMPLIED_DEFAULTS",
@@ -183,38 +184,6 @@ def parse_generation_parameters(text: str, skip_fields: Iterable[str] = ()) -> d
     return result
 
 
-def _cast(info, text: str):
-    expected = info.expected_type()
-    if expected is bool:
-        lowered = text.strip().lower()
-        if lowered in ("true", "1", "yes", "on"):
-            return True
-        if lowered in ("false", "0", "no", "off"):
-            return False
-        raise ValueError(f"expected true or false, got {text!r}")
-    if expected is int or expected is float:
-        try:
-            number = float(text)
-        except ValueError:
-            raise ValueError(f"expected a number, got {text!r}") from None
-        if not math.isfinite(number):
-            raise ValueError(f"expected a finite number, got {text!r}")
-        if expected is float:
-            return number
-        if not number.is_integer():
-            raise ValueError(f"expected an integer, got {text!r}")
-        return int(number)
-    if expected in (list, tuple, dict):
-        try:
-            value = json.loads(text)
-        except ValueError:
-            raise ValueError(f"expected JSON, got {text!r}") from None
-        if not isinstance(value, (list, dict)):
-            raise ValueError(f"expected a JSON list or object, got {text!r}")
-        return value
-    return text
-
-
 def infotext_to_overrides(params: Mapping[str, Any], options_templates: Mapping[str, Any]) -> dict[str, Any]:
     """The option values a parameters text asks for, keyed by option name.
 
@@ -248,7 +217,7 @@ def infotext_to_overrides(params: Mapping[str, Any], options_templates: Mapping[
             overrides[key] = value
             continue
         try:
-            overrides[key] = _cast(info, value)
+            overrides[key] = cast_text(info, value)
         except ValueError as e:
             errors.append(f"{label!r} (option {key!r}): {e}")
     if errors:

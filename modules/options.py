@@ -21,6 +21,7 @@ import datetime
 import difflib
 import json
 import logging
+import math
 import os
 import tempfile
 import threading
@@ -172,6 +173,39 @@ def check_value(key: str, info: OptionInfo, value: Any) -> Any:
         except ValueError as e:
             raise OptionError(key, str(e)) from None
     return value
+
+
+def cast_text(info: OptionInfo, text: str):
+    """A string (CLI ``--override``, pasted infotext) as the option's type, or ``ValueError`` saying why not."""
+    expected = info.expected_type()
+    if expected is bool:
+        lowered = text.strip().lower()
+        if lowered in ("true", "1", "yes", "on"):
+            return True
+        if lowered in ("false", "0", "no", "off"):
+            return False
+        raise ValueError(f"expected true or false, got {text!r}")
+    if expected is int or expected is float:
+        try:
+            number = float(text)
+        except ValueError:
+            raise ValueError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(number):
+            raise ValueError(f"expected a finite number, got {text!r}")
+        if expected is float:
+            return number
+        if not number.is_integer():
+            raise ValueError(f"expected an integer, got {text!r}")
+        return int(number)
+    if expected in (list, tuple, dict):
+        try:
+            value = json.loads(text)
+        except ValueError:
+            raise ValueError(f"expected JSON, got {text!r}") from None
+        if not isinstance(value, (list, dict)):
+            raise ValueError(f"expected a JSON list or object, got {text!r}")
+        return value
+    return text
 
 
 @dataclass(frozen=True)
@@ -419,29 +453,14 @@ class Options:
             func()
 
     def cast_value(self, key, value):
-        """Turn a string (CLI ``--override``, a pasted infotext) into the option's type; other values pass."""
-        if not isinstance(value, str):
-            return value
+        """Turn a string into the option's type where it can; otherwise return it for ``check`` to reject."""
         info = self.data_labels.get(self.canonical_key(key) or key)
-        expected = info.expected_type() if info is not None else None
-        if expected is bool:
-            lowered = value.strip().lower()
-            if lowered in ("true", "1", "yes", "on"):
-                return True
-            if lowered in ("false", "0", "no", "off"):
-                return False
+        if not isinstance(value, str) or info is None:
             return value
-        if expected in (int, float):
-            try:
-                return expected(float(value)) if expected is int and float(value).is_integer() else expected(value)
-            except ValueError:
-                return value
-        if expected in (list, tuple, dict):
-            try:
-                return json.loads(value)
-            except ValueError:
-                return value
-        return value
+        try:
+            return cast_text(info, value)
+        except ValueError:
+            return value
 
     # -- the file --------------------------------------------------------------------------------------------
     def save(self, filename=None):
