@@ -1,0 +1,29 @@
+"""The txt2img tab: the shared parameter form and output panel, generating ``StableDiffusionProcessingTxt2Img``."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from modules.ui import generation
+
+TAB = "txt2img"
+
+
+def make_p(extra: list, values: dict):
+    from modules import processing
+
+    kwargs = generation.common_p_kwargs(values)
+    return processing.StableDiffusionProcessingTxt2Img(**kwargs)
+
+
+def create_tab() -> generation.GenerationForm:
+    """Build the tab's components inside the current ``gr.Tab`` and wire its events."""
+    form = generation.GenerationForm(tab=TAB)
+    generation.build_prompt_row(form)
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=320, elem_id=f"{TAB}_settings"):
+            generation.build_parameters(form)
+        with gr.Column(scale=1, min_width=320, elem_id=f"{TAB}_results"):
+            generation.build_outputs(form)
+    generation.wire(form, make_p, run_name=TAB)
+    return form
