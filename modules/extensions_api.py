@@ -15,8 +15,16 @@ See ``docs/extensions/writing.md`` for a tutorial and ``docs/extensions/hooks.md
 from modules.hookspecs import hookimpl
 from modules.options import OptionInfo, options_section
 from modules.plugins import HookError, resolved_order
-from modules.runtime_utils import OverrideError, active_overrides, run_in_thread, temporary_opts, with_overrides
+from modules.plugins import host as _host
+from modules.runtime_utils import (OverrideError, active_overrides, run_in_thread, running_overrides, temporary_opts,
+                                   with_overrides)
 from modules.shared import opts
+
+
+def hook_order() -> dict[str, list[str]]:
+    """``{hook name: [extension, ...]}`` in call order, for every hook."""
+    return _host.hook_order()
+
 
 __all__ = [
     "hookimpl",
@@ -25,7 +33,9 @@ __all__ = [
     "OverrideError",
     "active_overrides",
     "run_in_thread",
+    "running_overrides",
     "resolved_order",
+    "hook_order",
     "HookError",
     "OptionInfo",
     "options_section",

@@ -24,7 +24,8 @@ from typing import Any, Callable
 from modules import plugins, shared
 from modules.options import OptionsRejected, OverrideLayer
 
-__all__ = ["OverrideError", "temporary_opts", "with_overrides", "active_overrides", "run_in_thread"]
+__all__ = ["OverrideError", "temporary_opts", "with_overrides", "active_overrides", "running_overrides",
+           "run_in_thread"]
 
 
 class OverrideError(OptionsRejected):

@@ -596,7 +596,7 @@ def test_builtin_extensions_load_without_problems(host, data_dir):
     exts = extensions.load_all(builtin_dir=str(ROOT / "extensions-builtin"), user_dir=None, host=host,
                                entry_points=False)
     try:
-        assert [e.name for e in exts] == ["clip-skip-cache", "override-infotext"]
+        assert [e.name for e in exts] == ["clip-skip-cache", "override-infotext", "override-inspector"]
         assert all(e.loaded and e.problems == [] for e in exts)
         for path in (ROOT / "extensions-builtin").glob("*/scripts/*.py"):
             imports = [line for line in path.read_text().splitlines() if line.startswith(("import ", "from "))]

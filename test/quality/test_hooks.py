@@ -79,7 +79,7 @@ def builtins(data_dir, option_labels):
     """The real ``extensions-builtin/`` loaded on the process-wide host, as start-up does, for one test."""
     exts = extensions.load_all(builtin_dir=str(ROOT / "extensions-builtin"), user_dir=str(data_dir / "extensions"),
                                disabled=[], disable_all=False, disable_extra=False, entry_points=False)
-    assert [e.name for e in exts if e.loaded] == ["clip-skip-cache", "override-infotext"]
+    assert [e.name for e in exts if e.loaded] == ["clip-skip-cache", "override-infotext", "override-inspector"]
     assert extensions.register_extension_options() == []
     yield {e.name: plugins.pm.get_plugin(e.name) for e in exts}
     extensions.unload(exts)
