@@ -80,6 +80,8 @@ class State:
         self.job_timestamp = time.strftime("%Y%m%d%H%M%S")
 
     def end(self):
+        # A late interrupt must not reach the next job (or a direct process_images call by an extension).
+        self.interrupted = self.skipped = False
         self.job, self.job_count, self.job_no = "", 0, 0
         self.sampling_step = self.sampling_steps = 0
         self.time_start = None

@@ -20,6 +20,24 @@ from modules.runtime_utils import temporary_opts, with_overrides
 SEED_MAX = 2**32 - 1
 
 
+@dataclass(frozen=True)
+class GenerationSettings:
+    """The options the diffusion reads, captured once per generation while its overrides are in effect.
+
+    The pipeline receives this object instead of reading the global options store (M07), so what a generation
+    ran with is explicit, and nothing in the sampling loop depends on which thread or context it runs in.
+    """
+
+    clip_skip: int = 1
+    eta_noise_seed_delta: int = 0
+    randn_source: str = "CPU"
+
+    @classmethod
+    def capture(cls, opts) -> "GenerationSettings":
+        return cls(clip_skip=int(opts.CLIP_stop_at_last_layers), eta_noise_seed_delta=int(opts.eta_noise_seed_delta),
+                   randn_source=opts.randn_source)
+
+
 @dataclass
 class StableDiffusionProcessing:
     """One generation request as plain data. Field names and defaults are A1111's."""
@@ -54,6 +72,7 @@ class StableDiffusionProcessing:
     outpath_grids: str | None = None
     is_api: bool = False
     warnings: list = field(default_factory=list)
+    settings: GenerationSettings = field(default_factory=GenerationSettings, init=False, repr=False)
 
     mode = "txt2img"
 
@@ -92,12 +111,13 @@ class StableDiffusionProcessing:
                      subseeds: list[int]) -> list:
         """Generate one batch of PIL images. Implemented by the pipeline (``modules.sd_pipeline``)."""
         from modules import sd_pipeline
-        return sd_pipeline.sample_batch(self, model, prompts, negative_prompts, seeds, subseeds)
+        return sd_pipeline.sample_batch(self, model, prompts, negative_prompts, seeds, subseeds,
+                                        settings=self.settings, state=jobs.state)
 
     def infotext_params(self, index: int, model) -> dict:
         """Generation parameters of image ``index``, read from the effective options of this generation."""
-        opts = shared.opts
-        clip_skip = opts.CLIP_stop_at_last_layers
+        opts, settings = shared.opts, self.settings
+        clip_skip = settings.clip_skip
         params = {
             "Steps": self.steps,
             "Sampler": self.sampler_name,
@@ -110,8 +130,8 @@ class StableDiffusionProcessing:
             "VAE": getattr(model, "vae_name", None),
             "Denoising strength": self.denoising_strength if self.mode == "img2img" else None,
             "Clip skip": clip_skip if clip_skip > 1 else None,
-            "ENSD": opts.eta_noise_seed_delta or None,
-            "RNG": opts.randn_source if opts.randn_source != "CPU" else None,
+            "ENSD": settings.eta_noise_seed_delta or None,
+            "RNG": settings.randn_source if settings.randn_source != "CPU" else None,
         }
         if self.subseed_strength:
             params.update({"Variation seed": self.all_subseeds[index],
@@ -230,8 +250,9 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
     p.check_inputs()
     # 2. Extensions adjust p with the effective options visible
     _fire("on_process", p, p=p)
-    # 3. Seeds and prompts for every image
+    # 3. Seeds, prompts and the effective options for every image
     p.init_seeds()
+    p.settings = GenerationSettings.capture(shared.opts)
     # 4. The model that matches the effective checkpoint and VAE
     model = sd_models.current_model()
     state = jobs.state
@@ -263,7 +284,7 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
         all_subseeds=p.all_subseeds, all_prompts=p.all_prompts, all_negative_prompts=p.all_negative_prompts,
         infotexts=infotexts, sd_model_name=getattr(info, "model_name", None),
         sd_model_hash=getattr(info, "shorthash", None), sd_vae_name=getattr(model, "vae_name", None),
-        clip_skip=shared.opts.CLIP_stop_at_last_layers, job_timestamp=state.job_timestamp, warnings=p.warnings,
+        clip_skip=p.settings.clip_skip, job_timestamp=state.job_timestamp, warnings=p.warnings,
         saved_paths=saved_paths)
     _fire("on_postprocess", p, p=p, processed=processed)
     return processed

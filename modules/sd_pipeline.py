@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from modules import jobs, prompt_parser, sd_samplers, shared
+from modules import prompt_parser, sd_samplers
 
 CHUNK = 75  # tokens per CLIP window, between the start and end tokens (A1111)
 PREVIEW_EVERY = 5
@@ -69,9 +69,7 @@ class PromptEncoder:
             out = self.text_encoder(ids_t, output_hidden_states=self.clip_skip > 1)
             if self.clip_skip > 1:
                 # Clip skip: an earlier layer's output, normalised as the last layer's would be (A1111).
-                hidden = self.text_encoder.text_model.final_layer_norm(out.hidden_states[-self.clip_skip]) \
-                    if hasattr(self.text_encoder, "text_model") else \
-                    self.text_encoder.final_layer_norm(out.hidden_states[-self.clip_skip])
+                hidden = self.text_encoder.final_layer_norm(out.hidden_states[-self.clip_skip])
             else:
                 hidden = out.last_hidden_state
             hidden = hidden[0]
@@ -173,25 +171,32 @@ def _step_kwargs(scheduler, generators, eta) -> dict:
 
 
 @torch.inference_mode()
-def sample_batch(p, model, prompts: list[str], negative_prompts: list[str], seeds: list[int],
-                 subseeds: list[int]) -> list[Image.Image]:
-    """Generate one batch for processing object ``p`` on ``model``; returns PIL images."""
-    opts = shared.opts
-    state = jobs.state
+def sample_batch(p, model, prompts: list[str], negative_prompts: list[str], seeds: list[int], subseeds: list[int],
+                 settings, state) -> list[Image.Image]:
+    """Generate one batch; returns PIL images.
+
+    Args:
+        p (`StableDiffusionProcessing`): the request's fields (sampler, steps, size, CFG, init images, ...).
+        model (`SDModel`): the loaded checkpoint to run.
+        prompts, negative_prompts, seeds, subseeds (`list`): one entry per image of the batch.
+        settings (`GenerationSettings`): the effective options of this generation, captured once by
+            ``process_images_inner`` while its overrides were in effect; nothing here reads ``shared.opts``.
+        state (`jobs.State`): where progress and previews go and interrupt/skip requests come from.
+    """
     device, dtype = model.device, model.dtype
     # 1. Scheduler from the model's own config (prediction type, betas, spacing stay the model's)
     scheduler = sd_samplers.create_scheduler(p.sampler_name, p.scheduler, model.scheduler_config)
     scheduler.set_timesteps(p.steps, device=device)
     timesteps = scheduler.timesteps
     # 2. Conditioning schedules (prompt editing and alternation switch at their steps)
-    encoder = PromptEncoder(model.tokenizer, model.text_encoder, opts.CLIP_stop_at_last_layers, device, dtype)
+    encoder = PromptEncoder(model.tokenizer, model.text_encoder, settings.clip_skip, device, dtype)
     cond_schedules = prompt_parser.get_learned_conditioning_prompt_schedules(prompts, p.steps)
     uncond_schedules = prompt_parser.get_learned_conditioning_prompt_schedules(negative_prompts, p.steps)
     # 3. Initial latents: seeded noise, or the encoded init image noised to the starting step
     factor = 2 ** (len(model.vae.config.block_out_channels) - 1)
     shape = (model.unet.config.in_channels, p.height // factor, p.width // factor)
-    noise = initial_noise(shape, seeds, subseeds, p.subseed_strength, device, opts.randn_source).to(dtype)
-    ensd = int(opts.eta_noise_seed_delta)
+    noise = initial_noise(shape, seeds, subseeds, p.subseed_strength, device, settings.randn_source).to(dtype)
+    ensd = settings.eta_noise_seed_delta
     step_generators = [torch.Generator("cpu").manual_seed(int(s) + ensd) for s in seeds]
     init_latents = mask = None
     if p.mode == "img2img":

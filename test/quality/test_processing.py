@@ -178,3 +178,12 @@ def test_interrupt_stops_and_restores(data_dir, fake_models):
     processed = jobs.run_job("txt2img", processing.process_images, p)
     assert len(processed.images) == 1 and shared.opts.CLIP_stop_at_last_layers == 1
     assert not jobs.state.busy
+
+
+def test_pipeline_gets_a_settings_snapshot(data_dir, fake_models):
+    """M07: the pipeline receives the effective options captured inside the overrides, not the store."""
+    p = make_p(override_settings={"CLIP_stop_at_last_layers": 3, "eta_noise_seed_delta": 7})
+    processed = processing.process_images(p)
+    assert p.settings == processing.GenerationSettings(clip_skip=3, eta_noise_seed_delta=7, randn_source="CPU")
+    assert "ENSD: 7" in processed.infotexts[0] and processed.clip_skip == 3
+    assert shared.opts.CLIP_stop_at_last_layers == 1
