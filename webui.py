@@ -27,7 +27,7 @@ def create_app(cmd_opts):
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        print(f"Serena ready on {app.state.url}", flush=True)
+        print(f"Serena ready on {getattr(app.state, 'url', 'an ASGI server')}", flush=True)
         yield
 
     app = FastAPI(title="Serena", description="Stable Diffusion web UI runtime with an A1111-compatible API",
@@ -39,7 +39,9 @@ def create_app(cmd_opts):
 
         from modules.ui import create_ui
         blocks = create_ui()
-        app = gr.mount_gradio_app(app, blocks, path="/", footer_links=["api"])
+        from modules.api.api import parse_credentials
+        logins = list(parse_credentials(cmd_opts.gradio_auth, "--gradio-auth").items()) or None
+        app = gr.mount_gradio_app(app, blocks, path="/", footer_links=["api"], auth=logins)
     return app
 
 

@@ -41,6 +41,8 @@ def make_parser() -> argparse.ArgumentParser:
     server.add_argument("--nowebui", action="store_true", help="serve the API only, no web UI (default port 7861)")
     server.add_argument("--api-auth", default=None, metavar="USER:PASS[,USER:PASS]",
                         help="protect the API with HTTP Basic credentials; a password may contain ':'")
+    server.add_argument("--gradio-auth", default=None, metavar="USER:PASS[,USER:PASS]",
+                        help="protect the web UI with a login; a password may contain ':' (use with --listen)")
     server.add_argument("--exit", action="store_true",
                         help="prepare the environment and initialise, then exit instead of serving")
 

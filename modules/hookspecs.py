@@ -51,7 +51,8 @@ def on_ui_settings() -> None:
 
 @hookspec
 def on_app_started(app: "FastAPI") -> None:
-    """Add routes or middleware. Fires once, after the FastAPI app (and the UI, if any) is built, before serving.
+    """Add routes or middleware. Fires once, after the API routes are added and before the web UI is mounted
+    at ``/`` (a route added after that would be shadowed by the UI), before serving.
 
     :param app: the ``fastapi.FastAPI`` application; add routes under your own prefix.
     :returns: nothing; return values are ignored.

@@ -69,7 +69,5 @@ def save_image(image: Image.Image, p, parameters: str, seed: int) -> str:
         except FileExistsError:
             number += 1
     params = ImageSaveParams(image=image, p=p, filename=filename, pnginfo={"parameters": parameters})
-    failures: list = []
-    plugins.host.call_each("on_image_saved", {"params": params}, failures=failures)
-    p.warnings.extend(f.message() for f in failures)
+    plugins.host.call_reporting("on_image_saved", p.warnings, params=params)
     return filename

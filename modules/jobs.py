@@ -49,10 +49,6 @@ class FIFOLock:
         self.release()
 
 
-class Interrupted(Exception):
-    """Raised inside a generation when the user asked to interrupt it."""
-
-
 @dataclass
 class State:
     """Progress of the running job. Plain fields: readers tolerate a value one step old."""
@@ -69,7 +65,6 @@ class State:
     current_image_step: int = -1
     textinfo: str | None = None
     job_timestamp: str = "0"
-    overrides: list = field(default_factory=list)
 
     def begin(self, job: str, job_count: int = 1):
         self.job, self.job_no, self.job_count = job, 0, job_count
@@ -86,7 +81,6 @@ class State:
         self.sampling_step = self.sampling_steps = 0
         self.time_start = None
         self.current_image = None
-        self.overrides = []
 
     def interrupt(self):
         self.interrupted = True

@@ -155,6 +155,8 @@ def check_value(key: str, info: OptionInfo, value: Any) -> Any:
             value = list(value)
         elif not isinstance(value, expected):
             raise OptionError(key, f"expected {_type_name(expected)}, got {type(value).__name__} {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise OptionError(key, f"expected a finite number, got {value!r}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         lo, hi = info.bounds()
         if lo is not None and value < lo:
@@ -267,13 +269,11 @@ class EffectiveData(MutableMapping):
 class Options:
     """The options store. See the module docstring for stored, default and effective values."""
 
-    _builtin_fields = frozenset({"data_labels", "data", "restricted_opts", "typemap", "filename", "frozen",
-                                 "_stored", "_invalid", "_layers", "_lock", "_aliases"})
-    typemap = {int: float}
+    _builtin_fields = frozenset({"data_labels", "data", "filename", "frozen", "_stored", "_invalid", "_layers",
+                                 "_lock", "_aliases"})
 
-    def __init__(self, data_labels: Mapping[str, OptionInfo], restricted_opts=None, *, filename=None, frozen=False):
+    def __init__(self, data_labels: Mapping[str, OptionInfo], *, filename=None, frozen=False):
         object.__setattr__(self, "data_labels", dict(data_labels))
-        object.__setattr__(self, "restricted_opts", set(restricted_opts or ()))
         object.__setattr__(self, "filename", filename)
         object.__setattr__(self, "frozen", frozen)
         object.__setattr__(self, "_stored", {})
@@ -370,7 +370,8 @@ class Options:
 
     # -- writing stored values -------------------------------------------------------------------------------
     def __setattr__(self, key, value):
-        if key in self._builtin_fields:
+        # As in A1111: option keys go to the store; any other name is a plain attribute.
+        if key in self._builtin_fields or not (key in self.data_labels or key in self._stored):
             object.__setattr__(self, key, value)
             return
         self._store(key, value)
@@ -542,11 +543,6 @@ class Options:
         """The override layers active in the current context, outermost first."""
         return self._layers.get()
 
-    def keys_by_section(self) -> dict:
-        sections: dict = {}
-        for key, info in self.data_labels.items():
-            sections.setdefault(info.section, []).append(key)
-        return sections
 
 
 class OptionsRejected(ValueError):

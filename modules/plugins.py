@@ -22,6 +22,7 @@ from modules import hookspecs
 log = logging.getLogger("serena.plugins")
 
 CORE_GROUP, BUILTIN_GROUP, USER_GROUP = "core", "builtin", "user"
+ENTER_HOOK, EXIT_HOOK = "on_opts_override_enter", "on_opts_override_exit"
 
 
 class PluginRegistrationError(ValueError):
@@ -128,7 +129,8 @@ class Host:
     def _impls_in_order(self, hook_name: str) -> list:
         caller = getattr(self.pm.hook, hook_name)
         explicit_names = tuple(self.hook_orders.get(hook_name, ()))
-        cache_key = (self._generation, explicit_names)
+        # The implementation count catches plugins registered on ``pm`` directly, bypassing the host.
+        cache_key = (self._generation, explicit_names, len(caller.get_hookimpls()))
         cached = self._order_cache.get(hook_name)
         if cached is not None and cached[0] == cache_key:
             return cached[1]
@@ -148,7 +150,15 @@ class Host:
         return ordered
 
     def resolved_order(self, hook_name: str) -> list[str]:
-        """The extension names whose implementations of ``hook_name`` run, in call order (enter order)."""
+        """The extension names whose implementations of ``hook_name`` run, in call order.
+
+        ``on_opts_override_exit`` is called as a stack: in exactly the reverse of the enter order, and only for
+        extensions whose enter hook ran, so its order is derived from the enter hook's.
+        """
+        if hook_name == EXIT_HOOK:
+            with_exit = {id(i.plugin) for i in self._impls_in_order(EXIT_HOOK)}
+            return [self.plugin_name(i.plugin) for i in reversed(self._impls_in_order(ENTER_HOOK))
+                    if id(i.plugin) in with_exit]
         return [self.plugin_name(impl.plugin) for impl in self._impls_in_order(hook_name)]
 
     def hook_order(self) -> dict[str, list[str]]:
@@ -205,6 +215,14 @@ class Host:
         if first_error is not None:
             raise first_error
         return results
+
+    def call_reporting(self, hook_name: str, warnings: list, /, **kwargs) -> list:
+        """``call``, with each contained failure also added to ``warnings`` (a generation's) as a message."""
+        failures: list = []
+        try:
+            return self.call_each(hook_name, kwargs, failures=failures)
+        finally:
+            warnings.extend(f.message() for f in failures)
 
     def call(self, hook_name: str, **kwargs) -> list:
         """Fire a hook with per-implementation guarding (see ``call_each``); returns non-``None`` results."""

@@ -38,6 +38,14 @@ class GenerationSettings:
                    randn_source=opts.randn_source)
 
 
+@dataclass(frozen=True)
+class ModelUsed:
+    """Which checkpoint and VAE a batch ran on, recorded before any hook runs (hooks may switch the model)."""
+
+    info: Any
+    vae_name: str | None
+
+
 @dataclass
 class StableDiffusionProcessing:
     """One generation request as plain data. Field names and defaults are A1111's."""
@@ -114,7 +122,7 @@ class StableDiffusionProcessing:
         return sd_pipeline.sample_batch(self, model, prompts, negative_prompts, seeds, subseeds,
                                         settings=self.settings, state=jobs.state)
 
-    def infotext_params(self, index: int, model) -> dict:
+    def infotext_params(self, index: int, used: "ModelUsed") -> dict:
         """Generation parameters of image ``index``, read from the effective options of this generation."""
         opts, settings = shared.opts, self.settings
         clip_skip = settings.clip_skip
@@ -125,9 +133,9 @@ class StableDiffusionProcessing:
             "CFG scale": self.cfg_scale,
             "Seed": self.all_seeds[index],
             "Size": f"{self.width}x{self.height}",
-            "Model hash": getattr(model, "sd_model_hash", None) if opts.add_model_hash_to_info else None,
-            "Model": getattr(getattr(model, "info", None), "model_name", None) if opts.add_model_name_to_info else None,
-            "VAE": getattr(model, "vae_name", None),
+            "Model hash": used.info.shorthash if opts.add_model_hash_to_info else None,
+            "Model": used.info.model_name if opts.add_model_name_to_info else None,
+            "VAE": used.vae_name,
             "Denoising strength": self.denoising_strength if self.mode == "img2img" else None,
             "Clip skip": clip_skip if clip_skip > 1 else None,
             "ENSD": settings.eta_noise_seed_delta or None,
@@ -220,6 +228,11 @@ class Processed:
         })
 
 
+def _model_for_batch():
+    model = sd_models.current_model()
+    return model, ModelUsed(model.info, model.vae_name)
+
+
 def _should_save(p) -> bool:
     if p.do_not_save_samples:
         return False
@@ -228,11 +241,7 @@ def _should_save(p) -> bool:
 
 def _fire(hook: str, p, /, **kwargs):
     """Fire a hook for this generation; contained failures become the generation's warnings."""
-    failures: list = []
-    try:
-        plugins.host.call_each(hook, kwargs, failures=failures)
-    finally:
-        p.warnings.extend(f.message() for f in failures)
+    plugins.host.call_reporting(hook, p.warnings, **kwargs)
 
 
 def process_images(p: StableDiffusionProcessing) -> Processed:
@@ -254,7 +263,7 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
     p.init_seeds()
     p.settings = GenerationSettings.capture(shared.opts)
     # 4. The model that matches the effective checkpoint and VAE
-    model = sd_models.current_model()
+    model, used = _model_for_batch()
     state = jobs.state
     state.job_count = p.n_iter
     images, infotexts, saved_paths = [], [], []
@@ -265,11 +274,14 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
         state.job_no = n
         state.skipped = False
         lo, hi = n * p.batch_size, (n + 1) * p.batch_size
+        # A nested generation run by an extension's hook may have switched the shared model's VAE: match this
+        # generation's effective settings again, and record what this batch really ran on.
+        model, used = _model_for_batch()
         batch = p.sample_batch(model, p.all_prompts[lo:hi], p.all_negative_prompts[lo:hi], p.all_seeds[lo:hi],
                                p.all_subseeds[lo:hi])
         for i, image in enumerate(batch):
             index = lo + i
-            params = p.infotext_params(index, model)
+            params = p.infotext_params(index, used)
             text = infotext.create_infotext(p.all_prompts[index], p.all_negative_prompts[index], params)
             image.info["parameters"] = text
             if _should_save(p):
@@ -278,12 +290,11 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
             images.append(image)
             infotexts.append(text)
     # 6. The result, built while the overrides are still in effect
-    info = getattr(model, "info", None)
     processed = Processed(
         p=p, images=images, seed=p.all_seeds[0], all_seeds=p.all_seeds, subseed=p.all_subseeds[0],
         all_subseeds=p.all_subseeds, all_prompts=p.all_prompts, all_negative_prompts=p.all_negative_prompts,
-        infotexts=infotexts, sd_model_name=getattr(info, "model_name", None),
-        sd_model_hash=getattr(info, "shorthash", None), sd_vae_name=getattr(model, "vae_name", None),
+        infotexts=infotexts, sd_model_name=used.info.model_name, sd_model_hash=used.info.shorthash,
+        sd_vae_name=used.vae_name,
         clip_skip=p.settings.clip_skip, job_timestamp=state.job_timestamp, warnings=p.warnings,
         saved_paths=saved_paths)
     _fire("on_postprocess", p, p=p, processed=processed)

@@ -144,10 +144,14 @@ class temporary_opts:  # noqa: N801 - named as a function: it is used like conte
         opts.pop_layer(self._token)
         self._token = None
         _publish(opts)
-        if not self.restore:
-            for key, value in self.applied.items():
-                opts.set(key, value, run_callbacks=False)
-        # 2. Every owed exit hook, in exactly the reverse order (rule 5), each guarded (rule 7).
+        try:
+            if not self.restore:
+                opts.set_many(self.applied, run_callbacks=False)
+        finally:
+            self._exit_hooks(error)
+
+    def _exit_hooks(self, error):
+        """Every owed exit hook, in exactly the reverse order (rule 5), each guarded (rule 7)."""
         kwargs = dict(self._hook_kwargs(), error=error, restored=self.restore)
         exit_impls = {id(i.plugin): i for i in self.host.impls("on_opts_override_exit")}
         entered = [exit_impls[id(i.plugin)] for i in reversed(self._entered) if id(i.plugin) in exit_impls]
@@ -194,6 +198,9 @@ class temporary_opts:  # noqa: N801 - named as a function: it is used like conte
             raise TypeError("temporary_opts/with_overrides decorate functions and coroutines, not classes")
         if not callable(func):
             raise TypeError(f"cannot decorate {type(func).__name__}")
+        if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+            # The body of a generator runs after the call returns, outside any context entered here.
+            raise TypeError("temporary_opts/with_overrides cannot decorate generators; use `with` inside them")
         if inspect.iscoroutinefunction(func):
             @functools.wraps(func)
             async def async_wrapper(*args, **kwargs):

@@ -12,5 +12,4 @@ from modules.options import Options
 
 cmd_opts = cmd_args.defaults()
 data_paths = paths.from_cmd_opts(cmd_opts)
-opts = Options(shared_options.options_templates, shared_options.restricted_opts,
-               filename=data_paths.config_file)
+opts = Options(shared_options.options_templates, filename=data_paths.config_file)

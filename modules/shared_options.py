@@ -57,6 +57,7 @@ options_templates.update(options_section(("saving-images", "Saving images/grids"
     "add_model_name_to_info": OptionInfo(True, "Add model name to generation information"),
 }))
 
+# Output folders are restrict_api: file-system paths come from the user's own settings, never from requests.
 options_templates.update(options_section(("saving-paths", "Paths for saving", "saving"), {
     "outdir_samples": OptionInfo(
         "", "Output directory for images; if empty, defaults to the three directories below", restrict_api=True),
@@ -76,6 +77,3 @@ options_templates.update(options_section((None, "Hidden options"), {
         "none", "Disable all extensions (preserves the list of disabled extensions)", "Radio",
         {"choices": ["none", "extra", "all"]}),
 }))
-
-# Outdirs are never taken from requests: file-system paths come from the user's own settings only.
-restricted_opts = {"outdir_samples", "outdir_txt2img_samples", "outdir_img2img_samples"}

@@ -22,15 +22,24 @@ PYTEST_OPTIONS = ["-p", "no:cacheprovider", "--cov=modules", "--cov-report=xml:c
 NO_TESTS_COLLECTED = 5
 
 
+SELECTING_OPTIONS = ("-k", "-m", "--lf", "--last-failed", "--deselect", "--ignore")
+
+
 def names_paths(extra: list[str]) -> bool:
     """Whether ``extra`` selects tests by path (``test/quality``, ``test/x.py::test_y``)."""
     return any(not arg.startswith("-") and (ROOT / arg.split("::")[0]).exists() for arg in extra)
 
 
+def selects_subset(extra: list[str]) -> bool:
+    """Whether ``extra`` runs only part of the suite (paths, ``-k``, ``-m``, ...): the floor is for the whole."""
+    return names_paths(extra) or any(arg.split("=")[0] in SELECTING_OPTIONS for arg in extra)
+
+
 def pytest_command(python: Path, extra: list[str]) -> list[str]:
     if names_paths(extra):
         return [str(python), "-m", "pytest", *PYTEST_OPTIONS, *extra]
-    return [str(python), "-m", "pytest", "test/", *PYTEST_OPTIONS, f"--cov-fail-under={COVERAGE_FLOOR}", *extra]
+    floor = [] if selects_subset(extra) else [f"--cov-fail-under={COVERAGE_FLOOR}"]
+    return [str(python), "-m", "pytest", "test/", *PYTEST_OPTIONS, *floor, *extra]
 
 
 def main(argv=None) -> int:

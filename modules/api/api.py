@@ -234,14 +234,14 @@ def _resolve_sampling(req) -> tuple[dict, dict]:
 
 
 def apply_infotext(req):
-    """``req`` with the fields it did not set filled from ``req.infotext``, and the infotext's settings added to
-    ``override_settings`` where not given (A1111's ``apply_infotext``).
+    """``(req, warnings)``: ``req`` with the fields it did not set filled from ``req.infotext``, and the infotext's
+    settings added to ``override_settings`` where not given (A1111's ``apply_infotext``).
 
     The checkpoint in an infotext is not applied: A1111 does not switch models on paste by default
     (``disable_weights_auto_swap``), and an image made on a model this server lacks must still be reproducible.
     """
     if not req.infotext:
-        return req
+        return req, []
     try:
         params = infotext.parse_generation_parameters(req.infotext)
         from_text = infotext.infotext_to_overrides(params, shared.opts.data_labels)
@@ -250,11 +250,16 @@ def apply_infotext(req):
     data = {field: params[key] for key, field in _INFOTEXT_FIELDS.items() if key in params and params[key] != ""}
     data.update(req.model_dump(exclude_unset=True))
     from_text.pop("sd_model_checkpoint", None)
-    overrides = {k: v for k, v in from_text.items() if v != shared.opts.get(k)}
+    from_text = {k: v for k, v in from_text.items() if v != shared.opts.get(k)}
+    # Settings read from someone else's infotext (a VAE this server lacks, say) are skipped with a warning; only
+    # overrides the client itself sent are an error.
+    check = shared.opts.check(from_text, for_override=True)
+    warnings = [f"infotext setting {k} not applied: {reason}" for k, reason in check.errors.items()]
+    overrides = {k: v for k, v in from_text.items() if k not in check.errors}
     overrides.update(req.override_settings or {})
     data["override_settings"] = overrides
     try:
-        return type(req).model_validate(data)
+        return type(req).model_validate(data), warnings
     except ValueError as e:
         raise RequestFieldError({"infotext": f"its values do not fit the request: {e}"}) from None
 
@@ -318,7 +323,7 @@ def request_parameters(req, *, hide_images: bool = False) -> dict:
 # -- auth ------------------------------------------------------------------------------------------------------
 
 
-def parse_credentials(auth: str | None) -> dict[str, str]:
+def parse_credentials(auth: str | None, flag: str = "--api-auth") -> dict[str, str]:
     """``"user:pass,user2:pass2"`` → ``{user: pass}``.
 
     Each pair splits at its first ``:``, so passwords may hold ``:`` (not ``,``, which separates pairs); white space
@@ -331,7 +336,7 @@ def parse_credentials(auth: str | None) -> dict[str, str]:
             continue
         if not sep or not user:
             # The message names no part of the item: it may be a password missing its user.
-            raise ValueError("--api-auth: every credential must be USER:PASSWORD with a non-empty USER")
+            raise ValueError(f"{flag}: every credential must be USER:PASSWORD with a non-empty USER")
         credentials[user] = password
     return credentials
 
@@ -393,7 +398,7 @@ class Api:
         self.app.router.add_api_route(path, endpoint, dependencies=dependencies, route_class_override=ApiRoute,
                                       responses=error_responses, **kwargs)
 
-    def auth(self, credentials: HTTPBasicCredentials | None = Depends(HTTPBasic(auto_error=False))):
+    async def auth(self, credentials: HTTPBasicCredentials | None = Depends(HTTPBasic(auto_error=False))):
         if credentials is not None:
             # Compare against every entry so the time taken does not tell which user names exist.
             matched = False
@@ -408,20 +413,22 @@ class Api:
 
     # -- generation ----------------------------------------------------------------------------------------------
     def text2imgapi(self, req: models.StableDiffusionTxt2ImgProcessingAPI):
-        req = apply_infotext(req)
+        req, warnings = apply_infotext(req)
         p = build_processing(req, processing.StableDiffusionProcessingTxt2Img)
+        p.warnings.extend(warnings)
         processed = jobs.run_job("txt2img", processing.process_images, p)
         return models.TextToImageResponse(
             images=[encode_image(i) for i in processed.images] if req.send_images else [],
             parameters=request_parameters(req), info=processed.js(), warnings=processed.warnings)
 
     def img2imgapi(self, req: models.StableDiffusionImg2ImgProcessingAPI):
-        req = apply_infotext(req)
+        req, warnings = apply_infotext(req)
         if not req.init_images:
             raise RequestFieldError({"init_images": "img2img needs at least one init image"})
         init_images = [decode_image(data, f"init_images[{i}]") for i, data in enumerate(req.init_images)]
         mask = decode_image(req.mask, "mask") if req.mask else None
         p = build_processing(req, processing.StableDiffusionProcessingImg2Img, init_images=init_images, mask=mask)
+        p.warnings.extend(warnings)
         processed = jobs.run_job("img2img", processing.process_images, p)
         return models.ImageToImageResponse(
             images=[encode_image(i) for i in processed.images] if req.send_images else [],
@@ -447,7 +454,9 @@ class Api:
                                       parameters=infotext.parse_generation_parameters(text) if text else {})
 
     # -- progress and control (never take the queue lock) ----------------------------------------------------------
-    def progressapi(self, skip_current_image: bool = False):
+    # These are ``async def``: they never block, so they answer on the event loop even while queued generations
+    # hold every worker thread of the pool (a hung /progress or /interrupt would leave a job unstoppable).
+    async def progressapi(self, skip_current_image: bool = False):
         state = jobs.state
         current = state.current_image
         image = None
@@ -461,16 +470,16 @@ class Api:
         return models.ProgressResponse(progress=state.progress(), eta_relative=state.eta_relative(), state=snapshot,
                                        current_image=image, textinfo=state.textinfo)
 
-    def interruptapi(self):
+    async def interruptapi(self):
         jobs.state.interrupt()
         return {}
 
-    def skip(self):
+    async def skip(self):
         jobs.state.skip()
         return {}
 
     # -- options -------------------------------------------------------------------------------------------------
-    def get_config(self):
+    async def get_config(self):
         # Runs in its own request context: a running generation's overrides are not visible here (seam rule 11).
         return _options_view()
 
@@ -588,7 +597,7 @@ class Api:
         return models.OverrideValidationResponse(valid=not check.errors, errors=check.errors, warnings=check.warnings,
                                                  normalized=check.values)
 
-    def active_overrides(self):
+    async def active_overrides(self):
         layers = [layer for stack in runtime_utils.running_overrides().values() for layer in stack]
         return models.ActiveOverridesResponse(job=jobs.state.job or None, overrides=layers)
 

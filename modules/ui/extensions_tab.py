@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from modules import plugins, shared
+from modules import jobs, plugins, shared
 from modules.options import OptionError
 from modules.ui import common
 
@@ -79,8 +79,9 @@ def apply_enabled(enabled_names: list) -> str:
     if sorted(opts.disabled_extensions) == new:
         return common.status_html("Nothing changed", "info")
     try:
-        opts.set("disabled_extensions", new)
-        opts.save()
+        with jobs.queue_lock:
+            opts.set("disabled_extensions", new)
+            opts.save()
     except (OptionError, OSError) as e:
         return common.status_html(f"Not saved: {getattr(e, 'reason', e)}", "error")
     listed = ", ".join(new) if new else "none"

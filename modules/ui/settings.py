@@ -26,7 +26,7 @@ from typing import Any
 
 import gradio as gr
 
-from modules import shared
+from modules import jobs, shared
 from modules.options import OptionError, OptionsRejected
 from modules.ui import common
 
@@ -235,17 +235,19 @@ def apply_values(keys: list, values: list, baseline: dict | None = None) -> tupl
         return {}, {}
     if opts.frozen:
         return {}, {k: "settings are frozen by --freeze-settings" for k in wanted}
-    try:
-        opts.set_many(wanted)
-    except OptionsRejected as e:
-        return {}, dict(e.errors)
-    except OptionError as e:  # an onchange callback failed after validation: that key was put back
-        errors[e.key] = e.reason
-    changes = {k: (old[k], opts.get(k)) for k in wanted if k not in errors}
-    try:
-        opts.save()
-    except OSError as e:
-        errors["config.json"] = f"could not be written: {e}"
+    # Under the queue lock, like POST /options: a running generation never sees stored settings change mid-job.
+    with jobs.queue_lock:
+        try:
+            opts.set_many(wanted)
+        except OptionsRejected as e:
+            return {}, dict(e.errors)
+        except OptionError as e:  # an onchange callback failed after validation: that key was put back
+            errors[e.key] = e.reason
+        changes = {k: (old[k], opts.get(k)) for k in wanted if k not in errors}
+        try:
+            opts.save()
+        except OSError as e:
+            errors["config.json"] = f"could not be written: {e}"
     return changes, errors
 
 
@@ -384,8 +386,9 @@ def set_quick(key: str, value) -> tuple[Any, str]:
     if value is None or _same(value, opts.get(key)) or _same(value, display_value(key)):
         return quick_value(key), None  # nothing to do (gradio may send the same choice twice): keep the message
     try:
-        opts.set(key, value)
-        opts.save()
+        with jobs.queue_lock:
+            opts.set(key, value)
+            opts.save()
     except (OptionError, KeyError, OSError) as e:
         return quick_value(key), common.status_html(f"{_label(key)} not changed: {getattr(e, 'reason', e)}", "error")
     return quick_value(key), common.status_html(f"{_label(key)} set to {quick_value(key)} and saved", "ok")
@@ -434,7 +437,8 @@ def wire_quicksettings(comps: dict, refresh, status, page: SettingsPage | None):
     mirror_keys = list(mirrors)
 
     def do_refresh():
-        sd_models.refresh_checkpoints()
+        with jobs.queue_lock:
+            sd_models.refresh_checkpoints()
         out = [gr.update(choices=quick_choices(k), value=quick_value(k)) for k in keys]
         out += [gr.update(choices=quick_choices(k)) for k in mirror_keys]  # the settings page's lists too
         n = len(sd_models.list_checkpoints())

@@ -316,6 +316,19 @@ def test_infotext_fills_unset_fields_and_overrides(client, gate):
     assert r.status_code == 422 and "infotext" in r.json()["errors"]
 
 
+
+def test_infotext_setting_this_server_lacks_is_a_warning(client, gate):
+    """A1111 infotexts name VAEs other servers lack: skipped with a warning, never a 422."""
+    text = "a dog\nSteps: 3, Seed: 1, Size: 64x64, Clip skip: 2, VAE: vae-ft-mse-840000-ema-pruned.safetensors"
+    r = client.post("/sdapi/v1/txt2img", json={"infotext": text})
+    assert r.status_code == 200
+    body = r.json()
+    assert any("sd_vae" in w and "not applied" in w for w in body["warnings"])
+    assert body["parameters"]["override_settings"] == {"CLIP_stop_at_last_layers": 2}
+    r = client.post("/sdapi/v1/txt2img", json={"infotext": text, "override_settings": {"sd_vae": "missing"}})
+    assert r.status_code == 422 and "sd_vae" in r.json()["errors"]
+
+
 # -- img2img and images in requests ----------------------------------------------------------------------------
 
 

@@ -323,10 +323,17 @@ def test_ctrl_c_reaches_webui_which_stops_cleanly(tmp_path):
 # --- scripts/run_tests.py ------------------------------------------------------------------------------------------
 
 def test_run_tests_runs_the_whole_suite_with_the_coverage_floor():
-    command = run_tests.pytest_command(Path("python"), ["-x", "-k", "launch"])
+    command = run_tests.pytest_command(Path("python"), ["-x"])
     assert command[:4] == ["python", "-m", "pytest", "test/"]
     assert "--cov-fail-under=80" in command
-    assert command[-3:] == ["-x", "-k", "launch"]
+    assert command[-1:] == ["-x"]
+
+
+@pytest.mark.parametrize("extra", [["-k", "launch"], ["-m", "slow"], ["--deselect=test/x.py::t"]])
+def test_run_tests_selecting_a_subset_drops_the_floor(extra):
+    command = run_tests.pytest_command(Path("python"), extra)
+    assert command[:4] == ["python", "-m", "pytest", "test/"]
+    assert not any(arg.startswith("--cov-fail-under") for arg in command)
 
 
 def test_run_tests_with_paths_runs_only_those_without_the_floor():

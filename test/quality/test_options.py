@@ -17,8 +17,7 @@ from modules.options import (OptionError, OptionInfo, Options, OptionsRejected, 
 
 @pytest.fixture
 def opts(tmp_path):
-    return Options(shared_options.options_templates, shared_options.restricted_opts,
-                   filename=str(tmp_path / "config.json"))
+    return Options(shared_options.options_templates, filename=str(tmp_path / "config.json"))
 
 
 class TestCheckValue:
@@ -31,6 +30,7 @@ class TestCheckValue:
 
     @pytest.mark.parametrize("default,value", [
         (1, "2"), (1, 2.5), (1, True), (1.5, "x"), (1.5, False), (True, 1), ("a", 3), ([], "x"), (1, None),
+        (1.5, float("nan")), (1.5, float("inf")),
     ])
     def test_rejects(self, default, value):
         with pytest.raises(OptionError) as info:

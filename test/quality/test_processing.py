@@ -18,7 +18,7 @@ class RecordingTxt2Img(processing.StableDiffusionProcessingTxt2Img):
     def sample_batch(self, model, prompts, negative_prompts, seeds, subseeds):
         self.seen = getattr(self, "seen", [])
         self.seen.append({"clip_skip": shared.opts.CLIP_stop_at_last_layers, "model": model.info.name,
-                          "stack": active_overrides()})
+                          "vae": model.vae_name, "stack": active_overrides()})
         return [Image.new("RGB", (self.width, self.height), (seed % 256, 0, 0)) for seed in seeds]
 
 
@@ -187,3 +187,23 @@ def test_pipeline_gets_a_settings_snapshot(data_dir, fake_models):
     assert p.settings == processing.GenerationSettings(clip_skip=3, eta_noise_seed_delta=7, randn_source="CPU")
     assert "ENSD: 7" in processed.infotexts[0] and processed.clip_skip == 3
     assert shared.opts.CLIP_stop_at_last_layers == 1
+
+
+def test_nested_generation_cannot_switch_the_outer_vae(data_dir, fake_models, register, monkeypatch):
+    """A detailer's nested generation with another VAE must not leave the outer one's next batch on it."""
+    from modules import sd_models
+    monkeypatch.setitem(sd_models._vae_cache, "sharp.safetensors", "a loaded VAE")
+
+    class Detailer:
+        @hookimpl
+        def on_infotext(self, p):
+            if not getattr(p, "is_inner", False):
+                inner = make_p(override_settings={"sd_vae": "None"})
+                inner.is_inner = True
+                processing.process_images(inner)
+
+    register(Detailer(), "detailer")
+    p = make_p(n_iter=2, override_settings={"sd_vae": "sharp.safetensors"})
+    processed = processing.process_images(p)
+    assert [s["vae"] for s in p.seen] == ["sharp.safetensors", "sharp.safetensors"]
+    assert all("VAE: sharp.safetensors" in t for t in processed.infotexts)

@@ -204,6 +204,37 @@ class TestRule5Order:
         assert events(log, "exit") == ["last", "middle", "first"]
 
 
+class TestRule5ReportedOrder:
+    def test_exit_order_reported_as_called(self, data_dir, register, log):
+        class First(Recorder):
+            @hookimpl(tryfirst=True)
+            def on_opts_override_enter(self, overrides, previous, p):
+                super().on_opts_override_enter(overrides, previous, p)
+
+        register(Recorder("a", log), "a", plugins.BUILTIN_GROUP)
+        register(First("b", log), "b")
+        register(Recorder("c", log), "c")
+        with temporary_opts({"CLIP_stop_at_last_layers": 2}):
+            pass
+        assert events(log, "exit") == ["c", "a", "b"]
+        assert plugins.resolved_order("on_opts_override_exit") == ["c", "a", "b"]
+        assert plugins.host.hook_order()["on_opts_override_exit"] == ["c", "a", "b"]
+
+    def test_plugins_registered_on_pm_directly_are_seen(self, data_dir, log):
+        with temporary_opts({"CLIP_stop_at_last_layers": 2}):
+            pass  # warms the order cache
+        direct = Recorder("direct", log)
+        plugins.pm.register(direct, name="direct")
+        try:
+            with temporary_opts({"CLIP_stop_at_last_layers": 2}):
+                pass
+        finally:
+            plugins.pm.unregister(direct)
+        with temporary_opts({"CLIP_stop_at_last_layers": 2}):
+            pass
+        assert events(log, "enter") == ["direct"] and events(log, "exit") == ["direct"]
+
+
 class TestRule6AlwaysRestoreExactly:
     def test_falsy_and_unset_values_come_back(self, data_dir):
         opts = shared.opts
@@ -313,6 +344,19 @@ class TestRule9RestoreAfterwards:
         assert json.loads((data_dir / "config.json").read_text())["CLIP_stop_at_last_layers"] == 2
 
 
+class TestRule9StoreFailure:
+    def test_owed_exits_run_when_storing_fails(self, data_dir, register, log, monkeypatch):
+        register(Recorder("r", log), "r")
+
+        def refuse(*a, **k):
+            raise ValueError("disk says no")
+
+        with pytest.raises(ValueError):
+            with temporary_opts({"CLIP_stop_at_last_layers": 2}, restore=False):
+                monkeypatch.setattr(type(shared.opts), "set_many", refuse)
+        assert events(log, "exit") == ["r"] and shared.opts.layers() == ()
+
+
 class TestRule10Decorator:
     def test_bare_decorator_applies_when_called_directly(self, data_dir, register, log):
         register(Recorder("r", log), "r")
@@ -371,6 +415,12 @@ class TestRule10Decorator:
         assert asyncio.run(read()) == 4
         with pytest.raises(TypeError):
             with_overrides({"CLIP_stop_at_last_layers": 4})(type("C", (), {}))
+
+        def gen():
+            yield shared.opts.CLIP_stop_at_last_layers
+
+        with pytest.raises(TypeError, match="generators"):
+            with_overrides({"CLIP_stop_at_last_layers": 4})(gen)
 
     def test_as_context_manager(self, data_dir):
         with with_overrides({"CLIP_stop_at_last_layers": 6}):

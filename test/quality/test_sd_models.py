@@ -23,7 +23,7 @@ def env(tmp_path, monkeypatch):
     (app / "models" / "Stable-diffusion").mkdir(parents=True)
     monkeypatch.setattr(shared, "data_paths", paths.Paths(data_dir=str(data), config_file=str(data / "config.json")))
     monkeypatch.setattr(paths, "script_path", str(app))
-    monkeypatch.setattr(shared, "opts", Options(shared_options.options_templates, shared_options.restricted_opts))
+    monkeypatch.setattr(shared, "opts", Options(shared_options.options_templates))
     monkeypatch.setattr(sd_models, "_checkpoints", None)
     monkeypatch.setattr(sd_models, "_hash_cache", None)
     monkeypatch.setattr(sd_models, "extra_checkpoints", [])
