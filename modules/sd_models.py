@@ -216,7 +216,7 @@ def effective_checkpoint() -> CheckpointInfo:
     return info
 
 
-DEFAULT_CHECKPOINT_FILE = "serena-tiny-v1.safetensors"
+DEFAULT_CHECKPOINT_FILE = "serena-shapes-v1.safetensors"
 
 
 class LoadedModels:

@@ -21,7 +21,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT = float(os.environ.get("SERENA_SMOKE_STARTUP_TIMEOUT", "180"))
-EMBEDDED_MODEL = ROOT / "models" / "Stable-diffusion" / "serena-tiny-v1.safetensors"
+EMBEDDED_MODEL = ROOT / "models" / "Stable-diffusion" / "serena-shapes-v1.safetensors"
 
 
 def free_port() -> int:
@@ -105,7 +105,7 @@ def serena_server():
 
 @pytest.fixture(scope="module")
 def embedded_model():
-    """Skip when the embedded default checkpoint has not been built (``tools/make_tiny_checkpoint.py``)."""
+    """Skip when the embedded default checkpoint has not been built (``tools/train_default_model.py``, see docs/models.md)."""
     if not EMBEDDED_MODEL.exists():
-        pytest.skip(f"{EMBEDDED_MODEL.relative_to(ROOT)} is missing; build it with tools/make_tiny_checkpoint.py")
+        pytest.skip(f"{EMBEDDED_MODEL.relative_to(ROOT)} is missing; build it with tools/train_default_model.py (docs/models.md)")
     return EMBEDDED_MODEL

@@ -51,7 +51,7 @@ def test_txt2img_round_trip(http):
     images = [decode(b) for b in body["images"]]
     assert [i.size for i in images] == [(64, 64), (64, 64)] and images[0].format == "PNG"
     info = json.loads(body["info"])
-    assert info["all_seeds"] == [3, 4] and info["sd_model_name"] == "serena-tiny-v1"
+    assert info["all_seeds"] == [3, 4] and info["sd_model_name"] == "serena-shapes-v1"
     assert images[0].info["parameters"] == info["infotexts"][0] and "Seed: 3" in info["infotexts"][0]
     again = http.post("/sdapi/v1/txt2img", json=payload).json()
     assert again["images"] == body["images"]  # same request, same seeds: the same images
@@ -69,7 +69,7 @@ def test_img2img_round_trip(http):
 
 def test_options_round_trip(http, server):
     before = http.get("/sdapi/v1/options").json()
-    assert before["CLIP_stop_at_last_layers"] == 1 and before["sd_model_checkpoint"].startswith("serena-tiny-v1")
+    assert before["CLIP_stop_at_last_layers"] == 1 and before["sd_model_checkpoint"].startswith("serena-shapes-v1")
     assert http.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 2}).json() is None
     after = http.get("/sdapi/v1/options").json()
     assert after["CLIP_stop_at_last_layers"] == 2 and type(after["CLIP_stop_at_last_layers"]) is int
@@ -95,7 +95,7 @@ def test_webuiapi_client_with_override_settings(server):
     assert result.images[0].size == (64, 64)
     assert "Clip skip: 2" in result.info["infotexts"][0]
     assert api.get_options() == options_before
-    assert api.util_get_current_model().startswith("serena-tiny-v1")
+    assert api.util_get_current_model().startswith("serena-shapes-v1")
     assert "Euler a" in api.util_get_sampler_names()
     api.util_wait_for_ready(check_interval=0.2)
 

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -21,7 +22,7 @@ from modules.runtime_utils import OverrideError
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden.json")
 ROOT = paths.script_path
-ALT = "serena-tiny-alt"
+ALT = "serena-shapes-alt"
 VAE = "serena-tiny-vae.safetensors"
 
 
@@ -79,7 +80,10 @@ def test_batch_image_equals_single(real_env):
     batch = generate(seed=10, batch_size=2)
     single = generate(seed=11)
     assert batch.all_seeds == [10, 11]
-    assert pixels(batch.images[1]) == pixels(single.images[0])
+    # Same seed, same noise; the UNet then runs at another batch size, and the CPU kernels for different batch
+    # sizes round differently: with the trained default model a few channel values differ by one level.
+    diff = np.abs(np.asarray(batch.images[1], dtype=np.int16) - np.asarray(single.images[0], dtype=np.int16))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01
 
 
 @pytest.mark.parametrize("key,value", [
@@ -110,7 +114,7 @@ def test_checkpoint_override_costs_one_load(real_env):
         r = generate(override_settings={"sd_model_checkpoint": ALT})
         assert r.sd_model_name == ALT
     assert sd_models.model_manager.loads == before + 1
-    assert generate().sd_model_name == "serena-tiny-v1"
+    assert generate().sd_model_name == "serena-shapes-v1"
 
 
 def test_bad_checkpoint_leaves_current_model(real_env):
@@ -124,7 +128,7 @@ def test_bad_checkpoint_leaves_current_model(real_env):
             generate(override_settings={"sd_model_checkpoint": "broken"})
         with pytest.raises(OverrideError):
             generate(override_settings={"sd_model_checkpoint": "no-such-model"})
-        assert generate().sd_model_name == "serena-tiny-v1"
+        assert generate().sd_model_name == "serena-shapes-v1"
     finally:
         bad.unlink()
         sd_models.refresh_checkpoints()

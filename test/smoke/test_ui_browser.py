@@ -664,7 +664,7 @@ def test_other_tabs_render(page, server):
 def test_quick_setting_switches_the_checkpoint(page, server):
     from modules import sd_models
 
-    alt = next(c for c in sd_models.list_checkpoints() if c.name == "serena-tiny-alt.safetensors")
+    alt = next(c for c in sd_models.list_checkpoints() if c.name == "serena-shapes-alt.safetensors")
     open_tab(page, "txt2img")
     page.locator("#quick_sd_model_checkpoint input").first.click()
     page.get_by_role("option", name=alt.title).click()

@@ -1,0 +1,76 @@
+"""The embedded default model draws what it is asked: a few benchmark prompts through ``process_images``.
+
+A broken default model (noise, a wrong scheduler config, a loader that leaves weights random) fails here: each
+image is scored by the prompt-adherence oracle (``bench/prompt_adherence.py``), the foreground colour must
+match the prompt on nearly every prompt, and the shape on most of them. The prompts and seeds are fixed, so the
+result is deterministic; the full benchmark (72 prompts) is ``venv/bin/python bench/prompt_adherence.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import pytest
+
+from modules import jobs, paths, processing, sd_models, shared
+
+ROOT = paths.script_path
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+
+import prompt_adherence  # noqa: E402
+
+DEFAULT = "serena-shapes-v1"
+#: Benchmark cases checked here: two per shape, over seven colours (all eight right in colour with the shipped model).
+CASES = [0, 8, 9, 21, 22, 30, 3, 59]
+
+
+@pytest.fixture(scope="module")
+def real_env(tmp_path_factory):
+    data = tmp_path_factory.mktemp("data")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(shared, "data_paths", paths.Paths(str(data), str(data / "config.json")))
+        mp.setattr(shared.opts, "filename", str(data / "config.json"))
+        mp.setattr(sd_models, "_checkpoints", None)
+        mp.setattr(sd_models, "model_manager", sd_models.LoadedModels(sd_models._load_from_disk))
+        shared.opts.load()
+        yield data
+        shared.opts.load(str(data / "missing.json"))
+
+
+def run(case, steps=20):
+    p = processing.StableDiffusionProcessingTxt2Img(
+        prompt=case.prompt, negative_prompt="", steps=steps, width=64, height=64, seed=case.seed,
+        sampler_name="Euler a", cfg_scale=7.0, do_not_save_samples=True)
+    return jobs.run_job("test", processing.process_images, p)
+
+
+def test_default_checkpoint_is_the_shapes_model(real_env):
+    assert sd_models.DEFAULT_CHECKPOINT_FILE == f"{DEFAULT}.safetensors"
+    assert sd_models.default_checkpoint().name == f"{DEFAULT}.safetensors"
+
+
+def test_default_model_follows_the_prompt(real_env):
+    cases = [prompt_adherence.prompt_set()[i] for i in CASES]
+    rows, times = [], []
+    for case in cases:
+        t0 = time.perf_counter()
+        processed = run(case)
+        times.append(time.perf_counter() - t0)
+        assert processed.sd_model_name == DEFAULT
+        a = prompt_adherence.analyse(processed.images[0])
+        rows.append((case.prompt, a.colour, a.shape, a.colour == case.colour, a.shape == case.shape))
+    report = "\n".join(f"{p!r}: got {c} {s}" for p, c, s, _, _ in rows)
+    assert sum(r[3] for r in rows) >= len(rows) - 1, f"colour does not follow the prompt:\n{report}"
+    assert sum(r[4] for r in rows) >= len(rows) // 2, f"shape does not follow the prompt:\n{report}"
+
+
+def test_different_prompts_give_different_colours(real_env):
+    case = prompt_adherence.prompt_set()[0]
+    colours = set()
+    for colour in ("red", "blue", "yellow"):
+        other = prompt_adherence.Case(f"a {colour} square on a white background", case.seed, colour, "square", "white")
+        colours.add(prompt_adherence.analyse(run(other).images[0]).colour)
+    assert colours == {"red", "blue", "yellow"}
