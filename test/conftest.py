@@ -16,6 +16,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import pytest  # noqa: E402
 
 from modules import paths, plugins, sd_models, shared  # noqa: E402
+from modules.hookspecs import hookimpl  # noqa: E402
 
 
 class FakeModel:
@@ -78,6 +79,27 @@ def register():
     yield _register
     for name in names:
         plugins.host.unregister(name)
+
+
+class OverrideCounter:
+    """Counts on_opts_override_enter/exit calls."""
+
+    def __init__(self):
+        self.enter = self.exit = 0
+
+    @hookimpl
+    def on_opts_override_enter(self):
+        self.enter += 1
+
+    @hookimpl
+    def on_opts_override_exit(self):
+        self.exit += 1
+
+
+@pytest.fixture
+def override_counter(register):
+    """An ``OverrideCounter`` registered for one test."""
+    return register(OverrideCounter(), "override-counter")
 
 
 @pytest.fixture

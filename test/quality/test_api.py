@@ -20,7 +20,6 @@ from PIL import Image, PngImagePlugin
 from modules import jobs, processing, shared, upscalers
 from modules.api import api as api_module
 from modules.api.api import Api, parse_credentials
-from modules.hookspecs import hookimpl
 
 SNAPSHOT = os.path.join(os.path.dirname(__file__), "openapi_snapshot.json")
 
@@ -66,19 +65,6 @@ def client(data_dir, fake_models, fake_sampling):
     with make_client() as c:
         yield c
     assert not jobs.queue_lock.locked() and not jobs.state.busy  # every request ended its job
-
-
-class Counter:
-    def __init__(self):
-        self.enter = self.exit = 0
-
-    @hookimpl
-    def on_opts_override_enter(self):
-        self.enter += 1
-
-    @hookimpl
-    def on_opts_override_exit(self):
-        self.exit += 1
 
 
 def png_b64(size=(16, 16), color=(200, 10, 10), fmt="PNG", parameters=None) -> str:
@@ -213,8 +199,8 @@ def test_checkpoint_override_by_alias(client, gate):
     assert [s["model"] for s in gate.seen] == ["beta.safetensors", "alpha.safetensors"]
 
 
-def test_bad_overrides_are_422_listing_every_key(client, register, gate, data_dir):
-    counter = register(Counter(), "counter")
+def test_bad_overrides_are_422_listing_every_key(client, gate, data_dir, override_counter):
+    counter = override_counter
     r = client.post("/sdapi/v1/txt2img", json=dict(TXT, override_settings={
         "CLIP_stop_at_last_layers": "two", "no_such_option": 1, "outdir_samples": "/tmp/x",
         "sd_model_checkpoint": "missing", "eta_noise_seed_delta": 3}))
@@ -517,8 +503,8 @@ def test_interrupt_during_generation(client, fake_sampling, gate):
 # -- Serena's endpoints ----------------------------------------------------------------------------------------
 
 
-def test_validate_overrides_has_no_side_effects(client, register, data_dir):
-    counter = register(Counter(), "counter")
+def test_validate_overrides_has_no_side_effects(client, data_dir, override_counter):
+    counter = override_counter
     body = client.post("/serena/v1/overrides/validate", json={"CLIP_stop_at_last_layers": 2.0,
                                                               "sd_model_checkpoint": "beta"}).json()
     assert body["valid"] is True and body["errors"] == {}

@@ -28,19 +28,6 @@ def make_p(**kw):
     return RecordingTxt2Img(**defaults)
 
 
-class Counter:
-    def __init__(self):
-        self.enter = self.exit = 0
-
-    @hookimpl
-    def on_opts_override_enter(self):
-        self.enter += 1
-
-    @hookimpl
-    def on_opts_override_exit(self):
-        self.exit += 1
-
-
 def test_overrides_apply_for_the_generation_only(data_dir, fake_models):
     p = make_p(override_settings={"CLIP_stop_at_last_layers": 2})
     processed = processing.process_images(p)
@@ -51,21 +38,21 @@ def test_overrides_apply_for_the_generation_only(data_dir, fake_models):
     assert "Clip skip" not in nxt.infotexts[0] and nxt.clip_skip == 1
 
 
-def test_hooks_fire_once_per_generation(data_dir, fake_models, register):
-    counter = register(Counter(), "counter")
+def test_hooks_fire_once_per_generation(data_dir, fake_models, override_counter):
+    counter = override_counter
     processing.process_images(make_p(override_settings={"CLIP_stop_at_last_layers": 2}, n_iter=3))
     assert (counter.enter, counter.exit) == (1, 1)
 
 
-def test_direct_inner_call_applies_once(data_dir, fake_models, register):
-    counter = register(Counter(), "counter")
+def test_direct_inner_call_applies_once(data_dir, fake_models, override_counter):
+    counter = override_counter
     p = make_p(override_settings={"CLIP_stop_at_last_layers": 3})
     processing.process_images_inner(p)
     assert p.seen[0]["clip_skip"] == 3 and (counter.enter, counter.exit) == (1, 1)
     assert shared.opts.CLIP_stop_at_last_layers == 1
 
 
-def test_nested_generation_composes(data_dir, fake_models, register):
+def test_nested_generation_composes(data_dir, fake_models, register, override_counter):
     """An extension running its own generation inside one (as detailers do) nests cleanly."""
     inner_seen = []
 
@@ -80,7 +67,7 @@ def test_nested_generation_composes(data_dir, fake_models, register):
             inner_seen.append((inner.seen[0]["clip_skip"], shared.opts.eta_noise_seed_delta,
                                [layer["depth"] for layer in inner.seen[0]["stack"]]))
 
-    counter = register(Counter(), "counter")
+    counter = override_counter
     register(Detailer(), "detailer")
     processing.process_images(make_p(override_settings={"CLIP_stop_at_last_layers": 2}))
     assert inner_seen == [(2, 0, [1, 2])]  # outer clip skip visible inside; inner ENSD gone after
@@ -88,8 +75,8 @@ def test_nested_generation_composes(data_dir, fake_models, register):
     assert shared.opts.CLIP_stop_at_last_layers == 1 and shared.opts.layers() == ()
 
 
-def test_invalid_overrides_fail_before_anything(data_dir, fake_models, register):
-    counter = register(Counter(), "counter")
+def test_invalid_overrides_fail_before_anything(data_dir, fake_models, override_counter):
+    counter = override_counter
     p = make_p(override_settings={"CLIP_stop_at_last_layers": "x", "nope": 1})
     with pytest.raises(OverrideError) as info:
         processing.process_images(p)

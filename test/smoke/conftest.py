@@ -19,6 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from modules import paths, sd_models, shared
+
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT = float(os.environ.get("SERENA_SMOKE_STARTUP_TIMEOUT", "180"))
 EMBEDDED_MODEL = ROOT / "models" / "Stable-diffusion" / "serena-shapes-v1.safetensors"
@@ -109,3 +111,17 @@ def embedded_model():
     if not EMBEDDED_MODEL.exists():
         pytest.skip(f"{EMBEDDED_MODEL.relative_to(ROOT)} is missing; build it with tools/train_default_model.py (docs/models.md)")
     return EMBEDDED_MODEL
+
+
+@pytest.fixture(scope="module")
+def real_env(tmp_path_factory):
+    """Shared handles pointed at a fresh data folder; the shipped checkpoints are found in Serena's models/."""
+    data = tmp_path_factory.mktemp("data")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(shared, "data_paths", paths.Paths(str(data), str(data / "config.json")))
+        mp.setattr(shared.opts, "filename", str(data / "config.json"))
+        mp.setattr(sd_models, "_checkpoints", None)
+        mp.setattr(sd_models, "model_manager", sd_models.LoadedModels(sd_models._load_from_disk))
+        shared.opts.load()
+        yield data
+        shared.opts.load(str(data / "missing.json"))

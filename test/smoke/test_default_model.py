@@ -12,9 +12,7 @@ import os
 import sys
 import time
 
-import pytest
-
-from modules import jobs, paths, processing, sd_models, shared
+from modules import jobs, paths, processing, sd_models
 
 ROOT = paths.script_path
 sys.path.insert(0, os.path.join(ROOT, "bench"))
@@ -25,19 +23,6 @@ import prompt_adherence  # noqa: E402
 DEFAULT = "serena-shapes-v1"
 #: Benchmark cases checked here: two per shape, over seven colours (all eight right in colour with the shipped model).
 CASES = [0, 8, 9, 21, 22, 30, 3, 59]
-
-
-@pytest.fixture(scope="module")
-def real_env(tmp_path_factory):
-    data = tmp_path_factory.mktemp("data")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(shared, "data_paths", paths.Paths(str(data), str(data / "config.json")))
-        mp.setattr(shared.opts, "filename", str(data / "config.json"))
-        mp.setattr(sd_models, "_checkpoints", None)
-        mp.setattr(sd_models, "model_manager", sd_models.LoadedModels(sd_models._load_from_disk))
-        shared.opts.load()
-        yield data
-        shared.opts.load(str(data / "missing.json"))
 
 
 def run(case, steps=20):

@@ -26,20 +26,6 @@ ALT = "serena-shapes-alt"
 VAE = "serena-tiny-vae.safetensors"
 
 
-@pytest.fixture(scope="module")
-def real_env(tmp_path_factory):
-    """Shared handles pointed at a fresh data folder; the shipped checkpoints are found in Serena's models/."""
-    data = tmp_path_factory.mktemp("data")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(shared, "data_paths", paths.Paths(str(data), str(data / "config.json")))
-        mp.setattr(shared.opts, "filename", str(data / "config.json"))
-        mp.setattr(sd_models, "_checkpoints", None)
-        mp.setattr(sd_models, "model_manager", sd_models.LoadedModels(sd_models._load_from_disk))
-        shared.opts.load()
-        yield data
-        shared.opts.load(str(data / "missing.json"))
-
-
 def generate(**kw) -> processing.Processed:
     args = dict(prompt="a red circle on a blue background", negative_prompt="blurry", steps=6, width=64, height=64,
                 seed=1234, sampler_name="Euler a", do_not_save_samples=True)
