@@ -23,6 +23,10 @@ def parse_overrides(items: list[str]) -> dict:
     return overrides
 
 
+#: A1111's default CFG scale, for checkpoints that recommend none.
+DEFAULT_CFG_SCALE = 7.0
+
+
 def native_size(model) -> int:
     """The image size a checkpoint was made for: UNet sample size times the VAE's downscale factor."""
     factor = 2 ** (len(model.vae.config.block_out_channels) - 1)
@@ -38,13 +42,15 @@ def run_txt2img(cmd_opts, out=sys.stdout) -> int:
     except (ValueError, OverrideError) as e:
         print(f"serena: error: {e}", file=sys.stderr)
         return 2
-    size = None
+    size, cfg_scale = None, cmd_opts.cfg_scale
     if cmd_opts.width is None or cmd_opts.height is None:
         size = native_size(sd_models.current_model())
+    if cfg_scale is None:
+        cfg_scale = sd_models.current_model().cfg_scale or DEFAULT_CFG_SCALE
     p = processing.StableDiffusionProcessingTxt2Img(
         prompt=cmd_opts.txt2img, negative_prompt=cmd_opts.negative_prompt, steps=cmd_opts.steps,
         seed=cmd_opts.seed, sampler_name=cmd_opts.sampler, scheduler=cmd_opts.schedule_type,
-        cfg_scale=cmd_opts.cfg_scale, width=cmd_opts.width or size, height=cmd_opts.height or size,
+        cfg_scale=cfg_scale, width=cmd_opts.width or size, height=cmd_opts.height or size,
         batch_size=cmd_opts.batch_size, n_iter=cmd_opts.n_iter, override_settings=overrides,
         outpath_samples=cmd_opts.out, save_samples=True)
     try:

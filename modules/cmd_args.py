@@ -71,7 +71,8 @@ def make_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=-1)
     gen.add_argument("--sampler", default="Euler a", metavar="NAME")
     gen.add_argument("--schedule-type", default="Automatic", metavar="NAME")
-    gen.add_argument("--cfg-scale", type=float, default=7.0)
+    gen.add_argument("--cfg-scale", type=float, default=None,
+                     help="default: the checkpoint's recommended CFG scale, else 7")
     gen.add_argument("--width", type=int, default=None, help="default: the checkpoint's native size")
     gen.add_argument("--height", type=int, default=None, help="default: the checkpoint's native size")
     gen.add_argument("--batch-size", type=int, default=1)

@@ -65,19 +65,24 @@ class SDModel:
     """One loaded SD1.x checkpoint: the components a pipeline needs, plus where they came from.
 
     ``scheduler_config`` is the checkpoint's own scheduler config (betas, prediction type…); samplers are built
-    from it with ``SchedulerClass.from_config``. ``vae`` is the checkpoint's own VAE unless ``apply_vae``
-    swapped another in, in which case ``vae_name`` names the VAE file.
+    from it with ``SchedulerClass.from_config``. ``guidance_rescale`` is the checkpoint's own CFG rescale factor
+    (0 for ordinary SD files; zero-terminal-SNR models such as Serena's shape models declare one, see
+    ``sd_pipeline.rescale_guidance``); ``cfg_scale`` is the CFG scale it recommends, or ``None``. ``vae`` is the
+    checkpoint's own VAE unless ``apply_vae`` swapped another in, in which case ``vae_name`` names the VAE file.
     """
 
     def __init__(self, *, info: CheckpointInfo, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel,
                  unet: UNet2DConditionModel, vae: AutoencoderKL, scheduler_config: dict,
-                 device: torch.device, dtype: torch.dtype):
+                 device: torch.device, dtype: torch.dtype, guidance_rescale: float = 0.0,
+                 cfg_scale: float | None = None):
         self.info = info
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
         self.unet = unet
         self.vae = vae
         self.scheduler_config = scheduler_config
+        self.guidance_rescale = guidance_rescale
+        self.cfg_scale = cfg_scale
         self.device = device
         self.dtype = dtype
         self.vae_name: str | None = None
@@ -137,15 +142,18 @@ def load_checkpoint(info: CheckpointInfo, *, device: str | torch.device = "cpu",
             or its tensors do not fit its config; the message names the file.
     """
     device = torch.device(device)
+    sampling = _sampling_from({}, "")
     if os.path.isdir(info.filename):
         components = _load_diffusers_folder(info.filename, device, dtype)
     else:
         state_dict, metadata = read_state_dict(info.filename, allow_pickle=allow_pickle)
-        components = _components_from_ldm(state_dict, _configs_from_metadata(metadata, info.filename),
-                                          os.path.basename(info.filename), device, dtype)
+        configs = _configs_from_metadata(metadata, info.filename)
+        sampling = configs["sampling"]
+        components = _components_from_ldm(state_dict, configs, os.path.basename(info.filename), device, dtype)
     unet, vae, text_encoder, scheduler_config = components
     return SDModel(info=info, tokenizer=load_tokenizer(), text_encoder=text_encoder.eval(), unet=unet.eval(),
-                   vae=vae.eval(), scheduler_config=scheduler_config, device=device, dtype=dtype)
+                   vae=vae.eval(), scheduler_config=scheduler_config, device=device, dtype=dtype,
+                   guidance_rescale=sampling["guidance_rescale"], cfg_scale=sampling["cfg_scale"])
 
 
 def load_vae(path: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> AutoencoderKL:
@@ -205,8 +213,26 @@ def read_state_dict(path: str, *, allow_pickle: bool = False) -> tuple[dict[str,
     return tensors, metadata
 
 
+#: ``serena_config.sampling`` entries: how a checkpoint is meant to be sampled. name -> (absent, low, high)
+SAMPLING_KEYS = {"guidance_rescale": (0.0, 0.0, 1.0), "cfg_scale": (None, 1.0, 30.0)}
+
+
+def _sampling_from(stored, name: str) -> dict:
+    if not isinstance(stored, dict):
+        raise ValueError(f"{name}: {METADATA_KEY} sampling must be a JSON object, got {stored!r}")
+    sampling = {}
+    for key, (absent, low, high) in SAMPLING_KEYS.items():
+        value = stored.get(key, absent)
+        if value is not absent and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                                    or not low <= value <= high):
+            raise ValueError(f"{name}: {METADATA_KEY} sampling.{key} must be a number from {low:g} to {high:g}, "
+                             f"got {value!r}")
+        sampling[key] = value if value is absent else float(value)
+    return sampling
+
+
 def _configs_from_metadata(metadata: dict[str, str], path: str) -> dict[str, dict]:
-    configs = default_configs()
+    configs = {**default_configs(), "sampling": _sampling_from({}, "")}
     if METADATA_KEY in metadata:
         try:
             stored = json.loads(metadata[METADATA_KEY])
@@ -214,8 +240,29 @@ def _configs_from_metadata(metadata: dict[str, str], path: str) -> dict[str, dic
             raise ValueError(f"{os.path.basename(path)}: unreadable {METADATA_KEY} metadata: {e}") from e
         if not isinstance(stored, dict):
             raise ValueError(f"{os.path.basename(path)}: {METADATA_KEY} metadata is not a JSON object")
-        configs.update({k: v for k, v in stored.items() if k in configs})
+        configs.update({k: v for k, v in stored.items() if k in configs and k != "sampling"})
+        configs["sampling"] = _sampling_from(stored.get("sampling", {}), os.path.basename(path))
     return configs
+
+
+def checkpoint_sampling(path: str) -> dict:
+    """How a checkpoint is meant to be sampled, from its metadata alone (no weights are read).
+
+    Returns ``{"guidance_rescale": float, "cfg_scale": float | None}``: the CFG rescale the sampling loop
+    applies, and the CFG scale the checkpoint recommends (``None``: no recommendation; Serena's UI and CLI then
+    start at A1111's 7). Folders and files without ``serena_config`` metadata give those defaults.
+
+    Raises:
+        ValueError: unreadable file or metadata, or a sampling value out of range; the message names the file.
+    """
+    metadata = {}
+    if os.path.isfile(path) and path.lower().endswith(".safetensors"):
+        try:
+            with safe_open(path, framework="pt", device="cpu") as f:
+                metadata = f.metadata() or {}
+        except (SafetensorError, OSError) as e:
+            raise ValueError(f"{os.path.basename(path)}: corrupt or truncated .safetensors file: {e}") from e
+    return _configs_from_metadata(metadata, path)["sampling"]
 
 
 def _components_from_ldm(state_dict: dict[str, torch.Tensor], configs: dict[str, dict], name: str,
@@ -415,8 +462,13 @@ def ldm_state_dict(unet: UNet2DConditionModel, vae: AutoencoderKL,
 
 
 def component_configs(unet: UNet2DConditionModel | None = None, vae: AutoencoderKL | None = None,
-                      text_encoder: CLIPTextModel | None = None, scheduler_config: dict | None = None) -> dict:
-    """The ``serena_config`` metadata object for the given components (only the ones passed)."""
+                      text_encoder: CLIPTextModel | None = None, scheduler_config: dict | None = None,
+                      sampling: dict | None = None) -> dict:
+    """The ``serena_config`` metadata object for the given components (only the ones passed).
+
+    ``sampling`` holds how the model is meant to be sampled beyond its scheduler (``SAMPLING_KEYS``):
+    ``{"guidance_rescale": φ, "cfg_scale": s}``.
+    """
     configs = {}
     if unet is not None:
         configs["unet"] = {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}
@@ -427,12 +479,14 @@ def component_configs(unet: UNet2DConditionModel | None = None, vae: Autoencoder
                                    if k not in _VOLATILE_TEXT_CONFIG_KEYS and k not in ("id2label", "label2id")}
     if scheduler_config is not None:
         configs["scheduler"] = dict(scheduler_config)
+    if sampling:
+        configs["sampling"] = dict(sampling)
     return configs
 
 
 def save_ldm_checkpoint(path: str, *, unet: UNet2DConditionModel, vae: AutoencoderKL, text_encoder: CLIPTextModel,
                         scheduler_config: dict, dtype: torch.dtype = torch.float16,
-                        extra_metadata: dict[str, str] | None = None) -> None:
+                        extra_metadata: dict[str, str] | None = None, sampling: dict | None = None) -> None:
     """Write an SD1.x single-file checkpoint in the LDM key layout (A1111's), which ``load_checkpoint`` reads.
 
     Args:
@@ -441,10 +495,13 @@ def save_ldm_checkpoint(path: str, *, unet: UNet2DConditionModel, vae: Autoencod
         scheduler_config: the model's own scheduler config, stored in the metadata.
         dtype: the floating-point dtype on disk.
         extra_metadata: more safetensors metadata entries (string values).
+        sampling: how the model is meant to be sampled, e.g. ``{"guidance_rescale": 0.7, "cfg_scale": 4.0}``
+            (see ``SDModel``).
 
     The same weights always give the same bytes: metadata keys are written in sorted order.
     """
-    metadata = {METADATA_KEY: json.dumps(component_configs(unet, vae, text_encoder, scheduler_config), sort_keys=True)}
+    metadata = {METADATA_KEY: json.dumps(component_configs(unet, vae, text_encoder, scheduler_config, sampling),
+                                         sort_keys=True)}
     metadata.update(extra_metadata or {})
     _write_safetensors(path, ldm_state_dict(unet, vae, text_encoder), metadata, dtype)
 

@@ -159,6 +159,18 @@ def mask_to_latent(mask: Image.Image, width: int, height: int, factor: int, inve
     return t.to(device=device, dtype=dtype)[None, None]
 
 
+def rescale_guidance(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> torch.Tensor:
+    """CFG rescale (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed", eq. 15–16).
+
+    With a zero-terminal-SNR schedule, plain CFG overshoots: the guided prediction's standard deviation grows
+    with the CFG scale and images come out over-exposed or washed out. Scaling it back to the conditional
+    prediction's deviation, blended by ``phi``, keeps the colours the prompt asks for.
+    """
+    dims = tuple(range(1, guided.ndim))
+    rescaled = guided * (cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
+    return phi * rescaled + (1 - phi) * guided
+
+
 def _step_kwargs(scheduler, generators, eta) -> dict:
     """Pass per-image generators (ancestral/SDE noise) and eta only to schedulers whose ``step`` takes them."""
     params = inspect.signature(scheduler.step).parameters
@@ -224,6 +236,8 @@ def sample_batch(p, model, prompts: list[str], negative_prompts: list[str], seed
         pred = model.unet(model_in, t, encoder_hidden_states=context).sample
         pred_uncond, pred_cond = pred.chunk(2)
         guided = pred_uncond + p.cfg_scale * (pred_cond - pred_uncond)
+        if model.guidance_rescale:
+            guided = rescale_guidance(guided, pred_cond, model.guidance_rescale)
         latents = scheduler.step(guided, t, latents, **step_kwargs).prev_sample
         if mask is not None:
             # Keep the unmasked area on the init image's trajectory.

@@ -22,6 +22,8 @@ PASTE_SYMBOL = "\u2199\ufe0f"     # ↙️ read generation parameters from the p
 TINY_MODEL_SIZE = 64
 #: A1111's default, used when the starting checkpoint is a real Stable Diffusion model.
 SD_DEFAULT_SIZE = 512
+#: A1111's default CFG scale, used when the starting checkpoint recommends none.
+SD_DEFAULT_CFG_SCALE = 7.0
 #: Where Serena's checkpoints keep their component configs (``modules.sd_models_loader.METADATA_KEY``).
 CONFIG_METADATA_KEY = "serena_config"
 
@@ -40,6 +42,18 @@ def default_size() -> int:
     except (ValueError, OSError):
         return TINY_MODEL_SIZE
     return native_size(info.filename) or SD_DEFAULT_SIZE
+
+
+def default_cfg_scale() -> float:
+    """The CFG scale the generation tabs start with: the starting checkpoint's recommendation, else A1111's 7."""
+    from modules import sd_models, sd_models_loader
+
+    try:
+        recommended = sd_models_loader.checkpoint_sampling(sd_models.effective_checkpoint().filename)["cfg_scale"]
+    except (ValueError, OSError) as e:
+        log.info("recommended CFG scale unknown (%s)", e)
+        recommended = None
+    return recommended if recommended is not None else SD_DEFAULT_CFG_SCALE
 
 
 def _read_json(path: str):

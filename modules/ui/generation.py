@@ -103,7 +103,7 @@ def build_parameters(form: GenerationForm, *, img2img: bool = False):
                                          elem_id=f"{t}_batch_count")
             form.batch_size = gr.Slider(minimum=1, maximum=8, step=1, value=1, precision=0, label="Batch size",
                                         elem_id=f"{t}_batch_size")
-    form.cfg_scale = gr.Slider(minimum=1.0, maximum=30.0, step=0.5, value=7.0, label="CFG Scale",
+    form.cfg_scale = gr.Slider(minimum=1.0, maximum=30.0, step=0.5, value=common.default_cfg_scale(), label="CFG Scale",
                                elem_id=f"{t}_cfg_scale")
     form.denoising_strength = gr.Slider(minimum=0.0, maximum=1.0, step=0.01, value=0.75, visible=img2img,
                                         label="Denoising strength", elem_id=f"{t}_denoising_strength")
@@ -145,7 +145,7 @@ def common_p_kwargs(values: dict) -> dict:
         sampler_name=values["sampler"] or "Euler a",
         scheduler=values["scheduler"] or "Automatic",
         steps=_int(values["steps"], 20),
-        cfg_scale=float(values["cfg_scale"] if values["cfg_scale"] is not None else 7.0),
+        cfg_scale=float(values["cfg_scale"] if values["cfg_scale"] is not None else common.default_cfg_scale()),
         width=_int(values["width"], common.default_size()),
         height=_int(values["height"], common.default_size()),
         seed=_int(values["seed"], -1),

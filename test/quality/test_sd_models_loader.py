@@ -224,6 +224,41 @@ def test_saved_file_uses_ldm_keys_and_records_configs(tmp_path, components):
     assert header.index('"b"') < header.index('"modelspec.title"') < header.index('"serena_config"')
 
 
+def test_sampling_recommendations_are_read_from_the_file_and_absent_by_default(tmp_path, components):
+    unet, vae, text_encoder = components
+    declared, plain = tmp_path / "declared.safetensors", tmp_path / "plain.safetensors"
+    loader.save_ldm_checkpoint(str(declared), unet=unet, vae=vae, text_encoder=text_encoder, scheduler_config={},
+                               sampling={"guidance_rescale": 0.7, "cfg_scale": 4})
+    loader.save_ldm_checkpoint(str(plain), unet=unet, vae=vae, text_encoder=text_encoder, scheduler_config={})
+    model = loader.load_checkpoint(info_for(declared))
+    assert (model.guidance_rescale, model.cfg_scale) == (0.7, 4.0)
+    model = loader.load_checkpoint(info_for(plain))
+    assert (model.guidance_rescale, model.cfg_scale) == (0.0, None)
+    assert "sampling" not in json.loads(safe_open(str(plain), "pt").metadata()[loader.METADATA_KEY])
+    # Read from the metadata alone, as the UI does before the model is loaded.
+    assert loader.checkpoint_sampling(str(declared)) == {"guidance_rescale": 0.7, "cfg_scale": 4.0}
+    assert loader.checkpoint_sampling(str(plain)) == {"guidance_rescale": 0.0, "cfg_scale": None}
+    assert loader.checkpoint_sampling(TINY_V1) == {"guidance_rescale": 0.0, "cfg_scale": None}
+
+
+@pytest.mark.parametrize("sampling,message", [
+    ({"guidance_rescale": 1.5}, "guidance_rescale must be a number from 0 to 1"),
+    ({"guidance_rescale": -0.1}, "guidance_rescale"), ({"guidance_rescale": "0.7"}, "guidance_rescale"),
+    ({"guidance_rescale": True}, "guidance_rescale"), ({"cfg_scale": 0.5}, "cfg_scale must be a number from 1 to 30"),
+    ({"cfg_scale": "4"}, "cfg_scale"), ([0.7], "sampling must be a JSON object"),
+])
+def test_bad_sampling_values_are_refused_naming_the_file(tmp_path, components, sampling, message):
+    unet, vae, text_encoder = components
+    path = tmp_path / "bad-sampling.safetensors"
+    configs = loader.component_configs(unet, vae, text_encoder, {})
+    configs["sampling"] = sampling
+    save_file(loader.ldm_state_dict(unet, vae, text_encoder), str(path),
+              metadata={loader.METADATA_KEY: json.dumps(configs)})
+    for read in (lambda: loader.load_checkpoint(info_for(path)), lambda: loader.checkpoint_sampling(str(path))):
+        with pytest.raises(ValueError, match=f"bad-sampling.safetensors: .*{message}"):
+            read()
+
+
 def test_diffusers_single_file_loader_reads_saved_files_identically(tmp_path, components):
     """diffusers' own ``from_single_file`` agrees with our key layout (given local configs, offline)."""
     unet, vae, text_encoder = components
