@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -152,11 +152,11 @@ def analyse(image, shapes=ds.SHAPES) -> Analysis:
 # --- generation through Serena ------------------------------------------------------------------------------------
 
 def setup_serena(checkpoint: str, data_dir: str):
-    """Initialise Serena on ``data_dir`` with ``checkpoint`` registered; returns the checkpoint's name."""
-    from modules import cmd_args, initialize
+    """Initialise Serena on ``data_dir`` with ``checkpoint`` registered; returns the checkpoint's title."""
+    from modules import cmd_args, initialize, sd_models
 
     initialize.initialize(cmd_args.parse_args(["--data-dir", data_dir, "--ckpt", checkpoint]), load_extensions=False)
-    return os.path.splitext(os.path.basename(checkpoint))[0]
+    return sd_models.checkpoint_for_file(checkpoint).title
 
 
 def generate(cases, name: str, *, steps: int, sampler: str, cfg: float, size: int):
@@ -211,9 +211,13 @@ def main(argv=None) -> int:
     parser.add_argument("--alt", action="store_true", help="the alt model's prompt set and shapes")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--sampler", default="Euler a")
-    parser.add_argument("--cfg", type=float, default=7.0)
+    parser.add_argument("--cfg", type=float, default=None,
+                        help="default: the checkpoint's recommended CFG scale (serena_config.sampling), else 7")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--limit", type=int, default=0, help="only the first N prompts")
+    parser.add_argument("--seed-offset", type=int, default=0,
+                        help="add this to every seed: the same prompts on other noise (a check against tuning "
+                             "sampling settings to the fixed seeds)")
     parser.add_argument("--save", help="write the images and a contact sheet here")
     parser.add_argument("--json", help="write the per-prompt rows here")
     parser.add_argument("--self-check", action="store_true", help="score the data set's own drawings instead")
@@ -223,6 +227,8 @@ def main(argv=None) -> int:
     cases = prompt_set(args.alt)
     if args.limit:
         cases = cases[:args.limit]
+    if args.seed_offset:
+        cases = [replace(c, seed=c.seed + args.seed_offset) for c in cases]
 
     if args.self_check:
         rng = random.Random(0)
@@ -241,6 +247,10 @@ def main(argv=None) -> int:
     checkpoint = os.path.abspath(args.checkpoint or (ALT_CHECKPOINT if args.alt else DEFAULT_CHECKPOINT))
     with tempfile.TemporaryDirectory() as data_dir:
         name = setup_serena(checkpoint, data_dir)
+        if args.cfg is None:
+            from modules import sd_models_loader
+
+            args.cfg = sd_models_loader.checkpoint_sampling(checkpoint)["cfg_scale"] or 7.0
         generate(cases[:1], name, steps=args.steps, sampler=args.sampler, cfg=args.cfg, size=args.size)  # warm-up
         results = generate(cases, name, steps=args.steps, sampler=args.sampler, cfg=args.cfg, size=args.size)
     images = [im for im, _ in results]

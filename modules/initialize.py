@@ -43,6 +43,6 @@ def initialize(cmd_opts=None, *, load_extensions: bool = True):
     sd_models.refresh_checkpoints()
     if cmd_opts.ckpt and not opts.frozen:
         # A1111: --ckpt names the checkpoint to start with.
-        title = sd_models.resolve_checkpoint(os.path.basename(cmd_opts.ckpt.rstrip("/"))).title
+        title = sd_models.checkpoint_for_file(cmd_opts.ckpt.rstrip("/")).title
         opts.set("sd_model_checkpoint", title, run_callbacks=False)
     return shared.opts

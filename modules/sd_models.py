@@ -154,9 +154,22 @@ def _discover() -> list[CheckpointInfo]:
                     found.setdefault(rel, CheckpointInfo(full, rel, cache.sha256(full)))
     for filename in extra_checkpoints:
         if os.path.exists(filename):
+            filename = os.path.abspath(filename)
             name = os.path.basename(filename.rstrip("/"))
-            found.setdefault(name, CheckpointInfo(os.path.abspath(filename), name, cache.sha256(filename)))
+            if name in found and found[name].filename != filename:
+                # The user named this very file: list it under its path rather than drop it for a namesake.
+                name = filename
+            found.setdefault(name, CheckpointInfo(filename, name, cache.sha256(filename)))
     return sorted(found.values(), key=lambda c: c.name.lower())
+
+
+def checkpoint_for_file(filename: str) -> CheckpointInfo:
+    """The listed checkpoint that is the file (or folder) ``filename``; ``ValueError`` if none is."""
+    wanted = os.path.abspath(filename)
+    for info in list_checkpoints():
+        if info.filename == wanted:
+            return info
+    raise ValueError(f"{filename}: not among the checkpoints")
 
 
 def list_checkpoints(refresh: bool = False) -> list[CheckpointInfo]:

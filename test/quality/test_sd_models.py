@@ -83,6 +83,19 @@ def test_checkpoints_named_on_the_command_line_are_listed(env, tmp_path, monkeyp
     assert [c.filename for c in sd_models.list_checkpoints()] == [str(extra)]
 
 
+def test_a_command_line_checkpoint_is_never_dropped_for_a_namesake(env, tmp_path, monkeypatch):
+    user, _ = env
+    listed = put(user, "model.safetensors", b"listed")
+    extra = tmp_path / "elsewhere" / "model.safetensors"
+    extra.parent.mkdir()
+    extra.write_bytes(b"named on the command line")
+    monkeypatch.setattr(sd_models, "extra_checkpoints", [str(extra)])
+    assert sd_models.checkpoint_for_file(str(extra)).sha256 == sha(b"named on the command line")
+    assert sd_models.checkpoint_for_file(listed).name == "model.safetensors"
+    with pytest.raises(ValueError, match="not among the checkpoints"):
+        sd_models.checkpoint_for_file(str(tmp_path / "other.safetensors"))
+
+
 def test_list_is_cached_until_refreshed(env):
     user, _ = env
     put(user, "one.safetensors")
