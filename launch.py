@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from modules import cmd_args, paths
+from modules.extension_metadata import extension_name
 from scripts import verify_pinned_deps
 
 ROOT = Path(__file__).resolve().parent
@@ -128,19 +129,28 @@ def _raw_settings(args) -> dict:
 
 
 def extension_installers(args) -> list[Path]:
-    """``install.py`` of each active extension: built-in ones, then ``<data-dir>/extensions/``, in name order."""
+    """``install.py`` of each enabled extension: built-in ones, then ``<data-dir>/extensions/``, in folder order.
+
+    ``disabled_extensions`` matches an extension's ``metadata.ini`` name or its folder name, case-insensitively,
+    as the extension loader does, so a disabled extension's installer never runs.
+    """
     settings = _raw_settings(args)
     mode = settings.get("disable_all_extensions", "none")
     if args.disable_all_extensions or mode == "all":
         return []
     data_paths = paths.from_cmd_opts(args)
-    folders = [(Path(data_paths.extensions_builtin_dir), set())]
+    folders = [Path(data_paths.extensions_builtin_dir)]
     if not args.disable_extra_extensions and mode != "extra":
-        folders.append((Path(data_paths.extensions_dir), set(settings.get("disabled_extensions") or [])))
-    return [folder / name / "install.py"
-            for folder, disabled in folders if folder.is_dir()
-            for name in sorted(os.listdir(folder))
-            if name not in disabled and (folder / name / "install.py").is_file()]
+        folders.append(Path(data_paths.extensions_dir))
+    disabled = {str(name).casefold() for name in settings.get("disabled_extensions") or []}
+    installers = []
+    for folder in folders:
+        for entry in sorted(os.listdir(folder)) if folder.is_dir() else []:
+            path = folder / entry
+            if (path / "install.py").is_file() and not {entry.casefold(),
+                                                         extension_name(str(path)).casefold()} & disabled:
+                installers.append(path / "install.py")
+    return installers
 
 
 def run_extension_installers(python: Path, installers: list[Path], constraints: Path) -> list[Path]:

@@ -39,7 +39,6 @@ Not implemented here (yet): ``preload.py`` (``preload(parser)`` before flags are
 
 from __future__ import annotations
 
-import configparser
 import contextlib
 import importlib
 import importlib.metadata
@@ -54,6 +53,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 from modules import plugins, shared
+from modules.extension_metadata import HookConstraints, Metadata, read_metadata
 
 log = logging.getLogger("serena.extensions")
 
@@ -74,26 +74,6 @@ SETTINGS_AT_IMPORT = "extensions must not change settings at import; use on_ui_s
 # ---------------------------------------------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------------------------------------------
-
-@dataclass
-class HookConstraints:
-    """``[hooks/<hook name>]`` of a ``metadata.ini``: extensions this one's implementations run before/after."""
-
-    before: list[str] = field(default_factory=list)
-    after: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Metadata:
-    """What ``metadata.ini`` says. Lists are already split; an entry ``a|b`` means the first of them present."""
-
-    name: str | None = None
-    requires: list[str] = field(default_factory=list)
-    before: list[str] = field(default_factory=list)
-    after: list[str] = field(default_factory=list)
-    #: hook name -> constraints for that hook only
-    hooks: dict[str, HookConstraints] = field(default_factory=dict)
-
 
 @dataclass
 class Extension:
@@ -173,45 +153,6 @@ def problems() -> list[str]:
     for ext in _last.extensions:
         lines.extend(f"{ext.name}: {problem}" for problem in ext.problems)
     return lines
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# metadata.ini
-# ---------------------------------------------------------------------------------------------------------------
-
-def _split(value: str | None) -> list[str]:
-    """A1111's list syntax: names separated by commas and/or whitespace."""
-    return [part for part in re.split(r"[,\s]+", value or "") if part]
-
-
-def read_metadata(path: str) -> tuple[Metadata, list[str]]:
-    """Parse ``<path>/metadata.ini`` (a missing file is empty metadata). Returns ``(metadata, problems)``."""
-    metadata, notes = Metadata(), []
-    filename = os.path.join(path, "metadata.ini")
-    if not os.path.isfile(filename):
-        return metadata, notes
-    parser = configparser.ConfigParser(interpolation=None)
-    try:
-        with open(filename, encoding="utf-8") as f:
-            parser.read_file(f)
-    except (configparser.Error, UnicodeDecodeError, OSError) as e:
-        return metadata, [f"metadata.ini is unreadable and was ignored: {e}"]
-    for section in parser.sections():
-        values = parser[section]
-        lowered = section.casefold()
-        if lowered == "extension":
-            name = (values.get("name") or "").strip()
-            metadata.name = name or None
-            metadata.requires = _split(values.get("requires"))
-            metadata.before = _split(values.get("before"))
-            metadata.after = _split(values.get("after"))
-        elif lowered.startswith("hooks/"):
-            hook = section.split("/", 1)[1].strip()
-            metadata.hooks[hook] = HookConstraints(_split(values.get("before")), _split(values.get("after")))
-        else:
-            notes.append(f"metadata.ini: section [{section}] is not used by Serena (only [Extension] and "
-                         f"[hooks/<hook name>])")
-    return metadata, notes
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -584,19 +525,11 @@ def _load_one(ext: Extension, host: plugins.Host, package: str) -> None:
     finally:
         sys.path[:] = saved_path
         if opts.stored() != stored_before:
-            _restore_stored(opts, stored_before)
+            opts.restore_stored(stored_before)
             ext.note(SETTINGS_AT_IMPORT)
             ext._logged.add(SETTINGS_AT_IMPORT)
             log.error("extension %r changed settings at import; they were put back (%s)", ext.name,
                       SETTINGS_AT_IMPORT)
-
-
-def _restore_stored(opts, snapshot: dict) -> None:
-    # Options has no public "replace every stored value" (set() validates and runs callbacks): put the exact
-    # snapshot back under its lock.
-    with opts._lock:
-        opts._stored.clear()
-        opts._stored.update(snapshot)
 
 
 def _unregister(host: plugins.Host, names: Iterable[str]) -> None:

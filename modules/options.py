@@ -323,6 +323,16 @@ class Options:
         with self._lock:
             return dict(self._stored)
 
+    def restore_stored(self, snapshot: Mapping[str, Any]) -> None:
+        """Put back a ``stored()`` snapshot exactly, with no validation and no callbacks.
+
+        For undoing changes nobody was allowed to make (an extension writing settings at import): the snapshot
+        was valid when taken, and callbacks must not see the forbidden value come and go.
+        """
+        with self._lock:
+            self._stored.clear()
+            self._stored.update(snapshot)
+
     def is_stored(self, key) -> bool:
         return key in self._stored
 

@@ -243,6 +243,23 @@ def test_installers_are_found_in_name_order_and_disabled_ones_skipped(tmp_path):
     assert user_installers(launch.cmd_args.parse_args(data), tmp_path) == []
 
 
+def test_disabled_extensions_match_metadata_names_case_insensitively_like_the_loader(tmp_path):
+    """``disabled_extensions`` holds the names the Extensions tab writes: metadata names, not folder names."""
+    named = make_extension(tmp_path, "sd-webui-fancy", "")
+    (named / "metadata.ini").write_text("[Extension]\nName = Fancy Thing\n", encoding="utf-8")
+    make_extension(tmp_path, "Upper-Folder", "")
+    make_extension(tmp_path, "kept", "")
+    (tmp_path / "config.json").write_text(json.dumps({"disabled_extensions": ["fancy thing", "upper-folder"]}),
+                                          encoding="utf-8")
+    args = launch.cmd_args.parse_args(["--data-dir", str(tmp_path)])
+    assert user_installers(args, tmp_path) == ["kept"]
+    # The loader agrees on which extensions these names disable.
+    from modules import extensions
+    found = extensions.discover(None, str(tmp_path / "extensions"), entry_points=False)
+    extensions._apply_enabled(found, ["fancy thing", "upper-folder"], False, False)
+    assert sorted(e.folder for e in found if e.enabled) == ["kept"]
+
+
 def test_installers_run_once_and_a_failure_is_reported_by_name_without_aborting(pip_calls, prefix, tmp_path,
                                                                                  monkeypatch, capsys):
     log = tmp_path / "ran.log"

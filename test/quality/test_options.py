@@ -103,6 +103,18 @@ class TestStoredAndEffective:
         del opts.data["CLIP_stop_at_last_layers"]
         assert opts.CLIP_stop_at_last_layers == 1 and not opts.is_stored("CLIP_stop_at_last_layers")
 
+    def test_restore_stored_puts_a_snapshot_back_without_callbacks(self, opts, monkeypatch):
+        opts.set("CLIP_stop_at_last_layers", 2)
+        snapshot = opts.stored()
+        calls = []
+        monkeypatch.setattr(opts.data_labels["eta_noise_seed_delta"], "onchange", None)
+        opts.onchange("eta_noise_seed_delta", lambda: calls.append(opts.eta_noise_seed_delta), call=False)
+        opts.set("eta_noise_seed_delta", 5)
+        opts.unset("CLIP_stop_at_last_layers")
+        opts.restore_stored(snapshot)
+        assert opts.stored() == {"CLIP_stop_at_last_layers": 2}
+        assert opts.eta_noise_seed_delta == 0 and calls == [5]
+
     def test_add_option_checks_a_value_stored_before(self, opts, tmp_path):
         (tmp_path / "config.json").write_text(json.dumps({"ext_good": 3, "ext_bad": "x"}))
         opts.load()
