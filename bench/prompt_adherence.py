@@ -18,7 +18,9 @@ Each image is analysed deterministically, with no learned model:
 
 Usage:
     venv/bin/python bench/prompt_adherence.py [--checkpoint models/Stable-diffusion/serena-shapes-v1.safetensors]
-        [--alt] [--steps 20] [--sampler "Euler a"] [--cfg 7] [--size 64] [--save DIR] [--self-check] [--json FILE]
+        [--alt] [--steps 20] [--sampler "Euler a"] [--cfg S] [--size 64] [--seed-offset N] [--save DIR]
+        [--self-check] [--json FILE]
+``--cfg`` defaults to the checkpoint's recommended CFG scale (``serena_config.sampling``), else A1111's 7.
 Prints one row per prompt and a summary table; exits 1 when colour < 90% or shape < 75% (``--no-fail`` to
 always exit 0).
 """

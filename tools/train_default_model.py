@@ -18,11 +18,16 @@ Recipe (see docs/models.md for the measured numbers):
    timesteps drawn 40% uniform, 30% with density proportional to t (noisy end), 30% around the middle (layout);
    the loss is weighted 3x on and around the shape; 10% empty captions for classifier-free guidance; AdamW with
    warm-up and cosine decay, gradient clipping; EMA of the weights is what ships.
+4. The checkpoint declares how it is sampled (``serena_config.sampling``): CFG rescale 1.0, which the sampling
+   loop applies (plain CFG over-saturates a zero-terminal-SNR model, Lin et al.), and a recommended CFG scale of 4,
+   which Serena's UI and CLI start with (at A1111's 7, pink and orange come out too light).
 
-Everything is seeded (``--seed``) and runs on ``torch.set_num_threads(2)``: the same command gives the same weights
-on the same torch build and thread count. ``--alt`` trains the second shipped checkpoint: other shapes and palette
+The defaults are the shipped recipe (about 37 minutes on an idle 2-core CPU). Everything is seeded (``--seed``)
+and runs on ``torch.set_num_threads(--threads)``: the same command gives the same weights on the same torch build
+and thread count. ``--alt`` trains the second shipped checkpoint: other shapes and palette
 (``--vae-init`` reuses the default model's VAE; ``--init`` starts from another checkpoint's UNet and text encoder).
-Staged runs: ``--decoder-only`` (VAE stages only), ``--init`` (continue training), ``--assemble`` (swap a VAE in).
+Staged runs: ``--decoder-only`` (VAE stages only), ``--init`` (continue training), ``--assemble`` (swap a VAE in,
+set the sampling recommendations).
 The exact commands that made the shipped files are in docs/models.md.
 
 Usage:
@@ -308,7 +313,7 @@ def main(argv=None) -> int:
     parser.add_argument("--alt", action="store_true", help="the alt model's shapes and palette")
     parser.add_argument("--init", help="start from this checkpoint's UNet, text encoder and VAE (no VAE training)")
     parser.add_argument("--seed", type=int, default=20261127)
-    parser.add_argument("--vae-steps", type=int, default=900)
+    parser.add_argument("--vae-steps", type=int, default=1200)
     parser.add_argument("--vae-batch", type=int, default=32)
     parser.add_argument("--vae-lr", type=float, default=2e-3)
     parser.add_argument("--decoder-steps", type=int, default=0,
@@ -318,9 +323,10 @@ def main(argv=None) -> int:
     parser.add_argument("--decoder-only", action="store_true",
                         help="only the VAE stages: write WORK_DIR/vae-decoder.safetensors and stop")
     parser.add_argument("--assemble", metavar="CKPT",
-                        help="write --out as CKPT with its VAE replaced by --vae-init (for staged runs)")
+                        help="write --out as CKPT with its VAE replaced by --vae-init (if given) and "
+                             "--guidance-rescale (for staged runs)")
     parser.add_argument("--images", type=int, default=48000)
-    parser.add_argument("--unet-steps", type=int, default=2000)
+    parser.add_argument("--unet-steps", type=int, default=1750)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1.5e-3)
     parser.add_argument("--warmup", type=int, default=100)
@@ -329,8 +335,14 @@ def main(argv=None) -> int:
     parser.add_argument("--max-steps", type=int, default=0,
                         help="stop after this many steps; the learning-rate schedule still spans --unet-steps")
     parser.add_argument("--time-limit", type=float, default=0.0, help="stop UNet training after this many minutes")
+    parser.add_argument("--guidance-rescale", type=float, default=1.0,
+                        help="the CFG rescale factor the checkpoint declares for sampling (0 to 1)")
+    parser.add_argument("--cfg-scale", type=float, default=4.0,
+                        help="the CFG scale the checkpoint recommends (Serena's UI and CLI start with it)")
     parser.add_argument("--work-dir", default="/tmp/serena-train")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch threads; use 1 when other work shares the CPU (2 contended threads wait on each "
+                             "other and run several times slower)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -349,10 +361,12 @@ def main(argv=None) -> int:
         model = sd_models_loader.load_checkpoint(info)
         _, meta = sd_models_loader.read_state_dict(args.assemble)
         training = json.loads(meta.get("serena_training", "{}"))
-        training["decoder_steps"] = args.decoder_steps
+        if args.vae_init:
+            training["decoder_steps"] = args.decoder_steps
         sd_models_loader.save_ldm_checkpoint(
-            args.out, unet=model.unet, vae=sd_models_loader.load_vae(args.vae_init), text_encoder=model.text_encoder,
-            scheduler_config=scheduler_config(), dtype=torch.float16,
+            args.out, unet=model.unet, vae=sd_models_loader.load_vae(args.vae_init) if args.vae_init else model.vae,
+            text_encoder=model.text_encoder, scheduler_config=scheduler_config(), dtype=torch.float16,
+            sampling={"guidance_rescale": args.guidance_rescale, "cfg_scale": args.cfg_scale},
             extra_metadata={"serena_training": json.dumps(training, sort_keys=True)})
         log(f"wrote {args.out} ({os.path.getsize(args.out):,} B)")
         return 0
@@ -386,13 +400,14 @@ def main(argv=None) -> int:
             "unet_steps": steps, "batch": args.batch, "lr": args.lr, "images": args.images, "ema": args.ema,
         }, sort_keys=True),
     }
+    sampling = {"guidance_rescale": args.guidance_rescale, "cfg_scale": args.cfg_scale}
     sd_models_loader.save_ldm_checkpoint(args.out, unet=unet, vae=vae, text_encoder=text_encoder,
                                          scheduler_config=scheduler_config(), dtype=torch.float16,
-                                         extra_metadata=meta)
+                                         extra_metadata=meta, sampling=sampling)
     raw = os.path.join(args.work_dir, "raw-" + os.path.basename(args.out))
     sd_models_loader.save_ldm_checkpoint(raw, unet=raw_unet, vae=vae, text_encoder=raw_text,
                                          scheduler_config=scheduler_config(), dtype=torch.float16,
-                                         extra_metadata=meta)
+                                         extra_metadata=meta, sampling=sampling)
     log(f"wrote {args.out} ({os.path.getsize(args.out):,} B; non-EMA weights in {raw}); "
         f"total {time.time() - t_start:.0f} s")
     return 0

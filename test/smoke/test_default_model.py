@@ -2,7 +2,7 @@
 
 A broken default model (noise, a wrong scheduler config, a loader that leaves weights random) fails here: each
 image is scored by the prompt-adherence oracle (``bench/prompt_adherence.py``), the foreground colour must
-match the prompt on nearly every prompt, and the shape on most of them. The prompts and seeds are fixed, so the
+match the prompt on nearly every prompt, and so must the shape. The prompts and seeds are fixed, so the
 result is deterministic; the full benchmark (72 prompts) is ``venv/bin/python bench/prompt_adherence.py``.
 """
 
@@ -21,14 +21,16 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 import prompt_adherence  # noqa: E402
 
 DEFAULT = "serena-shapes-v1"
-#: Benchmark cases checked here: two per shape, over seven colours (all eight right in colour with the shipped model).
+#: Benchmark cases checked here: two per shape, over seven colours (all eight right with the shipped model).
 CASES = [0, 8, 9, 21, 22, 30, 3, 59]
+#: How the shipped checkpoint says it is to be sampled (``serena_config.sampling``; docs/models.md).
+GUIDANCE_RESCALE, CFG_SCALE = 1.0, 4.0
 
 
 def run(case, steps=20):
     p = processing.StableDiffusionProcessingTxt2Img(
         prompt=case.prompt, negative_prompt="", steps=steps, width=64, height=64, seed=case.seed,
-        sampler_name="Euler a", cfg_scale=7.0, do_not_save_samples=True)
+        sampler_name="Euler a", cfg_scale=CFG_SCALE, do_not_save_samples=True)
     return jobs.run_job("test", processing.process_images, p)
 
 
@@ -48,8 +50,26 @@ def test_default_model_follows_the_prompt(real_env):
         a = prompt_adherence.analyse(processed.images[0])
         rows.append((case.prompt, a.colour, a.shape, a.colour == case.colour, a.shape == case.shape))
     report = "\n".join(f"{p!r}: got {c} {s}" for p, c, s, _, _ in rows)
+    # One miss of each is allowed: another CPU's float rounding may tip a borderline image.
     assert sum(r[3] for r in rows) >= len(rows) - 1, f"colour does not follow the prompt:\n{report}"
-    assert sum(r[4] for r in rows) >= len(rows) // 2, f"shape does not follow the prompt:\n{report}"
+    assert sum(r[4] for r in rows) >= len(rows) - 1, f"shape does not follow the prompt:\n{report}"
+
+
+def test_default_model_declares_how_it_is_sampled(real_env):
+    from modules.ui import common
+
+    model = sd_models.current_model()
+    assert (model.guidance_rescale, model.cfg_scale) == (GUIDANCE_RESCALE, CFG_SCALE)
+    assert common.default_cfg_scale() == CFG_SCALE and common.default_size() == 64
+    # The rescale is applied: without it the same request gives another image.
+    case = prompt_adherence.prompt_set()[0]
+    rescaled = run(case, steps=6).images[0].tobytes()
+    model.guidance_rescale = 0.0
+    try:
+        plain = run(case, steps=6).images[0].tobytes()
+    finally:
+        model.guidance_rescale = GUIDANCE_RESCALE
+    assert plain != rescaled
 
 
 def test_different_prompts_give_different_colours(real_env):

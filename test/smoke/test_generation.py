@@ -147,7 +147,9 @@ def test_cli_txt2img(tmp_path):
     assert done.returncode == 0, done.stderr
     [path] = [line for line in done.stdout.splitlines() if line.endswith(".png")]
     assert os.path.exists(path) and path.startswith(str(out))
-    assert "Clip skip: 2" in Image.open(path).info["parameters"]
+    parameters = Image.open(path).info["parameters"]
+    assert "Clip skip: 2" in parameters
+    assert "CFG scale: 4.0" in parameters and "Size: 64x64" in parameters  # the checkpoint's recommendations
     assert not (tmp_path / "config.json").exists()
     bad = subprocess.run(cmd[:-4] + ["--override", "CLIP_stop_at_last_layers=two"], capture_output=True, text=True,
                          timeout=300)
