@@ -26,7 +26,7 @@ The defaults are the shipped recipe (about 37 minutes on an idle 2-core CPU). Ev
 and runs on ``torch.set_num_threads(--threads)``: the same command gives the same weights on the same torch build
 and thread count. ``--alt`` trains the second shipped checkpoint: other shapes and palette
 (``--vae-init`` reuses the default model's VAE; ``--init`` starts from another checkpoint's UNet and text encoder).
-Staged runs: ``--decoder-only`` (VAE stages only), ``--init`` (continue training), ``--assemble`` (swap a VAE in,
+Staged runs: ``--vae-only`` (the VAE only), ``--init`` (continue training), ``--assemble`` (swap a VAE in,
 set the sampling recommendations).
 The exact commands that made the shipped files are in docs/models.md.
 
@@ -175,40 +175,6 @@ def train_vae(args, data_kw) -> AutoencoderKL:
     return vae
 
 
-def finetune_decoder(args, vae, data_kw) -> AutoencoderKL:
-    """Train the decoder further with the encoder frozen: the latents (what the UNet learns) do not change."""
-    vae.requires_grad_(False)
-    decoder = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
-    for p in decoder:
-        p.requires_grad_(True)
-    opt = torch.optim.AdamW(decoder, lr=args.decoder_lr, weight_decay=0.0)
-    log(f"decoder fine-tune: {args.decoder_steps} steps, encoder frozen")
-    t0 = time.time()
-    for step in range(args.decoder_steps):
-        images, _, _, _ = ds.generate(args.vae_batch, args.seed * 7919 + 500_000 + step, **data_kw)
-        x = to_tensor(images)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, args.decoder_steps, args.decoder_lr, 20)
-        with torch.no_grad():
-            z = vae.encode(x).latent_dist.mean
-        rec = vae.decode(z).sample
-        l1 = (rec - x).abs().mean()
-        loss = l1 + F.mse_loss(rec, x) + 0.5 * image_grad_l1(rec, x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(decoder, 1.0)
-        opt.step()
-        if step % 100 == 0 or step == args.decoder_steps - 1:
-            log(f"decoder step {step} loss {loss.item():.4f} l1 {l1.item():.4f} ({time.time() - t0:.0f} s)")
-    vae.requires_grad_(False).eval()
-    with torch.no_grad():
-        images, _, _, _ = ds.generate(512, args.seed + 31337, **data_kw)
-        x = to_tensor(images)
-        held_l1 = (vae.decode(vae.encode(x).latent_dist.mean).sample - x).abs().mean().item()
-    log(f"decoder fine-tune done: held-out L1 {held_l1:.4f}, {time.time() - t0:.0f} s")
-    return vae
-
-
 # --- UNet + text encoder --------------------------------------------------------------------------------------------
 
 def encode_dataset(args, vae, tokenizer, data_kw, exclude):
@@ -316,12 +282,9 @@ def main(argv=None) -> int:
     parser.add_argument("--vae-steps", type=int, default=1200)
     parser.add_argument("--vae-batch", type=int, default=32)
     parser.add_argument("--vae-lr", type=float, default=2e-3)
-    parser.add_argument("--decoder-steps", type=int, default=0,
-                        help="after the VAE, fine-tune its decoder with the encoder frozen for this many steps")
-    parser.add_argument("--decoder-lr", type=float, default=1e-3)
     parser.add_argument("--vae-init", help="a VAE file (save_ldm_vae) to use instead of training one")
-    parser.add_argument("--decoder-only", action="store_true",
-                        help="only the VAE stages: write WORK_DIR/vae-decoder.safetensors and stop")
+    parser.add_argument("--vae-only", action="store_true",
+                        help="only train the VAE: write WORK_DIR/vae.safetensors and stop")
     parser.add_argument("--assemble", metavar="CKPT",
                         help="write --out as CKPT with its VAE replaced by --vae-init (if given) and "
                              "--guidance-rescale (for staged runs)")
@@ -354,6 +317,7 @@ def main(argv=None) -> int:
     import prompt_adherence
     exclude = frozenset(c.prompt for c in prompt_adherence.prompt_set(alt=args.alt))
     tokenizer = sd_models_loader.load_tokenizer()
+    sampling = {"guidance_rescale": args.guidance_rescale, "cfg_scale": args.cfg_scale}
 
     if args.assemble:
         from modules.sd_models import CheckpointInfo
@@ -362,12 +326,11 @@ def main(argv=None) -> int:
         _, meta = sd_models_loader.read_state_dict(args.assemble)
         training = json.loads(meta.get("serena_training", "{}"))
         if args.vae_init:
-            training["decoder_steps"] = args.decoder_steps
+            training["vae"] = os.path.basename(args.vae_init)
         sd_models_loader.save_ldm_checkpoint(
             args.out, unet=model.unet, vae=sd_models_loader.load_vae(args.vae_init) if args.vae_init else model.vae,
             text_encoder=model.text_encoder, scheduler_config=scheduler_config(), dtype=torch.float16,
-            sampling={"guidance_rescale": args.guidance_rescale, "cfg_scale": args.cfg_scale},
-            extra_metadata={"serena_training": json.dumps(training, sort_keys=True)})
+            sampling=sampling, extra_metadata={"serena_training": json.dumps(training, sort_keys=True)})
         log(f"wrote {args.out} ({os.path.getsize(args.out):,} B)")
         return 0
 
@@ -383,11 +346,7 @@ def main(argv=None) -> int:
         else:
             vae = train_vae(args, data_kw)
             sd_models_loader.save_ldm_vae(os.path.join(args.work_dir, "vae.safetensors"), vae, dtype=torch.float32)
-        if args.decoder_steps:
-            vae = finetune_decoder(args, vae, data_kw)
-            sd_models_loader.save_ldm_vae(os.path.join(args.work_dir, "vae-decoder.safetensors"), vae,
-                                          dtype=torch.float32)
-        if args.decoder_only:
+        if args.vae_only:
             return 0
     vae.requires_grad_(False).eval()
 
@@ -395,12 +354,12 @@ def main(argv=None) -> int:
     meta = {
         "serena_training": json.dumps({
             "tool": "tools/train_default_model.py", "seed": args.seed, "alt": args.alt,
-            "init": os.path.basename(args.init) if args.init else None, "vae_steps": 0 if args.init else args.vae_steps,
-            "decoder_steps": args.decoder_steps,
+            "init": os.path.basename(args.init) if args.init else None,
+            "vae": os.path.basename(args.vae_init) if args.vae_init else None,
+            "vae_steps": 0 if args.init or args.vae_init else args.vae_steps,
             "unet_steps": steps, "batch": args.batch, "lr": args.lr, "images": args.images, "ema": args.ema,
         }, sort_keys=True),
     }
-    sampling = {"guidance_rescale": args.guidance_rescale, "cfg_scale": args.cfg_scale}
     sd_models_loader.save_ldm_checkpoint(args.out, unet=unet, vae=vae, text_encoder=text_encoder,
                                          scheduler_config=scheduler_config(), dtype=torch.float16,
                                          extra_metadata=meta, sampling=sampling)
