@@ -63,10 +63,12 @@ class SettingsSaveError(OSError):
     ``set_many(..., save=True)``. The message names the file (``filename``) and the OS error."""
 
     def __init__(self, filename: str, error: OSError):
-        super().__init__(f"could not write the settings file {filename}: {error.strerror or error}")
-        self.errno = error.errno
+        self.reason = f"could not write the settings file {filename}: {error.strerror or error}"
+        super().__init__(error.errno, self.reason)
         self.filename = filename
-        self.reason = str(self)
+
+    def __str__(self):
+        return self.reason  # OSError's own form would repeat the file name
 
 
 class OptionInfo:
