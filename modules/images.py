@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import re
@@ -55,7 +56,10 @@ def encode_image(image: Image.Image, fmt: str, parameters: str | None, target) -
 
 
 def save_image(image: Image.Image, p, parameters: str, seed: int) -> str:
-    """Save one generated image; returns its path. Fires ``on_image_saved``."""
+    """Save one generated image; returns its path. Fires ``on_image_saved``.
+
+    An ``OSError`` (read-only or full outputs folder) names the path and leaves no partial file behind.
+    """
     fmt = shared.opts.samples_format
     directory = output_dir(p)
     os.makedirs(directory, exist_ok=True)
@@ -63,11 +67,19 @@ def save_image(image: Image.Image, p, parameters: str, seed: int) -> str:
     while True:
         filename = os.path.join(directory, f"{number:05d}-{seed}.{fmt}")
         try:
-            with open(filename, "xb") as f:  # "x": never overwrite a file someone else just wrote
-                encode_image(image, fmt, parameters, f)
+            f = open(filename, "xb")  # "x": never overwrite a file someone else just wrote
             break
         except FileExistsError:
             number += 1
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, filename) from e
+    try:
+        with f:
+            encode_image(image, fmt, parameters, f)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(filename)
+        raise OSError(e.errno, e.strerror or str(e), filename) from e
     params = ImageSaveParams(image=image, p=p, filename=filename, pnginfo={"parameters": parameters})
     plugins.host.call_reporting("on_image_saved", p.warnings, params=params)
     return filename

@@ -11,11 +11,18 @@ Every read (``opts.KEY``, ``opts.get(KEY)``, ``opts.data[KEY]``) returns the *ef
 override layer of the current context that has the key, else the stored value, else the default.
 
 ``check_value`` is the one function that decides whether a value fits an option; ``set``, ``load``, the API and
-the override seam all use it.
+the override seam all use it. ``same_value`` is the one comparison that decides whether a sent value is a change
+(``True == 1`` in Python, but a boolean is never the same setting as a number).
+
+``config.json`` is written whole, atomically (a temp file ``.config-<pid>-<random>.tmp`` in the same folder, fsync,
+rename); the file keeps its permission bits, a new one gets 0666 less the umask. Temp files a killed save left
+behind are removed by ``load``. ``set_many(..., save=True)`` is all or nothing: a failed write puts every value
+back, so memory always equals the file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import datetime
 import difflib
@@ -23,7 +30,8 @@ import json
 import logging
 import math
 import os
-import tempfile
+import secrets
+import stat
 import threading
 from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
@@ -48,6 +56,19 @@ class SettingsFrozenError(OptionError):
 
     def __init__(self, key: str = "*"):
         super().__init__(key, "settings are frozen by --freeze-settings")
+
+
+class SettingsSaveError(OSError):
+    """The settings file could not be written. The file is as it was, and so is memory where the caller used
+    ``set_many(..., save=True)``. The message names the file (``filename``) and the OS error."""
+
+    def __init__(self, filename: str, error: OSError):
+        self.reason = f"could not write the settings file {filename}: {error.strerror or error}"
+        super().__init__(error.errno, self.reason)
+        self.filename = filename
+
+    def __str__(self):
+        return self.reason  # OSError's own form would repeat the file name
 
 
 class OptionInfo:
@@ -119,6 +140,19 @@ def options_section(section_identifier, options_dict: dict) -> dict:
 
 def _type_name(t) -> str:
     return getattr(t, "__name__", str(t))
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Whether ``a`` and ``b`` are the same setting value: ``==``, except that a boolean is only ever the same as a
+    boolean (Python has ``True == 1`` and ``False == 0.0``), also inside lists and dicts. ``1`` and ``1.0`` are the
+    same (``check_value`` accepts an integral float for an int option)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
+    return a == b
 
 
 def check_value(key: str, info: OptionInfo, value: Any) -> Any:
@@ -416,11 +450,11 @@ class Options:
         with self._lock:
             had = name in self._stored
             old = self._stored.get(name, info.default)
-            if had and old == value:
+            if had and same_value(old, value):
                 return False
             self._stored[name] = value
             self._invalid.pop(name, None)
-        if run_callbacks and info.onchange is not None and old != value:
+        if run_callbacks and info.onchange is not None and not same_value(old, value):
             try:
                 info.onchange()
             except Exception as e:
@@ -430,14 +464,54 @@ class Options:
                     else:
                         self._stored.pop(name, None)
                 raise OptionError(name, f"onchange callback failed: {e}") from e
-        return old != value or not had
+        return not same_value(old, value) or not had
 
-    def set_many(self, values: Mapping[str, Any], *, is_api=False, run_callbacks=True) -> dict:
-        """Validate every value first, then store all of them (or none). Returns ``{key: changed}``."""
+    def set_many(self, values: Mapping[str, Any], *, is_api=False, run_callbacks=True, save=False) -> dict:
+        """Validate every value first, then store all of them or none; with ``save``, write the file too.
+        Returns ``{key: changed}``.
+
+        All or nothing: when an ``onchange`` callback fails (``OptionError``) or, with ``save``, the file cannot be
+        written (``SettingsSaveError``), every value this call stored is put back before the error is raised, and
+        the callbacks that saw a new value are called again -- so memory always equals what the file holds and
+        what the caller was told. Every front door that saves (``POST /options``, the settings page, quick
+        settings, the Extensions tab) goes through here.
+        """
         result = self.check(values, is_api=is_api)
         if result.errors:
             raise OptionsRejected(result.errors)
-        return {k: self.set(k, v, is_api=is_api, run_callbacks=run_callbacks) for k, v in result.values.items()}
+        before: dict = {}
+        changed: dict = {}
+        try:
+            for key, value in result.values.items():
+                before[key] = (self._stored.get(key, _MISSING), self._invalid.get(key, _MISSING))
+                changed[key] = self.set(key, value, is_api=is_api, run_callbacks=run_callbacks)
+            if save:
+                self.save()
+        except BaseException:
+            self._put_back(before, run_callbacks)
+            raise
+        return changed
+
+    def _put_back(self, before: Mapping[str, tuple], run_callbacks: bool):
+        """Restore the stored (and kept-but-invalid) entries ``set_many`` recorded; tell callbacks of undone keys."""
+        undone = []
+        with self._lock:
+            for key, (stored, invalid) in before.items():
+                default = self.data_labels[key].default
+                if not same_value(self._stored.get(key, default), default if stored is _MISSING else stored):
+                    undone.append(key)
+                for store, value in ((self._stored, stored), (self._invalid, invalid)):
+                    if value is _MISSING:
+                        store.pop(key, None)
+                    else:
+                        store[key] = value
+        for key in undone:
+            onchange = self.data_labels[key].onchange
+            if run_callbacks and onchange is not None:
+                try:
+                    onchange()
+                except Exception:  # noqa: BLE001 - the value is back; the original error is the one to raise
+                    log.exception("onchange callback of %s failed while its old value was put back", key)
 
     def unset(self, key):
         """Forget a stored value: the default applies again and ``config.json`` no longer has the key."""
@@ -475,34 +549,34 @@ class Options:
 
     # -- the file --------------------------------------------------------------------------------------------
     def save(self, filename=None):
-        """Write the explicitly stored values atomically (temp file, fsync, rename). Overrides never reach it."""
+        """Write the stored values atomically; overrides never reach the file.
+
+        A temp file in the same folder (named for this process, see ``_remove_stale_temp_files``) is written,
+        fsynced and renamed over the file, so the file is always either the old or the new content. The file keeps
+        its permission bits; a new one gets 0666 less the umask, like any new file. Any OS failure raises
+        ``SettingsSaveError`` naming the file, with the old file untouched and no temp file left.
+        """
         if self.frozen:
             raise SettingsFrozenError()
         filename = filename or self.filename
         if not filename:
             raise ValueError("no settings file configured")
-        with self._lock:
+        filename = os.path.abspath(filename)
+        with self._lock:  # held while writing: load's clean-up never sees this process's temp file half-written
             payload = dict(self._invalid)
             payload.update(self._stored)
-        directory = os.path.dirname(os.path.abspath(filename))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf8") as f:
-                json.dump(payload, f, indent=4, ensure_ascii=False)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, filename)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+            try:
+                _write_atomically(filename, payload)
+            except OSError as e:
+                raise SettingsSaveError(filename, e) from e
 
     def load(self, filename=None):
         """Read stored values. A corrupt file is kept as a timestamped backup and defaults are used."""
         filename = filename or self.filename
         if not filename:
             raise ValueError("no settings file configured")
+        with self._lock:
+            _remove_stale_temp_files(os.path.dirname(os.path.abspath(filename)))
         stored = {}
         if os.path.exists(filename):
             try:
@@ -553,6 +627,82 @@ class Options:
         """The override layers active in the current context, outermost first."""
         return self._layers.get()
 
+
+_TEMP_PREFIX, _TEMP_SUFFIX = ".config-", ".tmp"
+
+
+def _write_atomically(filename: str, payload: dict) -> None:
+    directory = os.path.dirname(filename)
+    os.makedirs(directory, exist_ok=True)
+    try:
+        mode = stat.S_IMODE(os.stat(filename).st_mode)
+    except FileNotFoundError:
+        mode = None
+    while True:
+        tmp = os.path.join(directory, f"{_TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}{_TEMP_SUFFIX}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as to any new file
+            break
+        except FileExistsError:
+            continue
+    try:
+        with os.fdopen(fd, "w", encoding="utf8") as f:
+            if mode is not None:
+                os.chmod(tmp, mode)
+            json.dump(payload, f, indent=4, ensure_ascii=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, filename)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    # The rename itself survives a power cut only once the folder is synced; where a folder cannot be opened
+    # (Windows) the rename is still atomic.
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _remove_stale_temp_files(directory: str) -> None:
+    """Remove temp files that saves killed half-way (kill -9, power cut) left in ``directory``.
+
+    A temp file is named for the process writing it. It is stale when that process is gone, or is this one (this
+    process saves under the lock the caller holds, so none of its own is in flight; a reused pid after a restart
+    is caught too). Another live process's file is left alone: a second server on the same data folder may be
+    saving right now. Names without a pid (older versions) are stale.
+    """
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if not (name.startswith(_TEMP_PREFIX) and name.endswith(_TEMP_SUFFIX)):
+            continue
+        owner = name[len(_TEMP_PREFIX):-len(_TEMP_SUFFIX)].split("-", 1)[0]
+        if owner.isdigit() and int(owner) != os.getpid() and _process_alive(int(owner)):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            os.unlink(path)
+            log.info("removed %s, left behind by an interrupted settings save", path)
+        except OSError as e:
+            log.warning("could not remove %s, left behind by an interrupted settings save: %s", path, e)
+
+
+def _process_alive(pid: int) -> bool:
+    if os.name != "posix":
+        return False  # os.kill(pid, 0) would terminate it on Windows; there, stale files are simply removed
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, another user's
+    return True
 
 
 class OptionsRejected(ValueError):

@@ -10,12 +10,15 @@ option by hand.
 from __future__ import annotations
 
 import json
+import logging
 import random
 from dataclasses import dataclass, field
 from typing import Any
 
 from modules import infotext, jobs, plugins, sd_models, sd_samplers, shared
 from modules.runtime_utils import temporary_opts, with_overrides
+
+log = logging.getLogger("serena.processing")
 
 SEED_MAX = 2**32 - 1
 
@@ -286,7 +289,11 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
             image.info["parameters"] = text
             if _should_save(p):
                 from modules import images as images_module
-                saved_paths.append(images_module.save_image(image, p, text, seed=p.all_seeds[index]))
+                try:
+                    saved_paths.append(images_module.save_image(image, p, text, seed=p.all_seeds[index]))
+                except OSError as e:  # a full or read-only outputs folder costs the file, never the image
+                    p.warnings.append(f"image {index + 1} was not saved: {e}")
+                    log.warning("image %d was not saved: %s", index + 1, e)
             images.append(image)
             infotexts.append(text)
     # 6. The result, built while the overrides are still in effect

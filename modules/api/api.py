@@ -32,7 +32,8 @@ from PIL import Image, UnidentifiedImageError
 from modules import (extensions, images, infotext, jobs, plugins, processing, runtime_utils, sd_models, sd_samplers,
                      sd_vae, shared, upscalers)
 from modules.api import models
-from modules.options import OptionError, OptionInfo, OptionsRejected, SettingsFrozenError
+from modules.options import (OptionError, OptionInfo, OptionsRejected, SettingsFrozenError, SettingsSaveError,
+                             same_value)
 from modules.runtime_utils import OverrideError
 
 log = logging.getLogger("serena.api")
@@ -91,6 +92,9 @@ def error_response(e: Exception) -> JSONResponse:
         return JSONResponse(_error_body(type(e).__name__, str(e), e.errors), status_code=422)
     if isinstance(e, OptionError):
         return JSONResponse(_error_body(type(e).__name__, str(e), {e.key: e.reason}), status_code=422)
+    if isinstance(e, SettingsSaveError):  # the server's disk, not the client: a 5xx; nothing was changed
+        log.error("API error: %s", e)
+        return JSONResponse(_error_body(type(e).__name__, str(e), str(e)), status_code=500)
     log.error("API error: %s: %s", type(e).__name__, e, exc_info=e)
     return JSONResponse(_error_body(type(e).__name__, "", str(e)), status_code=500)
 
@@ -490,7 +494,7 @@ class Api:
         # Keys sent back unchanged (a client posting GET /options back) are not changes: they are not refused even
         # where the option is restricted, and are not stored.
         shown = _options_view()
-        changed = {k: v for k, v in req.items() if k not in shown or shown[k] != v}
+        changed = {k: v for k, v in req.items() if k not in shown or not same_value(shown[k], v)}
         check = opts.check(changed, is_api=True)
         if check.errors:
             raise OptionsRejected(check.errors)
@@ -498,8 +502,7 @@ class Api:
             return None
         # Under the queue lock: a generation never sees stored options (or its model) change half-way.
         with jobs.queue_lock:
-            opts.set_many(changed, is_api=True)
-            opts.save()
+            opts.set_many(changed, is_api=True, save=True)
         return None
 
     def get_cmd_flags(self):

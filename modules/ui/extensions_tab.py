@@ -11,7 +11,7 @@ from __future__ import annotations
 import gradio as gr
 
 from modules import jobs, plugins, shared
-from modules.options import OptionError
+from modules.options import OptionError, OptionsRejected, SettingsSaveError
 from modules.ui import common
 
 HEADERS = ["Extension", "Group", "Enabled", "Loaded", "Path", "Problems"]
@@ -80,9 +80,10 @@ def apply_enabled(enabled_names: list) -> str:
         return common.status_html("Nothing changed", "info")
     try:
         with jobs.queue_lock:
-            opts.set("disabled_extensions", new)
-            opts.save()
-    except (OptionError, OSError) as e:
+            opts.set_many({"disabled_extensions": new}, save=True)
+    except OptionsRejected as e:
+        return common.status_html(f"Not saved: {e}", "error")
+    except (OptionError, SettingsSaveError) as e:
         return common.status_html(f"Not saved: {getattr(e, 'reason', e)}", "error")
     listed = ", ".join(new) if new else "none"
     return common.status_html(f"Saved. Disabled extensions: {listed}. Restart Serena (stop it and run launch.py "

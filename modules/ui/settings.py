@@ -27,7 +27,7 @@ from typing import Any
 import gradio as gr
 
 from modules import jobs, shared
-from modules.options import OptionError, OptionsRejected
+from modules.options import OptionError, OptionsRejected, SettingsSaveError, same_value
 from modules.ui import common
 
 log = logging.getLogger("serena.ui")
@@ -152,13 +152,6 @@ def from_component_value(key: str, info, value: Any) -> Any:
     return value
 
 
-def _same(a, b) -> bool:
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) \
-            and not isinstance(b, bool):
-        return float(a) == float(b)
-    return a == b
-
-
 @dataclass
 class Section:
     id: str
@@ -219,16 +212,15 @@ def apply_values(keys: list, values: list, baseline: dict | None = None) -> tupl
     baseline = baseline or {}
     wanted: dict = {}
     old: dict = {}
-    errors: dict = {}
     for key, value in zip(keys, values):
         info = opts.data_labels.get(key)
         if info is None:
             continue
         value = from_component_value(key, info, value)
         current = opts.get(key)
-        if key in baseline and _same(value, from_component_value(key, info, baseline[key])):
+        if key in baseline and same_value(value, from_component_value(key, info, baseline[key])):
             continue  # not edited on this page
-        if _same(value, current) or _same(value, display_value(key)):
+        if same_value(value, current) or same_value(value, display_value(key)):
             continue  # unchanged (an unset checkpoint shows the default one: showing it is not choosing it)
         wanted[key], old[key] = value, current
     if not wanted:
@@ -238,17 +230,14 @@ def apply_values(keys: list, values: list, baseline: dict | None = None) -> tupl
     # Under the queue lock, like POST /options: a running generation never sees stored settings change mid-job.
     with jobs.queue_lock:
         try:
-            opts.set_many(wanted)
+            opts.set_many(wanted, save=True)  # all or nothing: a failed callback or write puts every value back
         except OptionsRejected as e:
             return {}, dict(e.errors)
-        except OptionError as e:  # an onchange callback failed after validation: that key was put back
-            errors[e.key] = e.reason
-        changes = {k: (old[k], opts.get(k)) for k in wanted if k not in errors}
-        try:
-            opts.save()
-        except OSError as e:
-            errors["config.json"] = f"could not be written: {e}"
-    return changes, errors
+        except OptionError as e:
+            return {}, {e.key: e.reason}
+        except SettingsSaveError as e:
+            return {}, {"config.json": f"{e}; nothing was changed"}
+    return {k: (old[k], opts.get(k)) for k in wanted}, {}
 
 
 def result_html(changes: dict, errors: dict) -> str:
@@ -305,8 +294,8 @@ def current_updates(page: SettingsPage, shown: list | None = None, baseline: dic
             out.append(gr.update(value=value, choices=choices) if choices is not None else gr.update(value=value))
             continue
         here = shown[i]
-        edited = baseline is not None and key in baseline and not _same(here, baseline[key])
-        out.append(gr.skip() if _same(here, value) or edited else gr.update(value=value))
+        edited = baseline is not None and key in baseline and not same_value(here, baseline[key])
+        out.append(gr.skip() if same_value(here, value) or edited else gr.update(value=value))
     return out + [stored]
 
 
@@ -383,13 +372,14 @@ def set_quick(key: str, value) -> tuple[Any, str]:
     opts = shared.opts
     if opts.frozen:
         return quick_value(key), common.status_html(FROZEN_NOTE.replace("`", ""), "error")
-    if value is None or _same(value, opts.get(key)) or _same(value, display_value(key)):
+    if value is None or same_value(value, opts.get(key)) or same_value(value, display_value(key)):
         return quick_value(key), None  # nothing to do (gradio may send the same choice twice): keep the message
     try:
         with jobs.queue_lock:
-            opts.set(key, value)
-            opts.save()
-    except (OptionError, KeyError, OSError) as e:
+            opts.set_many({key: value}, save=True)
+    except OptionsRejected as e:
+        return quick_value(key), common.status_html(f"{_label(key)} not changed: {e.errors[key]}", "error")
+    except (OptionError, SettingsSaveError) as e:
         return quick_value(key), common.status_html(f"{_label(key)} not changed: {getattr(e, 'reason', e)}", "error")
     return quick_value(key), common.status_html(f"{_label(key)} set to {quick_value(key)} and saved", "ok")
 
