@@ -243,19 +243,23 @@ class TestOrder:
         assert any("Before = ghost: ignored; 'ghost' is not installed" in p for p in exts["a"].problems)
         assert any("After = off: ignored; 'off' is disabled" in p for p in exts["a"].problems)
 
-    def test_cycle_is_reported_on_every_member_and_group_uses_name_order(self, dirs, load, host, ev):
+    def test_cycle_drops_only_its_own_constraints_and_is_reported_on_every_member(self, dirs, load, host, ev):
         make_ext(dirs.user, "c", metadata="[Extension]\nBefore = a\n")
         make_ext(dirs.user, "a", metadata="[Extension]\nBefore = b\n")
         make_ext(dirs.user, "b", metadata="[Extension]\nBefore = c\n")
-        make_ext(dirs.user, "d", metadata="[Extension]\nBefore = a\n")  # not in the cycle: no report
+        make_ext(dirs.user, "d", metadata="[Extension]\nBefore = a\n")  # not in the cycle: still holds
         make_ext(dirs.builtin, "y", metadata="[Extension]\nAfter = x\n")  # other group keeps its order
         make_ext(dirs.builtin, "x")
         exts = load()
-        assert order(host) == ["x", "y", "a", "b", "c", "d"]
+        # a, b, c in name order between themselves, except that d's constraint puts d before a
+        assert order(host) == ["x", "y", "b", "c", "d", "a"]
         for name in "abc":
             [message] = [p for p in exts[name].problems if "cycle" in p]
-            assert "'a', 'b', 'c'" in message and "name order" in message
+            assert message.startswith("Before/After/Requires form a cycle between 'a', 'b', 'c' "
+                                      "(a before b; b before c; c before a): these constraints are dropped")
         assert exts["d"].problems == [] and exts["x"].problems == []
+        [dropped] = host.dropped
+        assert (dropped.hook, dropped.members) == (None, ("a", "b", "c"))
 
     def test_constraints_across_groups(self, dirs, load, host, ev):
         make_ext(dirs.builtin, "core-ish", metadata="[Extension]\nAfter = late\nBefore = late\n")
@@ -561,9 +565,9 @@ class TestOptionsAndRecords:
         exit_ = text.split("on_opts_override_exit  (reverse of on_opts_override_enter)\n")[1].split("\non_")[0]
         assert [line.split()[1] for line in exit_.splitlines()] == ["late", "bi", "early"]
         assert "on_app_started\n    (no implementations)" in text
-        described = extensions.describe_hook_order(host)
+        described = host.describe_hooks()
         assert set(described) == set(plugins.hook_names(host.pm))
-        assert described["on_opts_override_enter"][0] == {"name": "early", "group": "user", "tryfirst": True,
+        assert described["on_opts_override_enter"]["order"][0] == {"name": "early", "group": "user", "tryfirst": True,
                                                           "trylast": False, "called": True}
 
     def test_loaded_helper_cleans_up(self, tmp_path, host, ev):
