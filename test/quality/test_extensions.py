@@ -12,6 +12,8 @@ import types
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from modules import extensions, plugins, shared
 from modules.runtime_utils import temporary_opts
@@ -102,6 +104,22 @@ def load(dirs, host, data_dir):
 
 def order(host, hook="on_opts_override_enter"):
     return host.resolved_order(hook)
+
+
+HOOKED = """
+@hookimpl
+def on_before_process(p):
+    ev.events.append(("before", {name!r}))
+
+@hookimpl
+def on_process(p):
+    ev.events.append(("process", {name!r}))
+"""
+
+
+def hooked(dirs, name: str, metadata: str | None = None) -> Path:
+    """A user extension implementing the override hooks, ``on_before_process`` and ``on_process``."""
+    return make_ext(dirs.user, name, recorder(name) + HOOKED.format(name=name), metadata)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -291,13 +309,109 @@ class TestOrder:
         host.call("on_process", p=None)
         assert [e for e in ev.events if e[0] == "process"] == [("process", "b"), ("process", "a")]
 
-    def test_per_hook_cycle_falls_back_to_load_order_for_that_hook(self, dirs, load, host, ev):
-        body = "\n@hookimpl\ndef on_process(p):\n    pass\n"
-        make_ext(dirs.user, "a", recorder("a") + body, "[hooks/on_process]\nAfter = b\n")
-        make_ext(dirs.user, "b", recorder("b") + body, "[hooks/on_process]\nAfter = a\n")
+    def test_per_hook_cycle_drops_only_its_constraints(self, dirs, load, host, ev):
+        hooked(dirs, "a", "[hooks/on_process]\nAfter = b\n")
+        hooked(dirs, "b", "[hooks/on_process]\nAfter = a\n")
+        hooked(dirs, "c", "[hooks/on_process]\nAfter = d\n")  # unrelated to the cycle: still holds
+        hooked(dirs, "d")
         exts = load()
+        assert order(host, "on_process") == ["a", "b", "d", "c"]
+        assert order(host) == ["a", "b", "c", "d"]  # other hooks keep the load order
+        for name in "ab":
+            [message] = [p for p in exts[name].problems if "cycle" in p]
+            assert message.startswith("[hooks/on_process] Before/After form a cycle between 'a', 'b' "
+                                      "(a before b; b before a): these constraints are dropped")
+        assert exts["c"].problems == [] and exts["d"].problems == []
+        assert host.dropped == [plugins.DroppedCycle("on_process", ("a", "b"), (("a", "b"), ("b", "a")))]
+
+    def test_three_extension_cycle_on_a_hook(self, dirs, load, host, ev):
+        hooked(dirs, "a", "[hooks/on_process]\nAfter = c\n")
+        hooked(dirs, "b", "[hooks/on_process]\nAfter = a\n")
+        hooked(dirs, "c", "[hooks/on_process]\nAfter = b\n")
+        hooked(dirs, "d", "[hooks/on_process]\nBefore = b\n")  # touches a member, is not in the cycle
+        exts = load()
+        assert order(host, "on_process") == ["a", "c", "d", "b"]
+        [cycle] = host.dropped
+        assert cycle.members == ("a", "b", "c") and cycle.constraints == (("a", "b"), ("b", "c"), ("c", "a"))
+        assert all(cycle.message() in exts[n].problems for n in "abc") and exts["d"].problems == []
+
+    def test_cycle_on_one_hook_leaves_another_hook_alone(self, dirs, load, host, ev):
+        hooked(dirs, "a", "[hooks/on_process]\nAfter = b\n[hooks/on_before_process]\nAfter = b\n")
+        hooked(dirs, "b", "[hooks/on_process]\nAfter = a\n")
+        load()
         assert order(host, "on_process") == ["a", "b"]
-        assert any("[hooks/on_process]" in p and "cycle" in p for p in exts["a"].problems)
+        assert order(host, "on_before_process") == ["b", "a"]
+        view = host.describe_hooks()
+        assert [d.hook for d in view["on_process"]["dropped"]] == ["on_process"]
+        assert view["on_before_process"]["dropped"] == []
+        host.call("on_before_process", p=None)
+        host.call("on_process", p=None)
+        assert [e for e in ev.events if e[0] != "enter"] == [("before", "b"), ("before", "a"),
+                                                            ("process", "a"), ("process", "b")]
+
+    def test_list_hooks_shows_the_order_and_the_dropped_constraints(self, dirs, load, host, ev):
+        hooked(dirs, "a", "[Extension]\nBefore = b\n[hooks/on_process]\nAfter = b\n")
+        hooked(dirs, "b", "[Extension]\nBefore = a\n[hooks/on_process]\nAfter = a\n")
+        hooked(dirs, "c", "[hooks/on_process]\nBefore = a\n")
+        load()
+        text = extensions.format_hook_order(host)
+        assert ("Load order: dropped: Before/After/Requires form a cycle between 'a', 'b' (a before b; "
+                "b before a): these constraints are dropped and name order decides") in text
+        section = text.split("on_process  (ordered by metadata.ini [hooks/on_process])\n")[1].split("\non_")[0]
+        lines = section.splitlines()
+        # whatever is free to run next runs in load order (a, b, c): b, then c, which must precede a
+        assert [line.split()[1] for line in lines[:3]] == ["b", "c", "a"]
+        assert lines[3].startswith("    dropped: [hooks/on_process] Before/After form a cycle between 'a', 'b' "
+                                   "(a before b; b before a)")
+        assert len(lines) == 4
+        before = text.split("on_before_process\n")[1].split("\non_")[0]
+        assert "dropped" not in before and [line.split()[1] for line in before.splitlines()] == ["a", "b", "c"]
+        # the API and extensions see the same order (names of what is called)
+        assert host.hook_order()["on_process"] == ["b", "c", "a"] == order(host, "on_process")
+
+
+@st.composite
+def constraint_graphs(draw):
+    """``(names in load order, edges)``: up to 8 extensions and any set of "a before b" constraints."""
+    n = draw(st.integers(1, 8))
+    names = [f"e{i}" for i in draw(st.permutations(range(n)))]
+    pairs = [(a, b) for a in names for b in names if a != b]
+    edges = draw(st.sets(st.sampled_from(pairs), max_size=len(pairs))) if pairs else set()
+    return names, edges
+
+
+def _reaches(edges, start, goal) -> bool:
+    seen, todo = set(), [start]
+    while todo:
+        k = todo.pop()
+        if k == goal:
+            return True
+        if k not in seen:
+            seen.add(k)
+            todo.extend(b for a, b in edges if a == k)
+    return False
+
+
+@settings(max_examples=300, deadline=None)
+@given(graph=constraint_graphs())
+def test_property_only_cycle_constraints_are_dropped(graph):
+    names, edges = graph
+    nodes = [extensions.Extension(name=n, path="", group=extensions.USER) for n in names]
+    result, cycles = extensions._resolve_order(nodes, edges)
+    got = [e.name for e in result]
+    assert sorted(got) == sorted(names)  # a permutation of every implementation
+    position = {name: i for i, name in enumerate(got)}
+    in_cycle = {(a, b) for a, b in edges if _reaches(edges, b, a)}
+    kept = edges - in_cycle
+    assert all(position[a] < position[b] for a, b in kept)  # every constraint not in a cycle is respected
+    assert {edge for _, dropped in cycles for edge in dropped} == in_cycle  # and exactly those are dropped
+    for members, _ in cycles:  # each reported cycle is mutually reachable, in load order
+        assert members == sorted(members, key=names.index)
+        assert all(_reaches(edges, a, b) for a in members for b in members)
+    # stable: whatever is free to go next goes in load order
+    for i, name in enumerate(got):
+        free = [n for n in got[i:] if all(position[a] < i for a, b in kept if b == n)]
+        assert name == min(free, key=names.index)
 
 
 # ---------------------------------------------------------------------------------------------------------------
