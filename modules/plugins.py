@@ -39,7 +39,8 @@ class HookFailure:
     traceback: str = ""
 
     def message(self) -> str:
-        return f"extension {self.plugin!r} failed in {self.hook}: {type(self.exception).__name__}: {self.exception}"
+        detail = f": {self.exception}" if str(self.exception) else ""  # a bare KeyboardInterrupt has no text
+        return f"extension {self.plugin!r} failed in {self.hook}: {type(self.exception).__name__}{detail}"
 
 
 @dataclass(frozen=True)
@@ -228,18 +229,18 @@ class Host:
         implementation is logged with its extension's name and appended to ``failures``; the rest still run.
         In strict mode the first failure raises ``HookError`` — at once, or with ``run_all`` (owed exit hooks)
         only after every implementation ran. ``on_called(impl)`` runs before each call, so the caller knows
-        what was entered even if it raised. A non-``Exception`` (``KeyboardInterrupt``) propagates: at once,
-        or with ``run_all`` after the rest ran. Returns the non-``None`` results.
+        what was entered even if it raised. ``KeyboardInterrupt`` and ``SystemExit`` raised by an implementation
+        are failures like any other (an extension's ``sys.exit()`` must not take down a request or skip exit
+        hooks). Returns the non-``None`` results.
         """
         results = []
         first_error: HookError | None = None
-        interrupt: BaseException | None = None
         for impl in (self._impls_in_order(hook_name) if impls is None else impls):
             if on_called is not None:
                 on_called(impl)
             try:
                 res = self.pm._hookexec(hook_name, [impl], kwargs, False)
-            except Exception as e:
+            except (Exception, KeyboardInterrupt, SystemExit) as e:
                 failure = HookFailure(hook_name, self.plugin_name(impl.plugin), e, traceback.format_exc())
                 log.error("%s\n%s", failure.message(), failure.traceback)
                 if failures is not None:
@@ -251,14 +252,7 @@ class Host:
                         raise error
                     first_error = first_error or error
                 continue
-            except BaseException as e:
-                if not run_all:
-                    raise
-                interrupt = interrupt or e
-                continue
             results.extend(r for r in res if r is not None)
-        if interrupt is not None:
-            raise interrupt
         if first_error is not None:
             raise first_error
         return results
