@@ -33,7 +33,8 @@ one hook only (``host.hook_orders``), with the same rule for cycles, on that hoo
 
 Failure containment: nothing an extension does stops the others. Import errors, implementations of unknown hooks,
 bad signatures and missing ``Requires`` are each reported once with the extension's name; an extension that
-fails is unregistered completely (no half-registered modules). Stored settings changed at import are put back.
+fails is unregistered completely (no half-registered modules). Stored settings changed at import are put back;
+after import an extension may change only the options it registered (``_option_write_guard``, on ``shared.opts``).
 
 Not implemented here (yet): ``preload.py`` (``preload(parser)`` before flags are parsed); ``install.py`` is run by
 ``launch.py``.
@@ -58,6 +59,7 @@ from typing import Any, Iterable, Iterator
 
 from modules import plugins, shared
 from modules.extension_metadata import HookConstraints, Metadata, read_metadata
+from modules.options import OptionError
 
 log = logging.getLogger("serena.extensions")
 
@@ -494,9 +496,14 @@ def _fail(ext: Extension, message: str, exc: BaseException | None = None) -> Non
 
 def _load_one(ext: Extension, host: plugins.Host, package: str) -> None:
     opts = shared.opts
+    opts.write_guard = _option_write_guard
     stored_before = opts.stored()
     saved_path = list(sys.path)
     registered: list[str] = []
+    root = (getattr(ext.entry_point, "module", "") or "").split(".")[0] if ext.group == PACKAGE else package
+    if root and root != "modules":  # a package rooted in Serena's own modules cannot be told apart from Serena
+        _module_roots[root] = ext
+    _importing.add(ext.key)
     try:
         if ext.group == PACKAGE:
             obj = ext.entry_point.load()
@@ -531,6 +538,7 @@ def _load_one(ext: Extension, host: plugins.Host, package: str) -> None:
         _forget_modules(ext)
         _fail(ext, f"not loaded: {type(e).__name__}: {e}", e)
     finally:
+        _importing.discard(ext.key)
         sys.path[:] = saved_path
         if opts.stored() != stored_before:
             opts.restore_stored(stored_before)
@@ -540,12 +548,59 @@ def _load_one(ext: Extension, host: plugins.Host, package: str) -> None:
                       SETTINGS_AT_IMPORT)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Options: an extension changes only the options it registered
+# ---------------------------------------------------------------------------------------------------------------
+
+_module_roots: dict[str, Extension] = {}  # "serena_ext.<pkg>" (folders) or a package's top module -> extension
+_option_owners: dict[str, str] = {}       # option key -> ``Extension.key`` of the extension that registered it
+_importing: set[str] = set()              # extensions being imported: their writes are put back afterwards
+
+
+def _writing_extension() -> Extension | None:
+    """The extension whose code called the options store: the first caller outside ``modules.options``.
+
+    Only the direct caller counts: Serena code an extension calls (which may store a setting on purpose, e.g.
+    a checkpoint switch) writes as Serena.
+    """
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__") in ("modules.options", __name__):
+        frame = frame.f_back
+    parts = (frame.f_globals.get("__name__") or "").split(".") if frame is not None else [""]
+    return _module_roots.get(".".join(parts[:2])) or _module_roots.get(parts[0])
+
+
+def _option_write_guard(opts, key: str, action: str) -> None:
+    """``Options.write_guard``: an extension registers new options and changes those; anything else is refused
+    (``OptionError``) and noted on the extension. Writes at import are let through and put back after it."""
+    ext = _writing_extension()
+    if ext is None:
+        return
+    mine = _option_owners.get(key) == ext.key
+    if action == "register":
+        if mine or key not in opts.data_labels:
+            _option_owners[key] = ext.key
+            return
+        message = (f"extension {ext.name!r} may not register option {key!r}: Serena or another extension "
+                   f"registered it; refused")
+    elif (mine and key in opts.data_labels) or ext.key in _importing:
+        return
+    else:
+        message = (f"extension {ext.name!r} may not change option {key!r}: extensions change only the options "
+                   f"they registered; refused")
+    ext.note(message)
+    log.error("%s", message)
+    raise OptionError(key, message)
+
+
 def _unregister(host: plugins.Host, names: Iterable[str]) -> None:
     for name in names:
         host.unregister(name)
 
 
 def _forget_modules(ext: Extension) -> None:
+    for root in [r for r, owner in _module_roots.items() if owner is ext]:
+        del _module_roots[root]
     for name in ext.modules:
         if name.startswith(MODULE_PREFIX + "."):
             sys.modules.pop(name, None)

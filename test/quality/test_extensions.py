@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modules import extensions, plugins, shared
+from modules.options import OptionError
 from modules.runtime_utils import temporary_opts
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -643,6 +644,100 @@ class TestOptionsAndRecords:
         with temporary_opts({"opt_test_value": 9}, host=host):
             assert shared.opts.opt_test_value == 9
         assert shared.opts.opt_test_value == 4
+
+    GUARDED = """
+        import threading
+        from modules.extensions_api import OptionInfo, hookimpl, opts
+
+        @hookimpl
+        def on_ui_settings():
+            opts.add_option("guarded_own", OptionInfo(1, "Its own option", section=("guarded", "Guarded")))
+
+        @hookimpl
+        def on_process(p):
+            opts.guarded_own = 2             # its own option: allowed
+            opts.CLIP_stop_at_last_layers = 5  # not its own: refused
+
+        def meddle(kind):
+            if kind == "own":
+                opts.guarded_own = 3
+            elif kind == "attribute":
+                opts.CLIP_stop_at_last_layers = 5
+            elif kind == "set":
+                opts.set("CLIP_stop_at_last_layers", 5)
+            elif kind == "data":
+                opts.data["CLIP_stop_at_last_layers"] = 5
+            elif kind == "set_many":  # its own and another: neither is applied
+                opts.set_many({"guarded_own": 3, "CLIP_stop_at_last_layers": 5})
+            elif kind == "unset":
+                opts.unset("eta_noise_seed_delta")
+            elif kind == "register":
+                opts.add_option("CLIP_stop_at_last_layers", OptionInfo(9, "Taken over"))
+
+        def in_thread(kind):
+            errors = []
+
+            def run():
+                try:
+                    meddle(kind)
+                except ValueError as e:
+                    errors.append(e)
+
+            thread = threading.Thread(target=run)
+            thread.start()
+            thread.join()
+            return errors
+        """
+
+    @pytest.fixture
+    def guarded(self, dirs, load, host, ev, data_dir, monkeypatch):
+        """The ``guarded`` extension loaded, its option registered; ``eta_noise_seed_delta`` stored and saved."""
+        monkeypatch.setattr(shared.opts, "data_labels", dict(shared.opts.data_labels))
+        monkeypatch.setattr(shared.opts, "_aliases", dict(shared.opts._aliases))
+        make_ext(dirs.user, "guarded", recorder("guarded") + textwrap.dedent(self.GUARDED))
+        shared.opts.set("eta_noise_seed_delta", 7)
+        shared.opts.save()
+        exts = load()
+        assert extensions.register_extension_options(host) == []
+        return exts["guarded"], host.pm.get_plugin("guarded")
+
+    @pytest.mark.parametrize("kind", ["attribute", "set", "data", "set_many", "unset", "register"])
+    def test_extension_thread_cannot_change_options_it_did_not_register(self, guarded, data_dir, kind):
+        ext, module = guarded
+        before, saved = shared.opts.stored(), (data_dir / "config.json").read_text()
+        [error] = module.in_thread(kind)
+        key = "eta_noise_seed_delta" if kind == "unset" else "CLIP_stop_at_last_layers"
+        verb = "register" if kind == "register" else "change"
+        message = f"extension 'guarded' may not {verb} option {key!r}"
+        assert error.key == key and error.reason.startswith(message)
+        assert shared.opts.stored() == before and shared.opts.CLIP_stop_at_last_layers == 1
+        assert shared.opts.data_labels["CLIP_stop_at_last_layers"].default == 1
+        assert any(p.startswith(message) for p in ext.problems)
+        shared.opts.save()  # the next unrelated save persists nothing of it
+        assert (data_dir / "config.json").read_text() == saved
+
+    def test_extension_changes_its_own_option_from_its_thread(self, guarded, data_dir):
+        ext, module = guarded
+        assert module.in_thread("own") == []
+        shared.opts.save()
+        assert '"guarded_own": 3' in (data_dir / "config.json").read_text() and ext.problems == []
+        shared.opts.set("CLIP_stop_at_last_layers", 3)  # Serena's own code still writes any option
+        assert shared.opts.CLIP_stop_at_last_layers == 3
+
+    @pytest.mark.parametrize("strict", [True, False])
+    def test_write_inside_a_hook_is_refused_and_reported(self, guarded, host, strict):
+        ext, _ = guarded
+        host.strict = strict
+        failures = []
+        if strict:
+            with pytest.raises(plugins.HookError) as info:
+                host.call_each("on_process", {"p": None}, failures=failures)
+            assert info.value.plugin == "guarded" and isinstance(info.value.__cause__, OptionError)
+        else:
+            host.call_each("on_process", {"p": None}, failures=failures)
+        [failure] = failures
+        assert "extension 'guarded' may not change option 'CLIP_stop_at_last_layers'" in failure.message()
+        assert shared.opts.guarded_own == 2 and not shared.opts.is_stored("CLIP_stop_at_last_layers")
 
     def test_on_ui_settings_failure_is_reported_on_the_extension(self, dirs, load, host, ev, lenient_hooks):
         host.strict = False
