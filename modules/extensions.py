@@ -26,12 +26,15 @@ Names (the rules ``docs/extensions/writing.md`` explains):
 Order, within each group (built-in; user + package): by name, adjusted by ``Before``/``After`` (and ``Requires``,
 which also means "after") — a topological sort that breaks ties by name. A constraint naming an extension that
 is not there (not installed, disabled, or not loadable) is ignored with a note in the naming extension's
-``problems``; a cycle is reported on every extension in it and that whole group falls back to name order.
-``[hooks/<hook name>] Before/After`` constraints order one hook only (``host.hook_orders``).
+``problems``. Constraints that form a cycle are dropped — every constraint between two extensions of one
+strongly connected component, and no other (``_resolve_order``) — reported on every extension in the cycle and
+kept in ``host.dropped`` (``--list-hooks`` shows them). ``[hooks/<hook name>] Before/After`` constraints order
+one hook only (``host.hook_orders``), with the same rule for cycles, on that hook only.
 
 Failure containment: nothing an extension does stops the others. Import errors, implementations of unknown hooks,
 bad signatures and missing ``Requires`` are each reported once with the extension's name; an extension that
-fails is unregistered completely (no half-registered modules). Stored settings changed at import are put back.
+fails is unregistered completely (no half-registered modules). Stored settings changed at import are put back;
+after import an extension may change only the options it registered (``_option_write_guard``, on ``shared.opts``).
 
 Not implemented here (yet): ``preload.py`` (``preload(parser)`` before flags are parsed); ``install.py`` is run by
 ``launch.py``.
@@ -40,6 +43,8 @@ Not implemented here (yet): ``preload.py`` (``preload(parser)`` before flags are
 from __future__ import annotations
 
 import contextlib
+import graphlib
+import heapq
 import importlib
 import importlib.metadata
 import importlib.util
@@ -54,13 +59,14 @@ from typing import Any, Iterable, Iterator
 
 from modules import plugins, shared
 from modules.extension_metadata import HookConstraints, Metadata, read_metadata
+from modules.options import OptionError
 
 log = logging.getLogger("serena.extensions")
 
 __all__ = [
     "Extension", "Metadata", "HookConstraints", "ENTRY_POINT_GROUP", "MODULE_PREFIX",
     "load_all", "load_configured", "load_folder", "loaded", "unload", "register_extension_options",
-    "extensions", "problems", "format_hook_order", "describe_hook_order", "read_metadata",
+    "extensions", "problems", "format_hook_order", "read_metadata",
 ]
 
 ENTRY_POINT_GROUP = "serena"
@@ -275,67 +281,83 @@ def _check_requires(found: list[Extension], by_key: dict[str, Extension]) -> Non
                     break
 
 
-def _toposort(nodes: list[Extension], edges: set[tuple[str, str]]) -> tuple[list[Extension], list[list[str]]]:
+def _cycles(keys: list[str], edges: list[tuple[str, str]]) -> list[list[str]]:
+    """The strongly connected components with more than one member, each in ``keys`` order.
+
+    graphlib reports one cycle at a time; contracting each reported cycle into one node keeps every path, so
+    when no cycle is left each contracted node is exactly a component — whichever cycles were reported first.
+    """
+    leader = {k: k for k in keys}  # union-find; a component's leader is its first member in ``keys`` order
+    rank = {k: i for i, k in enumerate(keys)}
+
+    def find(k: str) -> str:
+        while leader[k] != k:
+            k = leader[k]
+        return k
+
+    while True:
+        graph: dict[str, dict[str, None]] = {find(k): {} for k in keys}
+        for a, b in edges:
+            if find(a) != find(b):
+                graph[find(b)][find(a)] = None
+        try:
+            graphlib.TopologicalSorter(graph).prepare()
+            break
+        except graphlib.CycleError as e:
+            cycle = {find(k) for k in e.args[1]}
+            first = min(cycle, key=rank.__getitem__)
+            for k in cycle:
+                leader[k] = first
+    components: dict[str, list[str]] = {}
+    for k in keys:
+        components.setdefault(find(k), []).append(k)
+    return [c for c in components.values() if len(c) > 1]
+
+
+def _resolve_order(nodes: list[Extension], edges: set[tuple[str, str]]
+                   ) -> tuple[list[Extension], list[tuple[list[str], list[tuple[str, str]]]]]:
     """Order ``nodes`` (already in base order) so every edge ``(a, b)`` has ``a`` first; ties keep base order.
 
-    Returns ``(order, cycles)``; with cycles, ``order`` is the base order. Edge ends are ``Extension.key``s.
+    The rule for cycles: every edge between two members of one cycle (a strongly connected component: each can
+    reach the other through edges) is dropped, and only those; the rest still hold. Returns ``(order,
+    cycles)``, each cycle ``(members, dropped edges)`` in base order. Edge ends are ``Extension.key``s.
     """
     rank = {n.key: i for i, n in enumerate(nodes)}
     by_key = {n.key: n for n in nodes}
-    succ: dict[str, set[str]] = {k: set() for k in rank}
-    indeg = dict.fromkeys(rank, 0)
-    for a, b in edges:
-        if b not in succ[a]:
-            succ[a].add(b)
-            indeg[b] += 1
-    ready = sorted((k for k, d in indeg.items() if d == 0), key=rank.__getitem__)
+    ordered_edges = sorted(edges, key=lambda e: (rank[e[0]], rank[e[1]]))
+    cycles = []
+    component: dict[str, int] = {}
+    for i, members in enumerate(_cycles(list(rank), ordered_edges)):
+        component.update(dict.fromkeys(members, i))
+        inside = [(a, b) for a, b in ordered_edges if component.get(a, -1) == component.get(b, -2) == i]
+        cycles.append((members, inside))
+    sorter = graphlib.TopologicalSorter({k: () for k in rank})
+    for a, b in ordered_edges:
+        if not (a in component and component[a] == component.get(b)):
+            sorter.add(b, a)
+    sorter.prepare()
+    ready = [(rank[k], k) for k in sorter.get_ready()]
+    heapq.heapify(ready)
     order = []
     while ready:
-        k = ready.pop(0)
+        _, k = heapq.heappop(ready)
         order.append(by_key[k])
-        for b in succ[k]:
-            indeg[b] -= 1
-            if indeg[b] == 0:
-                ready.append(b)
-        ready.sort(key=rank.__getitem__)
-    if len(order) == len(nodes):
-        return order, []
-    return list(nodes), _cycles(succ, rank)
+        sorter.done(k)
+        for nxt in sorter.get_ready():
+            heapq.heappush(ready, (rank[nxt], nxt))
+    return order, cycles
 
 
-def _cycles(succ: dict[str, set[str]], rank: dict[str, int]) -> list[list[str]]:
-    """Strongly connected components with more than one member (Tarjan), each in base order."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    result: list[list[str]] = []
-
-    def visit(v: str) -> None:
-        index[v] = low[v] = len(index)
-        stack.append(v)
-        on_stack.add(v)
-        for w in sorted(succ[v], key=rank.__getitem__):
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in on_stack:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            component = []
-            while True:
-                w = stack.pop()
-                on_stack.discard(w)
-                component.append(w)
-                if w == v:
-                    break
-            if len(component) > 1:
-                result.append(sorted(component, key=rank.__getitem__))
-
-    for v in sorted(succ, key=rank.__getitem__):
-        if v not in index:
-            visit(v)
-    return result
+def _report_cycles(cycles, by_key: dict[str, Extension], hook: str | None) -> list[plugins.DroppedCycle]:
+    """One ``DroppedCycle`` per cycle, noted on every extension in it."""
+    reports = []
+    for members, inside in cycles:
+        dropped = plugins.DroppedCycle(hook, tuple(by_key[k].name for k in members),
+                                       tuple((by_key[a].name, by_key[b].name) for a, b in inside))
+        for key in members:
+            by_key[key].note(dropped.message())
+        reports.append(dropped)
+    return reports
 
 
 def _group_of(ext: Extension) -> str:
@@ -367,16 +389,8 @@ def _constraint_edges(ext: Extension, before: list[str], after: list[str], membe
     return edges
 
 
-def _describe_cycle(cycle: list[str], edges: set[tuple[str, str]], by_key: dict[str, Extension]) -> str:
-    members = set(cycle)
-    names = [by_key[k].name for k in cycle]
-    inside = sorted((a, b) for a, b in edges if a in members and b in members)
-    detail = "; ".join(f"{by_key[a].name} before {by_key[b].name}" for a, b in inside)
-    return f"{', '.join(repr(n) for n in names)} ({detail})"
-
-
-def _order_group(members: list[Extension], by_key: dict[str, Extension], title: str) -> list[Extension]:
-    """Name order (folders before packages), adjusted by Before/After/Requires; a cycle → name order."""
+def _order_group(members: list[Extension], by_key: dict[str, Extension], dropped: list) -> list[Extension]:
+    """Name order (folders before packages), adjusted by Before/After/Requires; cycles go to ``dropped``."""
     base = sorted(members, key=lambda e: (e.group == PACKAGE, e.key))
     member_keys = {e.key: e for e in base}
     edges: set[tuple[str, str]] = set()
@@ -386,12 +400,8 @@ def _order_group(members: list[Extension], by_key: dict[str, Extension], title: 
             target = _pick(req, member_keys, lambda e: True)
             if target is not None and target is not ext:
                 edges.add((target.key, ext.key))
-    order, cycles = _toposort(base, edges)
-    for cycle in cycles:
-        message = (f"Before/After/Requires form a cycle between {_describe_cycle(cycle, edges, member_keys)}; "
-                   f"every constraint of the {title} extensions is ignored and they load in name order")
-        for key in cycle:
-            member_keys[key].note(message)
+    order, cycles = _resolve_order(base, edges)
+    dropped.extend(_report_cycles(cycles, member_keys, None))
     return order
 
 
@@ -486,9 +496,14 @@ def _fail(ext: Extension, message: str, exc: BaseException | None = None) -> Non
 
 def _load_one(ext: Extension, host: plugins.Host, package: str) -> None:
     opts = shared.opts
+    opts.write_guard = _option_write_guard
     stored_before = opts.stored()
     saved_path = list(sys.path)
     registered: list[str] = []
+    root = (getattr(ext.entry_point, "module", "") or "").split(".")[0] if ext.group == PACKAGE else package
+    if root and root != "modules":  # a package rooted in Serena's own modules cannot be told apart from Serena
+        _module_roots[root] = ext
+    _importing.add(ext.key)
     try:
         if ext.group == PACKAGE:
             obj = ext.entry_point.load()
@@ -523,6 +538,7 @@ def _load_one(ext: Extension, host: plugins.Host, package: str) -> None:
         _forget_modules(ext)
         _fail(ext, f"not loaded: {type(e).__name__}: {e}", e)
     finally:
+        _importing.discard(ext.key)
         sys.path[:] = saved_path
         if opts.stored() != stored_before:
             opts.restore_stored(stored_before)
@@ -532,12 +548,59 @@ def _load_one(ext: Extension, host: plugins.Host, package: str) -> None:
                       SETTINGS_AT_IMPORT)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Options: an extension changes only the options it registered
+# ---------------------------------------------------------------------------------------------------------------
+
+_module_roots: dict[str, Extension] = {}  # "serena_ext.<pkg>" (folders) or a package's top module -> extension
+_option_owners: dict[str, str] = {}       # option key -> ``Extension.key`` of the extension that registered it
+_importing: set[str] = set()              # extensions being imported: their writes are put back afterwards
+
+
+def _writing_extension() -> Extension | None:
+    """The extension whose code called the options store: the first caller outside ``modules.options``.
+
+    Only the direct caller counts: Serena code an extension calls (which may store a setting on purpose, e.g.
+    a checkpoint switch) writes as Serena.
+    """
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__") in ("modules.options", __name__):
+        frame = frame.f_back
+    parts = (frame.f_globals.get("__name__") or "").split(".") if frame is not None else [""]
+    return _module_roots.get(".".join(parts[:2])) or _module_roots.get(parts[0])
+
+
+def _option_write_guard(opts, key: str, action: str) -> None:
+    """``Options.write_guard``: an extension registers new options and changes those; anything else is refused
+    (``OptionError``) and noted on the extension. Writes at import are let through and put back after it."""
+    ext = _writing_extension()
+    if ext is None:
+        return
+    mine = _option_owners.get(key) == ext.key
+    if action == "register":
+        if mine or key not in opts.data_labels:
+            _option_owners[key] = ext.key
+            return
+        message = (f"extension {ext.name!r} may not register option {key!r}: Serena or another extension "
+                   f"registered it; refused")
+    elif (mine and key in opts.data_labels) or ext.key in _importing:
+        return
+    else:
+        message = (f"extension {ext.name!r} may not change option {key!r}: extensions change only the options "
+                   f"they registered; refused")
+    ext.note(message)
+    log.error("%s", message)
+    raise OptionError(key, message)
+
+
 def _unregister(host: plugins.Host, names: Iterable[str]) -> None:
     for name in names:
         host.unregister(name)
 
 
 def _forget_modules(ext: Extension) -> None:
+    for root in [r for r, owner in _module_roots.items() if owner is ext]:
+        del _module_roots[root]
     for name in ext.modules:
         if name.startswith(MODULE_PREFIX + "."):
             sys.modules.pop(name, None)
@@ -549,8 +612,10 @@ def _forget_modules(ext: Extension) -> None:
 # Per-hook order
 # ---------------------------------------------------------------------------------------------------------------
 
-def _apply_hook_orders(loaded: list[Extension], by_key: dict[str, Extension], host: plugins.Host) -> list[str]:
-    """``[hooks/<name>]`` constraints → ``host.hook_orders[name]`` (every plugin of this load, in order)."""
+def _apply_hook_orders(loaded: list[Extension], by_key: dict[str, Extension], host: plugins.Host,
+                       dropped: list) -> list[str]:
+    """``[hooks/<name>]`` constraints → ``host.hook_orders[name]`` (every plugin of this load, in order);
+    the cycles go to ``dropped``."""
     known = set(plugins.hook_names(host.pm))
     hooks: dict[str, list[Extension]] = {}
     for ext in loaded:
@@ -570,12 +635,8 @@ def _apply_hook_orders(loaded: list[Extension], by_key: dict[str, Extension], ho
                 c = ext.metadata.hooks.get(hook)
                 if c is not None:
                     edges |= _constraint_edges(ext, c.before, c.after, member_keys, by_key, f"[hooks/{hook}] ")
-            group_order, cycles = _toposort(members, edges)
-            for cycle in cycles:
-                message = (f"[hooks/{hook}] Before/After form a cycle between "
-                           f"{_describe_cycle(cycle, edges, member_keys)}; load order is used for {hook}")
-                for key in cycle:
-                    member_keys[key].note(message)
+            group_order, cycles = _resolve_order(members, edges)
+            dropped.extend(_report_cycles(cycles, member_keys, hook))
             order.extend(group_order)
         host.hook_orders[hook] = [name for ext in order for name in ext.plugins]
         set_hooks.append(hook)
@@ -612,8 +673,9 @@ def load_all(*, builtin_dir: str | None, user_dir: str | None, disabled: Iterabl
     by_key = {e.key: e for e in found if e.reason != "skipped"}
     _check_requires(found, by_key)
     candidates = [e for e in found if _candidate(e)]
-    order = (_order_group([e for e in candidates if e.host_group == plugins.BUILTIN_GROUP], by_key, "built-in")
-             + _order_group([e for e in candidates if e.host_group == plugins.USER_GROUP], by_key, "user"))
+    dropped: list[plugins.DroppedCycle] = []
+    order = (_order_group([e for e in candidates if e.host_group == plugins.BUILTIN_GROUP], by_key, dropped)
+             + _order_group([e for e in candidates if e.host_group == plugins.USER_GROUP], by_key, dropped))
 
     # 1. Import and register, one extension at a time; a requirement that failed blocks its dependants.
     used_packages: set[str] = set()
@@ -657,7 +719,9 @@ def load_all(*, builtin_dir: str | None, user_dir: str | None, disabled: Iterabl
     for hook in _last.hook_orders:
         host.hook_orders.pop(hook, None)
     loaded_exts = [e for e in order if e.loaded]
-    set_hooks = _apply_hook_orders(loaded_exts, by_key, host)
+    set_hooks = _apply_hook_orders(loaded_exts, by_key, host, dropped)
+    loaded_names = {e.name for e in loaded_exts}
+    host.dropped = [d for d in dropped if loaded_names.issuperset(d.members)]
 
     # 4. Report: loaded in load order, then the rest as discovered.
     for ext in found:
@@ -725,6 +789,7 @@ def register_extension_options(host: plugins.Host | None = None, *, only: Iterab
 def unload(exts: Iterable[Extension], host: plugins.Host | None = None) -> None:
     """Unregister these extensions' plugins and forget their modules (tests; a future reload)."""
     host = host if host is not None else plugins.host
+    exts = list(exts)
     for ext in exts:
         _unregister(host, ext.plugins)
         _forget_modules(ext)
@@ -735,6 +800,8 @@ def unload(exts: Iterable[Extension], host: plugins.Host | None = None) -> None:
             host.hook_orders[hook] = remaining
         else:
             del host.hook_orders[hook]
+    gone = {ext.name for ext in exts}
+    host.dropped = [d for d in host.dropped if gone.isdisjoint(d.members)]
 
 
 def load_folder(path: str, *, host: plugins.Host | None = None, group: str = USER) -> Extension:
@@ -778,49 +845,27 @@ def loaded(path: str, *, host: plugins.Host | None = None, options: bool = True)
 # The resolved order, for --list-hooks and the API
 # ---------------------------------------------------------------------------------------------------------------
 
-def describe_hook_order(host: plugins.Host | None = None) -> dict[str, list[dict]]:
-    """``{hook: [{"name", "group", "tryfirst", "trylast", "called"}...]}`` in call order, for every hook.
-
-    For ``on_opts_override_exit`` the list is the actual exit call order (the reverse of the enter order);
-    an exit implementation in a module without an enter implementation is listed last with ``called: False``.
-    """
-    host = host if host is not None else plugins.host
-    groups = dict(host.registered())
-    out: dict[str, list[dict]] = {}
-
-    def row(impl, called=True) -> dict:
-        name = host.plugin_name(impl.plugin)
-        return {"name": name, "group": groups.get(name, "?"), "tryfirst": bool(impl.tryfirst),
-                "trylast": bool(impl.trylast), "called": called}
-
-    for hook in plugins.hook_names(host.pm):
-        impls = host.impls(hook)
-        if hook == "on_opts_override_exit":
-            enter = [host.plugin_name(i.plugin) for i in host.impls("on_opts_override_enter")]
-            by_name = {host.plugin_name(i.plugin): i for i in impls}
-            rows = [row(by_name[n]) for n in reversed(enter) if n in by_name]
-            rows += [row(i, called=False) for i in impls if host.plugin_name(i.plugin) not in enter]
-        else:
-            rows = [row(i) for i in impls]
-        out[hook] = rows
-    return out
-
-
 def format_hook_order(host: plugins.Host | None = None) -> str:
-    """The text ``launch.py --list-hooks`` prints: every hook and its implementations in call order."""
+    """The text ``launch.py --list-hooks`` prints: ``host.describe_hooks()`` — every hook, its implementations
+    in call order and the constraints dropped because they formed a cycle."""
     host = host if host is not None else plugins.host
     lines = ["Hook order: core first, then built-in, then user extensions (each in load order); tryfirst/trylast",
              "move an implementation to the front/back. on_opts_override_exit runs in reverse of the enter order.",
              ""]
-    for hook, rows in describe_hook_order(host).items():
+    for cycle in host.dropped:
+        if cycle.hook is None:
+            lines.append(f"Load order: dropped: {cycle.message()}")
+    if lines[-1]:
+        lines.append("")
+    for hook, view in host.describe_hooks().items():
         suffix = "  (reverse of on_opts_override_enter)" if hook == "on_opts_override_exit" else ""
         if hook in host.hook_orders:
             suffix += "  (ordered by metadata.ini [hooks/%s])" % hook
         lines.append(f"{hook}{suffix}")
-        if not rows:
+        if not view["order"]:
             lines.append("    (no implementations)")
         number = 0
-        for r in rows:
+        for r in view["order"]:
             marks = [r["group"]] + [m for m in ("tryfirst", "trylast") if r[m]]
             if r["called"]:
                 number += 1
@@ -828,4 +873,6 @@ def format_hook_order(host: plugins.Host | None = None) -> str:
             else:
                 lines.append(f"   -  {r['name']}  [{', '.join(marks)}]  never called: no on_opts_override_enter "
                              f"in that module")
+        for cycle in view["dropped"]:
+            lines.append(f"    dropped: {cycle.message()}")
     return "\n".join(lines) + "\n"

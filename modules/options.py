@@ -304,7 +304,7 @@ class Options:
     """The options store. See the module docstring for stored, default and effective values."""
 
     _builtin_fields = frozenset({"data_labels", "data", "filename", "frozen", "_stored", "_invalid", "_layers",
-                                 "_lock", "_aliases"})
+                                 "_lock", "_aliases", "write_guard"})
 
     def __init__(self, data_labels: Mapping[str, OptionInfo], *, filename=None, frozen=False):
         object.__setattr__(self, "data_labels", dict(data_labels))
@@ -315,6 +315,10 @@ class Options:
         object.__setattr__(self, "_lock", threading.RLock())
         object.__setattr__(self, "_layers", contextvars.ContextVar(f"serena_opts_layers_{id(self)}", default=()))
         object.__setattr__(self, "_aliases", {})
+        # ``write_guard(opts, key, action)``, action "set", "unset" or "register", runs before each of those and may
+        # refuse it by raising ``OptionError`` (the extension loader installs one: extensions change only their
+        # own options). ``load`` and ``restore_stored`` are not guarded.
+        object.__setattr__(self, "write_guard", None)
         object.__setattr__(self, "data", EffectiveData(self))
         for key, info in self.data_labels.items():
             self._index_aliases(key, info)
@@ -420,9 +424,14 @@ class Options:
             return
         self._store(key, value)
 
+    def _guard(self, key, action):
+        if self.write_guard is not None:
+            self.write_guard(self, key, action)
+
     def _store(self, key, value):
         if self.frozen:
             raise SettingsFrozenError(key)
+        self._guard(key, "set")
         info = self.data_labels.get(key)
         with self._lock:
             if info is not None:
@@ -442,6 +451,7 @@ class Options:
             raise KeyError(key)
         if self.frozen:
             raise SettingsFrozenError(name)
+        self._guard(name, "set")
         result = self.check({name: value}, is_api=is_api)
         if result.errors:
             raise OptionError(name, result.errors[name])
@@ -479,6 +489,8 @@ class Options:
         result = self.check(values, is_api=is_api)
         if result.errors:
             raise OptionsRejected(result.errors)
+        for k in result.values:  # a refused key refuses the whole mapping: nothing half-applied
+            self._guard(k, "set")
         before: dict = {}
         changed: dict = {}
         try:
@@ -517,12 +529,14 @@ class Options:
         """Forget a stored value: the default applies again and ``config.json`` no longer has the key."""
         if self.frozen:
             raise SettingsFrozenError(key)
+        self._guard(key, "unset")
         with self._lock:
             self._stored.pop(key, None)
             self._invalid.pop(key, None)
 
     def add_option(self, key, info: OptionInfo):
         """Register an option (core or extension). A value stored before registration is checked now."""
+        self._guard(key, "register")
         with self._lock:
             self.data_labels[key] = info
             self._index_aliases(key, info)

@@ -39,7 +39,30 @@ class HookFailure:
     traceback: str = ""
 
     def message(self) -> str:
-        return f"extension {self.plugin!r} failed in {self.hook}: {type(self.exception).__name__}: {self.exception}"
+        detail = f": {self.exception}" if str(self.exception) else ""  # a bare KeyboardInterrupt has no text
+        return f"extension {self.plugin!r} failed in {self.hook}: {type(self.exception).__name__}{detail}"
+
+
+@dataclass(frozen=True)
+class DroppedCycle:
+    """Before/After constraints that formed a cycle and were dropped; every other constraint still holds.
+
+    ``hook`` is the hook of a ``[hooks/<hook>]`` section, or ``None`` for ``[Extension]`` (load order, so every
+    hook). ``members`` are the extension names in the cycle (load order); ``constraints`` the dropped
+    ``(first, second)`` pairs, each meaning "first before second".
+    """
+
+    hook: str | None
+    members: tuple[str, ...]
+    constraints: tuple[tuple[str, str], ...]
+
+    def message(self) -> str:
+        section = f"[hooks/{self.hook}] Before/After" if self.hook else "Before/After/Requires"
+        dropped = "; ".join(f"{a} before {b}" for a, b in self.constraints)
+        return (f"{section} form a cycle between {', '.join(repr(m) for m in self.members)} ({dropped}): "
+                f"these constraints are dropped and {'load' if self.hook else 'name'} order decides between them; "
+                f"every other constraint "
+                f"{'on ' + self.hook + ' ' if self.hook else ''}still holds")
 
 
 class HookError(RuntimeError):
@@ -77,6 +100,8 @@ class Host:
         self._counter = 0
         # hook name -> explicit plugin order from metadata.ini [hooks/<name>] constraints
         self.hook_orders: dict[str, list[str]] = {}
+        # constraints the last extension load dropped because they formed a cycle (shown by ``describe_hooks``)
+        self.dropped: list[DroppedCycle] = []
         # Resolved order per hook, recomputed after any registration change (the hot path reads it per call).
         self._order_cache: dict[str, tuple] = {}
         self._generation = 0
@@ -149,20 +174,43 @@ class Host:
         self._order_cache[hook_name] = (cache_key, ordered)
         return ordered
 
-    def resolved_order(self, hook_name: str) -> list[str]:
-        """The extension names whose implementations of ``hook_name`` run, in call order.
+    def describe_hooks(self) -> dict[str, dict]:
+        """The one description of hook order that ``--list-hooks``, the API and the UI show.
 
-        ``on_opts_override_exit`` is called as a stack: in exactly the reverse of the enter order, and only for
-        extensions whose enter hook ran, so its order is derived from the enter hook's.
+        ``{hook: {"order": [row, ...], "dropped": [DroppedCycle, ...]}}`` for every hook spec, rows in call
+        order: ``{"name", "group", "tryfirst", "trylast", "called"}``. ``on_opts_override_exit`` is called as a
+        stack, in exactly the reverse of the enter order and only for modules whose enter hook ran; an exit
+        implementation in a module without an enter implementation is listed last with ``called: False``.
+        ``dropped`` holds the ``[hooks/<hook>]`` cycles of that hook (``self.dropped`` also has the load-order
+        ones, ``hook=None``).
         """
-        if hook_name == EXIT_HOOK:
-            with_exit = {id(i.plugin) for i in self._impls_in_order(EXIT_HOOK)}
-            return [self.plugin_name(i.plugin) for i in reversed(self._impls_in_order(ENTER_HOOK))
-                    if id(i.plugin) in with_exit]
-        return [self.plugin_name(impl.plugin) for impl in self._impls_in_order(hook_name)]
+        return {name: {"order": self._rows(name), "dropped": [d for d in self.dropped if d.hook == name]}
+                for name in hook_names(self.pm)}
+
+    def _rows(self, hook_name: str) -> list[dict]:
+        groups = {r.name: r.group for r in self._registrations.values()}
+
+        def row(impl, called=True) -> dict:
+            name = self.plugin_name(impl.plugin)
+            return {"name": name, "group": groups.get(name, "?"), "tryfirst": bool(impl.tryfirst),
+                    "trylast": bool(impl.trylast), "called": called}
+
+        impls = self._impls_in_order(hook_name)
+        if hook_name != EXIT_HOOK:
+            return [row(i) for i in impls]
+        with_exit = {id(i.plugin): i for i in impls}
+        entered = [with_exit[id(i.plugin)] for i in reversed(self._impls_in_order(ENTER_HOOK))
+                   if id(i.plugin) in with_exit]
+        called = {id(i) for i in entered}
+        never = [i for i in impls if id(i) not in called]
+        return [row(i) for i in entered] + [row(i, called=False) for i in never]
+
+    def resolved_order(self, hook_name: str) -> list[str]:
+        """The extension names whose implementations of ``hook_name`` run, in call order (``describe_hooks``)."""
+        return [r["name"] for r in self._rows(hook_name) if r["called"]]
 
     def hook_order(self) -> dict[str, list[str]]:
-        """``{hook: [extension, ...]}`` for every hook spec, in call order."""
+        """``{hook: [extension, ...]}`` for every hook spec, in call order (``describe_hooks``, names only)."""
         return {name: self.resolved_order(name) for name in hook_names(self.pm)}
 
     def plugin_name(self, plugin) -> str:
@@ -181,18 +229,18 @@ class Host:
         implementation is logged with its extension's name and appended to ``failures``; the rest still run.
         In strict mode the first failure raises ``HookError`` — at once, or with ``run_all`` (owed exit hooks)
         only after every implementation ran. ``on_called(impl)`` runs before each call, so the caller knows
-        what was entered even if it raised. A non-``Exception`` (``KeyboardInterrupt``) propagates: at once,
-        or with ``run_all`` after the rest ran. Returns the non-``None`` results.
+        what was entered even if it raised. ``KeyboardInterrupt`` and ``SystemExit`` raised by an implementation
+        are failures like any other (an extension's ``sys.exit()`` must not take down a request or skip exit
+        hooks). Returns the non-``None`` results.
         """
         results = []
         first_error: HookError | None = None
-        interrupt: BaseException | None = None
         for impl in (self._impls_in_order(hook_name) if impls is None else impls):
             if on_called is not None:
                 on_called(impl)
             try:
                 res = self.pm._hookexec(hook_name, [impl], kwargs, False)
-            except Exception as e:
+            except (Exception, KeyboardInterrupt, SystemExit) as e:
                 failure = HookFailure(hook_name, self.plugin_name(impl.plugin), e, traceback.format_exc())
                 log.error("%s\n%s", failure.message(), failure.traceback)
                 if failures is not None:
@@ -204,14 +252,7 @@ class Host:
                         raise error
                     first_error = first_error or error
                 continue
-            except BaseException as e:
-                if not run_all:
-                    raise
-                interrupt = interrupt or e
-                continue
             results.extend(r for r in res if r is not None)
-        if interrupt is not None:
-            raise interrupt
         if first_error is not None:
             raise first_error
         return results

@@ -45,16 +45,15 @@ def load_problems() -> list[str]:
 
 def hook_rows() -> list[list]:
     """``[hook, call order]`` rows: the order ``--list-hooks`` prints (the exit hook in its real, reverse order)."""
-    from modules import extensions
-
     rows = []
-    for hook, impls in extensions.describe_hook_order(plugins.host).items():
+    for hook, view in plugins.host.describe_hooks().items():
         names = []
-        for r in impls:
+        for r in view["order"]:
             marks = [m for m in ("tryfirst", "trylast") if r.get(m)]
             label = f"{r['name']} [{r.get('group', '?')}{', ' + ', '.join(marks) if marks else ''}]"
             names.append(label if r.get("called", True) else f"({label}: never called, no enter hook)")
         note = "  (reverse of on_opts_override_enter)" if hook == "on_opts_override_exit" else ""
+        note += "".join(f"  (dropped: {cycle.message()})" for cycle in view["dropped"])
         rows.append([hook, (" \u2192 ".join(names) if names else "(none)") + note])
     return rows
 

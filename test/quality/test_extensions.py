@@ -12,8 +12,11 @@ import types
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from modules import extensions, plugins, shared
+from modules.options import OptionError
 from modules.runtime_utils import temporary_opts
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,6 +105,22 @@ def load(dirs, host, data_dir):
 
 def order(host, hook="on_opts_override_enter"):
     return host.resolved_order(hook)
+
+
+HOOKED = """
+@hookimpl
+def on_before_process(p):
+    ev.events.append(("before", {name!r}))
+
+@hookimpl
+def on_process(p):
+    ev.events.append(("process", {name!r}))
+"""
+
+
+def hooked(dirs, name: str, metadata: str | None = None) -> Path:
+    """A user extension implementing the override hooks, ``on_before_process`` and ``on_process``."""
+    return make_ext(dirs.user, name, recorder(name) + HOOKED.format(name=name), metadata)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -243,19 +262,23 @@ class TestOrder:
         assert any("Before = ghost: ignored; 'ghost' is not installed" in p for p in exts["a"].problems)
         assert any("After = off: ignored; 'off' is disabled" in p for p in exts["a"].problems)
 
-    def test_cycle_is_reported_on_every_member_and_group_uses_name_order(self, dirs, load, host, ev):
+    def test_cycle_drops_only_its_own_constraints_and_is_reported_on_every_member(self, dirs, load, host, ev):
         make_ext(dirs.user, "c", metadata="[Extension]\nBefore = a\n")
         make_ext(dirs.user, "a", metadata="[Extension]\nBefore = b\n")
         make_ext(dirs.user, "b", metadata="[Extension]\nBefore = c\n")
-        make_ext(dirs.user, "d", metadata="[Extension]\nBefore = a\n")  # not in the cycle: no report
+        make_ext(dirs.user, "d", metadata="[Extension]\nBefore = a\n")  # not in the cycle: still holds
         make_ext(dirs.builtin, "y", metadata="[Extension]\nAfter = x\n")  # other group keeps its order
         make_ext(dirs.builtin, "x")
         exts = load()
-        assert order(host) == ["x", "y", "a", "b", "c", "d"]
+        # a, b, c in name order between themselves, except that d's constraint puts d before a
+        assert order(host) == ["x", "y", "b", "c", "d", "a"]
         for name in "abc":
             [message] = [p for p in exts[name].problems if "cycle" in p]
-            assert "'a', 'b', 'c'" in message and "name order" in message
+            assert message.startswith("Before/After/Requires form a cycle between 'a', 'b', 'c' "
+                                      "(a before b; b before c; c before a): these constraints are dropped")
         assert exts["d"].problems == [] and exts["x"].problems == []
+        [dropped] = host.dropped
+        assert (dropped.hook, dropped.members) == (None, ("a", "b", "c"))
 
     def test_constraints_across_groups(self, dirs, load, host, ev):
         make_ext(dirs.builtin, "core-ish", metadata="[Extension]\nAfter = late\nBefore = late\n")
@@ -287,13 +310,109 @@ class TestOrder:
         host.call("on_process", p=None)
         assert [e for e in ev.events if e[0] == "process"] == [("process", "b"), ("process", "a")]
 
-    def test_per_hook_cycle_falls_back_to_load_order_for_that_hook(self, dirs, load, host, ev):
-        body = "\n@hookimpl\ndef on_process(p):\n    pass\n"
-        make_ext(dirs.user, "a", recorder("a") + body, "[hooks/on_process]\nAfter = b\n")
-        make_ext(dirs.user, "b", recorder("b") + body, "[hooks/on_process]\nAfter = a\n")
+    def test_per_hook_cycle_drops_only_its_constraints(self, dirs, load, host, ev):
+        hooked(dirs, "a", "[hooks/on_process]\nAfter = b\n")
+        hooked(dirs, "b", "[hooks/on_process]\nAfter = a\n")
+        hooked(dirs, "c", "[hooks/on_process]\nAfter = d\n")  # unrelated to the cycle: still holds
+        hooked(dirs, "d")
         exts = load()
+        assert order(host, "on_process") == ["a", "b", "d", "c"]
+        assert order(host) == ["a", "b", "c", "d"]  # other hooks keep the load order
+        for name in "ab":
+            [message] = [p for p in exts[name].problems if "cycle" in p]
+            assert message.startswith("[hooks/on_process] Before/After form a cycle between 'a', 'b' "
+                                      "(a before b; b before a): these constraints are dropped")
+        assert exts["c"].problems == [] and exts["d"].problems == []
+        assert host.dropped == [plugins.DroppedCycle("on_process", ("a", "b"), (("a", "b"), ("b", "a")))]
+
+    def test_three_extension_cycle_on_a_hook(self, dirs, load, host, ev):
+        hooked(dirs, "a", "[hooks/on_process]\nAfter = c\n")
+        hooked(dirs, "b", "[hooks/on_process]\nAfter = a\n")
+        hooked(dirs, "c", "[hooks/on_process]\nAfter = b\n")
+        hooked(dirs, "d", "[hooks/on_process]\nBefore = b\n")  # touches a member, is not in the cycle
+        exts = load()
+        assert order(host, "on_process") == ["a", "c", "d", "b"]
+        [cycle] = host.dropped
+        assert cycle.members == ("a", "b", "c") and cycle.constraints == (("a", "b"), ("b", "c"), ("c", "a"))
+        assert all(cycle.message() in exts[n].problems for n in "abc") and exts["d"].problems == []
+
+    def test_cycle_on_one_hook_leaves_another_hook_alone(self, dirs, load, host, ev):
+        hooked(dirs, "a", "[hooks/on_process]\nAfter = b\n[hooks/on_before_process]\nAfter = b\n")
+        hooked(dirs, "b", "[hooks/on_process]\nAfter = a\n")
+        load()
         assert order(host, "on_process") == ["a", "b"]
-        assert any("[hooks/on_process]" in p and "cycle" in p for p in exts["a"].problems)
+        assert order(host, "on_before_process") == ["b", "a"]
+        view = host.describe_hooks()
+        assert [d.hook for d in view["on_process"]["dropped"]] == ["on_process"]
+        assert view["on_before_process"]["dropped"] == []
+        host.call("on_before_process", p=None)
+        host.call("on_process", p=None)
+        assert [e for e in ev.events if e[0] != "enter"] == [("before", "b"), ("before", "a"),
+                                                            ("process", "a"), ("process", "b")]
+
+    def test_list_hooks_shows_the_order_and_the_dropped_constraints(self, dirs, load, host, ev):
+        hooked(dirs, "a", "[Extension]\nBefore = b\n[hooks/on_process]\nAfter = b\n")
+        hooked(dirs, "b", "[Extension]\nBefore = a\n[hooks/on_process]\nAfter = a\n")
+        hooked(dirs, "c", "[hooks/on_process]\nBefore = a\n")
+        load()
+        text = extensions.format_hook_order(host)
+        assert ("Load order: dropped: Before/After/Requires form a cycle between 'a', 'b' (a before b; "
+                "b before a): these constraints are dropped and name order decides") in text
+        section = text.split("on_process  (ordered by metadata.ini [hooks/on_process])\n")[1].split("\non_")[0]
+        lines = section.splitlines()
+        # whatever is free to run next runs in load order (a, b, c): b, then c, which must precede a
+        assert [line.split()[1] for line in lines[:3]] == ["b", "c", "a"]
+        assert lines[3].startswith("    dropped: [hooks/on_process] Before/After form a cycle between 'a', 'b' "
+                                   "(a before b; b before a)")
+        assert len(lines) == 4
+        before = text.split("on_before_process\n")[1].split("\non_")[0]
+        assert "dropped" not in before and [line.split()[1] for line in before.splitlines()] == ["a", "b", "c"]
+        # the API and extensions see the same order (names of what is called)
+        assert host.hook_order()["on_process"] == ["b", "c", "a"] == order(host, "on_process")
+
+
+@st.composite
+def constraint_graphs(draw):
+    """``(names in load order, edges)``: up to 8 extensions and any set of "a before b" constraints."""
+    n = draw(st.integers(1, 8))
+    names = [f"e{i}" for i in draw(st.permutations(range(n)))]
+    pairs = [(a, b) for a in names for b in names if a != b]
+    edges = draw(st.sets(st.sampled_from(pairs), max_size=len(pairs))) if pairs else set()
+    return names, edges
+
+
+def _reaches(edges, start, goal) -> bool:
+    seen, todo = set(), [start]
+    while todo:
+        k = todo.pop()
+        if k == goal:
+            return True
+        if k not in seen:
+            seen.add(k)
+            todo.extend(b for a, b in edges if a == k)
+    return False
+
+
+@settings(max_examples=300, deadline=None)
+@given(graph=constraint_graphs())
+def test_property_only_cycle_constraints_are_dropped(graph):
+    names, edges = graph
+    nodes = [extensions.Extension(name=n, path="", group=extensions.USER) for n in names]
+    result, cycles = extensions._resolve_order(nodes, edges)
+    got = [e.name for e in result]
+    assert sorted(got) == sorted(names)  # a permutation of every implementation
+    position = {name: i for i, name in enumerate(got)}
+    in_cycle = {(a, b) for a, b in edges if _reaches(edges, b, a)}
+    kept = edges - in_cycle
+    assert all(position[a] < position[b] for a, b in kept)  # every constraint not in a cycle is respected
+    assert {edge for _, dropped in cycles for edge in dropped} == in_cycle  # and exactly those are dropped
+    for members, _ in cycles:  # each reported cycle is mutually reachable, in load order
+        assert members == sorted(members, key=names.index)
+        assert all(_reaches(edges, a, b) for a in members for b in members)
+    # stable: whatever is free to go next goes in load order
+    for i, name in enumerate(got):
+        free = [n for n in got[i:] if all(position[a] < i for a, b in kept if b == n)]
+        assert name == min(free, key=names.index)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -526,6 +645,100 @@ class TestOptionsAndRecords:
             assert shared.opts.opt_test_value == 9
         assert shared.opts.opt_test_value == 4
 
+    GUARDED = """
+        import threading
+        from modules.extensions_api import OptionInfo, hookimpl, opts
+
+        @hookimpl
+        def on_ui_settings():
+            opts.add_option("guarded_own", OptionInfo(1, "Its own option", section=("guarded", "Guarded")))
+
+        @hookimpl
+        def on_process(p):
+            opts.guarded_own = 2             # its own option: allowed
+            opts.CLIP_stop_at_last_layers = 5  # not its own: refused
+
+        def meddle(kind):
+            if kind == "own":
+                opts.guarded_own = 3
+            elif kind == "attribute":
+                opts.CLIP_stop_at_last_layers = 5
+            elif kind == "set":
+                opts.set("CLIP_stop_at_last_layers", 5)
+            elif kind == "data":
+                opts.data["CLIP_stop_at_last_layers"] = 5
+            elif kind == "set_many":  # its own and another: neither is applied
+                opts.set_many({"guarded_own": 3, "CLIP_stop_at_last_layers": 5})
+            elif kind == "unset":
+                opts.unset("eta_noise_seed_delta")
+            elif kind == "register":
+                opts.add_option("CLIP_stop_at_last_layers", OptionInfo(9, "Taken over"))
+
+        def in_thread(kind):
+            errors = []
+
+            def run():
+                try:
+                    meddle(kind)
+                except ValueError as e:
+                    errors.append(e)
+
+            thread = threading.Thread(target=run)
+            thread.start()
+            thread.join()
+            return errors
+        """
+
+    @pytest.fixture
+    def guarded(self, dirs, load, host, ev, data_dir, monkeypatch):
+        """The ``guarded`` extension loaded, its option registered; ``eta_noise_seed_delta`` stored and saved."""
+        monkeypatch.setattr(shared.opts, "data_labels", dict(shared.opts.data_labels))
+        monkeypatch.setattr(shared.opts, "_aliases", dict(shared.opts._aliases))
+        make_ext(dirs.user, "guarded", recorder("guarded") + textwrap.dedent(self.GUARDED))
+        shared.opts.set("eta_noise_seed_delta", 7)
+        shared.opts.save()
+        exts = load()
+        assert extensions.register_extension_options(host) == []
+        return exts["guarded"], host.pm.get_plugin("guarded")
+
+    @pytest.mark.parametrize("kind", ["attribute", "set", "data", "set_many", "unset", "register"])
+    def test_extension_thread_cannot_change_options_it_did_not_register(self, guarded, data_dir, kind):
+        ext, module = guarded
+        before, saved = shared.opts.stored(), (data_dir / "config.json").read_text()
+        [error] = module.in_thread(kind)
+        key = "eta_noise_seed_delta" if kind == "unset" else "CLIP_stop_at_last_layers"
+        verb = "register" if kind == "register" else "change"
+        message = f"extension 'guarded' may not {verb} option {key!r}"
+        assert error.key == key and error.reason.startswith(message)
+        assert shared.opts.stored() == before and shared.opts.CLIP_stop_at_last_layers == 1
+        assert shared.opts.data_labels["CLIP_stop_at_last_layers"].default == 1
+        assert any(p.startswith(message) for p in ext.problems)
+        shared.opts.save()  # the next unrelated save persists nothing of it
+        assert (data_dir / "config.json").read_text() == saved
+
+    def test_extension_changes_its_own_option_from_its_thread(self, guarded, data_dir):
+        ext, module = guarded
+        assert module.in_thread("own") == []
+        shared.opts.save()
+        assert '"guarded_own": 3' in (data_dir / "config.json").read_text() and ext.problems == []
+        shared.opts.set("CLIP_stop_at_last_layers", 3)  # Serena's own code still writes any option
+        assert shared.opts.CLIP_stop_at_last_layers == 3
+
+    @pytest.mark.parametrize("strict", [True, False])
+    def test_write_inside_a_hook_is_refused_and_reported(self, guarded, host, strict):
+        ext, _ = guarded
+        host.strict = strict
+        failures = []
+        if strict:
+            with pytest.raises(plugins.HookError) as info:
+                host.call_each("on_process", {"p": None}, failures=failures)
+            assert info.value.plugin == "guarded" and isinstance(info.value.__cause__, OptionError)
+        else:
+            host.call_each("on_process", {"p": None}, failures=failures)
+        [failure] = failures
+        assert "extension 'guarded' may not change option 'CLIP_stop_at_last_layers'" in failure.message()
+        assert shared.opts.guarded_own == 2 and not shared.opts.is_stored("CLIP_stop_at_last_layers")
+
     def test_on_ui_settings_failure_is_reported_on_the_extension(self, dirs, load, host, ev, lenient_hooks):
         host.strict = False
         make_ext(dirs.user, "bad-opt", "from modules.extensions_api import hookimpl\n"
@@ -561,9 +774,9 @@ class TestOptionsAndRecords:
         exit_ = text.split("on_opts_override_exit  (reverse of on_opts_override_enter)\n")[1].split("\non_")[0]
         assert [line.split()[1] for line in exit_.splitlines()] == ["late", "bi", "early"]
         assert "on_app_started\n    (no implementations)" in text
-        described = extensions.describe_hook_order(host)
+        described = host.describe_hooks()
         assert set(described) == set(plugins.hook_names(host.pm))
-        assert described["on_opts_override_enter"][0] == {"name": "early", "group": "user", "tryfirst": True,
+        assert described["on_opts_override_enter"]["order"][0] == {"name": "early", "group": "user", "tryfirst": True,
                                                           "trylast": False, "called": True}
 
     def test_loaded_helper_cleans_up(self, tmp_path, host, ev):

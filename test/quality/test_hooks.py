@@ -486,6 +486,96 @@ def test_nested_generation_fires_nested_pairs_and_restores(fake_models, builtins
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# KeyboardInterrupt / SystemExit raised by a hook inside a generation: a hook failure, never a bare 500
+# ---------------------------------------------------------------------------------------------------------------
+
+def interrupting(kind, hooks):
+    """A plugin whose ``hooks`` (of enter, exit, process) raise ``kind``; the others record what they saw."""
+    seen = []
+
+    class Plugin:
+        @hookimpl
+        def on_opts_override_enter(self, overrides):
+            seen.append(("enter", shared.opts.CLIP_stop_at_last_layers))
+            if "enter" in hooks:
+                raise kind()
+
+        @hookimpl
+        def on_opts_override_exit(self, overrides):
+            seen.append(("exit", shared.opts.CLIP_stop_at_last_layers))
+            if "exit" in hooks:
+                raise kind()
+
+        @hookimpl
+        def on_process(self, p):
+            seen.append(("process", shared.opts.CLIP_stop_at_last_layers))
+            if "process" in hooks:
+                raise kind()
+
+    plugin = Plugin()
+    plugin.seen = seen
+    return plugin
+
+
+def assert_restored(builtins):
+    assert shared.opts.CLIP_stop_at_last_layers == 1 and shared.opts.layers() == () and shared.opts.stored() == {}
+    assert active_overrides() == [] and builtins["override-infotext"].current() == {}
+    assert builtins["clip-skip-cache"].current() == builtins["clip-skip-cache"].derive(1)
+
+
+@pytest.mark.parametrize("kind", [KeyboardInterrupt, SystemExit])
+def test_interrupt_from_hooks_is_contained_in_a_generation(fake_models, builtins, register, lenient_hooks, kind):
+    good = register(interrupting(kind, ()), "good-ext")
+    register(interrupting(kind, ("enter", "process", "exit")), "bad-ext")
+    processed = processing.process_images(make_p(override_settings={"CLIP_stop_at_last_layers": 2}))
+    assert len(processed.images) == 1
+    assert [w for w in processed.warnings if "bad-ext" in w] == [
+        f"extension 'bad-ext' failed in {hook}: {kind.__name__}"
+        for hook in ("on_opts_override_enter", "on_process", "on_opts_override_exit")]
+    assert good.seen == [("enter", 2), ("process", 2), ("exit", 1)]
+    assert infotext_fields(processed.infotexts[0])["Override settings"] == "CLIP_stop_at_last_layers=2"
+    assert_restored(builtins)
+
+
+@pytest.mark.parametrize("kind", [KeyboardInterrupt, SystemExit])
+@pytest.mark.parametrize("where", ["enter", "process", "exit"])
+def test_interrupt_from_a_hook_fails_a_strict_generation_after_restoring(fake_models, builtins, register, kind,
+                                                                          where):
+    good = register(interrupting(kind, ()), "good-ext")
+    bad = register(interrupting(kind, (where,)), "bad-ext")
+    with pytest.raises(plugins.HookError) as info:
+        processing.process_images(make_p(override_settings={"CLIP_stop_at_last_layers": 2}))
+    hook = "on_process" if where == "process" else f"on_opts_override_{where}"
+    assert (info.value.plugin, info.value.hook, type(info.value.__cause__)) == ("bad-ext", hook, kind)
+    assert good.seen[-1] == ("exit", 1) and bad.seen[-1] == ("exit", 1)  # every owed exit ran, restored
+    assert_restored(builtins)
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_api_reports_an_interrupting_hook_by_name(data_dir, fake_models, register, monkeypatch, strict):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from modules.api.api import Api
+
+    monkeypatch.setattr(plugins.host, "strict", strict)
+    monkeypatch.setattr(processing.StableDiffusionProcessing, "sample_batch",
+                        lambda p, model, prompts, *rest: [Image.new("RGB", (p.width, p.height))] * len(prompts))
+    register(interrupting(KeyboardInterrupt, ("enter",)), "bad-ext")
+    app = FastAPI()
+    Api(app)
+    with TestClient(app) as client:
+        r = client.post("/sdapi/v1/txt2img", json={"prompt": "a cat", "steps": 2, "width": 64, "height": 64,
+                                                    "override_settings": {"CLIP_stop_at_last_layers": 2}})
+    message = "extension 'bad-ext' failed in on_opts_override_enter: KeyboardInterrupt"
+    if strict:
+        assert r.status_code == 500 and r.json()["error"] == "HookError" and r.json()["errors"] == message
+    else:
+        assert r.status_code == 200 and message in r.json()["info"]
+    assert shared.opts.CLIP_stop_at_last_layers == 1 and shared.opts.layers() == ()
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Code shown in the docs is the code that runs
 # ---------------------------------------------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import types
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -23,14 +24,17 @@ class Boom(Exception):
 class Recorder:
     """A plugin that logs every enter/exit with what it saw, and fails where told."""
 
-    def __init__(self, name, log, fail_enter=False, fail_exit=False, interrupt_exit=False):
+    def __init__(self, name, log, fail_enter=False, fail_exit=False, raises=None):
         self.name, self.log = name, log
-        self.fail_enter, self.fail_exit, self.interrupt_exit = fail_enter, fail_exit, interrupt_exit
+        self.fail_enter, self.fail_exit = fail_enter, fail_exit
+        self.raises = raises or {}  # {"enter" or "exit": an exception class to raise there}
 
     @hookimpl
     def on_opts_override_enter(self, overrides, previous, p):
         seen = {k: shared.opts.get(k) for k in overrides}
         self.log.append(("enter", self.name, dict(overrides), dict(previous), seen, p))
+        if "enter" in self.raises:
+            raise self.raises["enter"]()
         if self.fail_enter:
             raise Boom(f"{self.name} enter")
 
@@ -38,8 +42,8 @@ class Recorder:
     def on_opts_override_exit(self, overrides, previous, p, error, restored):
         seen = {k: shared.opts.get(k) for k in overrides}
         self.log.append(("exit", self.name, dict(overrides), dict(previous), seen, error, restored))
-        if self.interrupt_exit:
-            raise KeyboardInterrupt
+        if "exit" in self.raises:
+            raise self.raises["exit"]()
         if self.fail_exit:
             raise Boom(f"{self.name} exit")
 
@@ -258,13 +262,41 @@ class TestRule6AlwaysRestoreExactly:
                 raise KeyboardInterrupt
         assert shared.opts.CLIP_stop_at_last_layers == 1 and events(log, "exit") == ["r"]
 
-    def test_interrupt_in_an_exit_hook_still_runs_the_rest(self, data_dir, register, log):
+
+class TestInterruptRaisedByAHook:
+    """``KeyboardInterrupt``/``SystemExit`` from an extension's enter or exit hook is a hook failure like any other."""
+
+    @pytest.mark.parametrize("kind", [KeyboardInterrupt, SystemExit])
+    @pytest.mark.parametrize("where", ["enter", "exit"])
+    def test_strict_fails_naming_the_extension_after_restoring(self, data_dir, register, log, kind, where):
         register(Recorder("a", log), "a")
-        register(Recorder("b", log, interrupt_exit=True), "b")
-        with pytest.raises(KeyboardInterrupt):
+        register(Recorder("b", log, raises={where: kind}), "b")
+        register(Recorder("c", log), "c")
+        ran = []
+        with pytest.raises(plugins.HookError) as info:
             with temporary_opts({"CLIP_stop_at_last_layers": 2}):
-                pass
-        assert events(log, "exit") == ["b", "a"] and shared.opts.CLIP_stop_at_last_layers == 1
+                ran.append(shared.opts.CLIP_stop_at_last_layers)
+        assert (info.value.plugin, info.value.hook) == ("b", f"on_opts_override_{where}")
+        assert type(info.value.__cause__) is kind and f"extension 'b' failed in on_opts_override_{where}: " \
+            f"{kind.__name__}" == str(info.value)
+        entered = ["a", "b"] if where == "enter" else ["a", "b", "c"]  # strict stops entering at the failure
+        assert ran == ([] if where == "enter" else [2])
+        assert events(log, "enter") == entered and events(log, "exit") == entered[::-1]  # every owed exit
+        assert shared.opts.CLIP_stop_at_last_layers == 1 and shared.opts.layers() == () and active_overrides() == []
+
+    @pytest.mark.parametrize("kind", [KeyboardInterrupt, SystemExit])
+    @pytest.mark.parametrize("where", ["enter", "exit"])
+    def test_lenient_contained_and_reported(self, data_dir, register, log, lenient_hooks, kind, where):
+        register(Recorder("a", log), "a")
+        register(Recorder("b", log, raises={where: kind}), "b")
+        register(Recorder("c", log), "c")
+        p = types.SimpleNamespace(warnings=[])
+        with temporary_opts({"CLIP_stop_at_last_layers": 2}, p=p) as ctx:
+            assert shared.opts.CLIP_stop_at_last_layers == 2
+        assert events(log, "enter") == ["a", "b", "c"] and events(log, "exit") == ["c", "b", "a"]
+        assert p.warnings == [f"extension 'b' failed in on_opts_override_{where}: {kind.__name__}"]
+        assert [type(f.exception) for f in ctx.failures] == [kind]
+        assert shared.opts.CLIP_stop_at_last_layers == 1 and shared.opts.layers() == ()
 
 
 class TestRule7Containment:
@@ -536,7 +568,8 @@ def value_sets():
         lambda d: st.fixed_dictionaries({k: VALUES[k] for k in d}))
 
 
-FAILURES = st.sampled_from(["none", "body", "enter", "exit", "interrupt"])
+FAILURES = st.sampled_from(["none", "body", "enter", "exit", "interrupt", "hook-interrupt-enter",
+                            "hook-exit-exit"])  # KeyboardInterrupt / SystemExit raised by an extension's hook
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -554,7 +587,9 @@ def test_property_always_restored_every_exit_once(data_dir, register, monkeypatc
     names = ["p1", "p2", "p3"]
     for i, name in enumerate(names):
         bad = i == 1
-        plugin = Recorder(name, log, fail_enter=bad and failure == "enter", fail_exit=bad and failure == "exit")
+        raises = {"hook-interrupt-enter": {"enter": KeyboardInterrupt}, "hook-exit-exit": {"exit": SystemExit}}
+        plugin = Recorder(name, log, fail_enter=bad and failure == "enter", fail_exit=bad and failure == "exit",
+                          raises=raises.get(failure) if bad else None)
         if not plugins.host.is_registered(name):
             register(plugin, name)
     monkeypatch.setattr(plugins.host, "strict", strict)
