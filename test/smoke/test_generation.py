@@ -1,14 +1,22 @@
 """End to end generation on the real embedded checkpoints (safetensors on disk, no stand-ins).
 
-Golden hashes live in ``test/smoke/golden.json``; a change that alters them must update that file on purpose:
-``SERENA_UPDATE_GOLDEN=1 python scripts/run_tests.py test/smoke/test_generation.py``.
+Determinism within one machine is exact: the same request gives byte-identical PNGs twice in one process and in
+two processes (``--txt2img``). Across machines it is not: other CPUs (AVX2, AVX-512, aarch64; other thread
+counts) round the UNet's sums differently and draw other low bits of ``torch.randn``. So the golden images
+(``test/smoke/golden/<case>.png``, one per case of ``bench/golden_tolerance.CASES``, pixels only) are compared by
+the largest and the mean absolute channel difference, within ``golden_tolerance.MAX_ABS`` / ``MEAN_ABS``; those
+bounds and the measurements behind them (machine variants against regressions) are in ``bench/golden_tolerance.py``
+and ``docs/serena.md``.
+
+A change that alters the images on purpose (a sampler rewrite) regenerates them with one command:
+``SERENA_UPDATE_GOLDEN=1 venv/bin/python -m pytest test/smoke/test_generation.py -k golden``, then reruns
+``venv/bin/python bench/golden_tolerance.py`` to check that the bounds still separate the two sides.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import subprocess
 import sys
@@ -17,25 +25,25 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modules import images, jobs, paths, plugins, processing, sd_models, shared
+from modules import images, paths, plugins, sd_models, shared
 from modules.runtime_utils import OverrideError
 
-GOLDEN = os.path.join(os.path.dirname(__file__), "golden.json")
 ROOT = paths.script_path
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+
+import golden_tolerance  # noqa: E402
+
 ALT = "serena-shapes-alt"
 VAE = "serena-tiny-vae.safetensors"
 
 
-def generate(**kw) -> processing.Processed:
-    args = dict(prompt="a red circle on a blue background", negative_prompt="blurry", steps=6, width=64, height=64,
-                seed=1234, sampler_name="Euler a", do_not_save_samples=True)
-    args.update(kw)
-    cls = processing.StableDiffusionProcessingImg2Img if "init_images" in kw else \
-        processing.StableDiffusionProcessingTxt2Img
-    return jobs.run_job("test", processing.process_images, cls(**args))
+def generate(**kw):
+    """The golden base request (``golden_tolerance.BASE``) with ``kw`` changed, through ``process_images``."""
+    return golden_tolerance.generate(**dict(golden_tolerance.BASE, **kw))
 
 
 def pixels(image: Image.Image) -> str:
+    """Exact within one machine only: never stored, never compared with another machine's."""
     return hashlib.sha256(image.tobytes()).hexdigest()
 
 
@@ -50,16 +58,47 @@ def test_same_request_same_bytes(real_env):
     assert pixels(generate(seed=1235).images[0]) != pixels(generate().images[0])
 
 
-@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M", "DDIM"])
-def test_golden_images(real_env, sampler):
-    key = f"{sampler}|seed=1234|steps=6|64x64"
-    digest = pixels(generate(sampler_name=sampler).images[0])
-    golden = json.load(open(GOLDEN)) if os.path.exists(GOLDEN) else {}
+def txt2img_command(data_dir, out, *extra):
+    return [sys.executable, os.path.join(ROOT, "webui.py"), "--data-dir", str(data_dir), "--txt2img", "a red circle",
+            "--steps", "4", "--seed", "3", *extra, "--out", str(out)]
+
+
+def run_txt2img(cmd) -> str:
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    [path] = [line for line in done.stdout.splitlines() if line.endswith(".png")]
+    return path
+
+
+def test_two_processes_write_the_same_png(tmp_path):
+    """A fresh process each time (own model load, own RNG state): the files are byte for byte the same."""
+    extra = ["--sampler", "Euler a", "--negative-prompt", "(blurry:1.2)"]  # ancestral: noise drawn at every step
+    first = run_txt2img(txt2img_command(tmp_path / "one", tmp_path / "one" / "out", *extra))
+    second = run_txt2img(txt2img_command(tmp_path / "two", tmp_path / "two" / "out", *extra))
+    assert open(first, "rb").read() == open(second, "rb").read()
+
+
+@pytest.mark.parametrize("name", list(golden_tolerance.CASES))
+def test_golden_images(real_env, name):
+    image = generate(**golden_tolerance.CASES[name]).images[0]
+    path = golden_tolerance.golden_path(name)
     if os.environ.get("SERENA_UPDATE_GOLDEN") == "1":
-        golden[key] = digest
-        with open(GOLDEN, "w") as f:
-            json.dump(golden, f, indent=1, sort_keys=True)
-    assert golden.get(key) == digest, f"golden image changed for {key}; update on purpose (see module docstring)"
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        image.save(path, optimize=True)  # pixels only: no parameters chunk to go stale
+    assert os.path.exists(path), f"{path} is missing; record it on purpose (see the module docstring)"
+    most, mean = golden_tolerance.difference(Image.open(path).convert("RGB"), image)
+    assert most <= golden_tolerance.MAX_ABS and mean <= golden_tolerance.MEAN_ABS, (
+        f"golden image {name} moved by max {most}, mean {mean:.4f} (bounds {golden_tolerance.MAX_ABS}, "
+        f"{golden_tolerance.MEAN_ABS}); if on purpose, regenerate (see the module docstring)")
+
+
+@pytest.mark.parametrize("name,change", [("ddim", {"cfg_scale": 7.5}), ("euler-a", {"steps": 7})])
+def test_golden_bounds_catch_a_subtle_regression(real_env, name, change):
+    """The bounds are not so loose that the subtlest measured regressions (CFG off by 0.5, one step more) pass."""
+    request = dict(golden_tolerance.CASES[name], **change)
+    most, mean = golden_tolerance.difference(generate(**golden_tolerance.CASES[name]).images[0],
+                                             generate(**request).images[0])
+    assert most > golden_tolerance.MAX_ABS or mean > golden_tolerance.MEAN_ABS, (most, mean)
 
 
 def test_batch_image_equals_single(real_env):
@@ -141,11 +180,8 @@ def test_prompt_features_change_conditioning(real_env):
 
 def test_cli_txt2img(tmp_path):
     out = tmp_path / "out"
-    cmd = [sys.executable, os.path.join(ROOT, "webui.py"), "--data-dir", str(tmp_path), "--txt2img", "a red circle",
-           "--steps", "4", "--seed", "3", "--override", "CLIP_stop_at_last_layers=2", "--out", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    [path] = [line for line in done.stdout.splitlines() if line.endswith(".png")]
+    cmd = txt2img_command(tmp_path, out, "--override", "CLIP_stop_at_last_layers=2")
+    path = run_txt2img(cmd)
     assert os.path.exists(path) and path.startswith(str(out))
     parameters = Image.open(path).info["parameters"]
     assert "Clip skip: 2" in parameters
