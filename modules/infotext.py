@@ -29,9 +29,10 @@ __all__ = [
     "unquote",
 ]
 
-# Pieces of a "Key: value" pair, each matched at a given position (see ``_find_params``).
+# Pieces of a "Key: value" pair (see ``_find_params``). A key is looked for only from the start of a run of
+# key characters, and the possessive quantifiers never give back what they matched: both keep it linear.
+_KEY = re.compile(r"(?<![\w \-/])[ \-/]*+(\w[\w \-/]++):")
 _SPACES = re.compile(r"\s*+")
-_KEY_TAIL = re.compile(r"[\w \-/]*+")
 _QUOTED_BODY = re.compile(r'(?:[^\\"]++|\\.)*+')
 _VALID_KEY = re.compile(r"\w[\w \-/]*[\w\-/]")
 _IMAGE_SIZE = re.compile(r"^(\d+)x(\d+)$")
@@ -193,23 +194,19 @@ def _find_params(line: str) -> list[tuple[str, str]]:
     gives: a key is a word character, then word characters, spaces, ``-`` or ``/`` (two characters at least) up to
     a ``:``; a value is a JSON-style string followed by a comma or the end, else it runs to the next comma. That
     regex is quadratic (each position of a long run without a ``:`` is tried again, and holds the GIL while it
-    does, freezing the server), so the scan is spelled out: a position where no key can start is skipped with all
-    the positions a failed attempt has shown cannot start one either.
+    does, freezing the server), so the scan is spelled out.
     """
     pairs: list[tuple[str, str]] = []
     pos, n = 0, len(line)
-    while pos < n:
-        # 1. The key: white space, a word character, then the rest of the key up to the ":"
-        start = _SPACES.match(line, pos).end()
-        if start == n or not (line[start].isalnum() or line[start] == "_"):  # == re's \w
-            pos = start + 1
-            continue
-        colon = _KEY_TAIL.match(line, start + 1).end()
-        if colon == start + 1 or colon == n or line[colon] != ":":
-            # No key starts inside this run either: each would end at the same character, or be one character.
-            pos = colon
-            continue
-        key = line[start:colon]
+    while True:
+        # 1. The key: the first run of word characters, spaces, "-" and "/" that holds a word character and ends
+        # in ":". The regex tries every position; a run without its ":" fails at each of them, but a key found
+        # inside such a run would end at the same character. Every search starts at 0 or just after a ",", so
+        # the run boundaries it sees are the regex's too.
+        found = _KEY.search(line, pos)
+        if found is None:
+            return pairs
+        key, colon = found.group(1), found.end() - 1
 
         # 2. The value: a quoted string that ends the pair, else everything up to the next comma
         value_start = _SPACES.match(line, colon + 1).end()
@@ -224,7 +221,6 @@ def _find_params(line: str) -> list[tuple[str, str]]:
         end = n if comma == -1 else comma
         pairs.append((key, line[value_start:end]))
         pos = end + 1
-    return pairs
 
 
 def infotext_to_overrides(params: Mapping[str, Any], options_templates: Mapping[str, Any]) -> dict[str, Any]:
