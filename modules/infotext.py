@@ -29,9 +29,11 @@ __all__ = [
     "unquote",
 ]
 
-# "Key: value": a key is a word character, then word characters, spaces, "-" or "/" (two characters at least,
-# A1111's pattern); a value is a JSON string or runs to the next comma.
-_PARAM = re.compile(r"\s*(\w[\w \-/]+):\s*(\"(?:\\.|[^\\\"])*\"|[^,]*)(?:,|$)")
+# Pieces of a "Key: value" pair (see ``_find_params``). A key is looked for only from the start of a run of
+# key characters, and the possessive quantifiers never give back what they matched: both keep it linear.
+_KEY = re.compile(r"(?<![\w \-/])[ \-/]*+(\w[\w \-/]++):")
+_SPACES = re.compile(r"\s*+")
+_QUOTED_BODY = re.compile(r'(?:[^\\"]++|\\.)*+')
 _VALID_KEY = re.compile(r"\w[\w \-/]*[\w\-/]")
 _IMAGE_SIZE = re.compile(r"^(\d+)x(\d+)$")
 _NEGATIVE_PREFIX = "Negative prompt:"
@@ -149,9 +151,10 @@ def parse_generation_parameters(text: str, skip_fields: Iterable[str] = ()) -> d
 
     # 1. Split the parameters line from the prompt lines
     *lines, last_line = text.strip().split("\n")
-    if len(_PARAM.findall(last_line)) < 3:
+    pairs = _find_params(last_line)
+    if len(pairs) < 3:
         lines.append(last_line)
-        last_line = ""
+        pairs = []
 
     # 2. Prompt and negative prompt
     prompt_lines: list[str] = []
@@ -166,7 +169,7 @@ def parse_generation_parameters(text: str, skip_fields: Iterable[str] = ()) -> d
 
     # 3. Parameters
     result: dict[str, str] = {}
-    for key, value in _PARAM.findall(last_line):
+    for key, value in pairs:
         value = unquote(value)
         result[key] = value
         size = _IMAGE_SIZE.match(value)
@@ -182,6 +185,42 @@ def parse_generation_parameters(text: str, skip_fields: Iterable[str] = ()) -> d
     for key in skip_fields:
         result.pop(key, None)
     return result
+
+
+def _find_params(line: str) -> list[tuple[str, str]]:
+    r"""The ``(key, value)`` pairs of a parameters line, value as written (quotes kept), in linear time.
+
+    Gives exactly what A1111's ``re.findall`` of ``\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)``
+    gives: a key is a word character, then word characters, spaces, ``-`` or ``/`` (two characters at least) up to
+    a ``:``; a value is a JSON-style string followed by a comma or the end, else it runs to the next comma. That
+    regex is quadratic (each position of a long run without a ``:`` is tried again, and holds the GIL while it
+    does, freezing the server), so the scan is spelled out.
+    """
+    pairs: list[tuple[str, str]] = []
+    pos, n = 0, len(line)
+    while True:
+        # 1. The key: the first run of word characters, spaces, "-" and "/" that holds a word character and ends
+        # in ":". The regex tries every position; a run without its ":" fails at each of them, but a key found
+        # inside such a run would end at the same character. Every search starts at 0 or just after a ",", so
+        # the run boundaries it sees are the regex's too.
+        found = _KEY.search(line, pos)
+        if found is None:
+            return pairs
+        key, colon = found.group(1), found.end() - 1
+
+        # 2. The value: a quoted string that ends the pair, else everything up to the next comma
+        value_start = _SPACES.match(line, colon + 1).end()
+        if line.startswith('"', value_start):
+            close = _QUOTED_BODY.match(line, value_start + 1).end()
+            after = line[close + 1:close + 2]
+            if line.startswith('"', close) and (after in ("", ",") or (after == "\n" and close + 2 == n)):
+                pairs.append((key, line[value_start:close + 1]))
+                pos = close + 2
+                continue
+        comma = line.find(",", value_start)
+        end = n if comma == -1 else comma
+        pairs.append((key, line[value_start:end]))
+        pos = end + 1
 
 
 def infotext_to_overrides(params: Mapping[str, Any], options_templates: Mapping[str, Any]) -> dict[str, Any]:

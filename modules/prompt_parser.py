@@ -19,7 +19,13 @@ Where Serena differs from A1111 v1.10.1:
 * ``(word:1.2.3)`` keeps ``:1.2.3`` as text instead of raising ``ValueError``;
 * a valid ``[...]`` is always read as editing or alternation. A1111's grammar is ambiguous when stray brackets
   stand next to it (``[x::2])(``), and its parser then sometimes takes the whole prompt as plain text;
-* ``schedule_for_step`` past the last entry gives the last entry, where A1111 went back to the first.
+* ``schedule_for_step`` past the last entry gives the last entry, where A1111 went back to the first;
+* both passes take linear time, however deep brackets nest (A1111's are quadratic: 40k characters of ``(a``
+  took half a minute). A weight is therefore multiplied in bracket order, outermost first, round brackets
+  before square ones, instead of A1111's closing order: a weight with three or more factors can differ from
+  A1111's in the last bit, and then two adjacent chunks may stay apart where A1111 merged them, or the reverse;
+* a switch value (``when``) of more than 100 digits or with an exponent of more than 3 digits is read as a
+  float within +-1e9, as A1111 reads every one (the exact reading would build integers of that size).
 """
 
 from __future__ import annotations
@@ -46,7 +52,18 @@ _SQUARE_BRACKET_MULTIPLIER = 1 / 1.1
 _ESCAPABLE = "()[]\\"
 _PLAIN_RUN = re.compile(r"[^\\()\[\]:]+")
 _WEIGHT_CLOSE = re.compile(r":\s*([+-]?[.\d]+)\s*\)")
-_BREAK = re.compile(r"\s*\bBREAK\b\s*")
+_BREAK_WORD = re.compile(r"\bBREAK\b")
+
+
+class _Bracket:
+    """An open ``(`` or ``[``: the bracket around it (of the same kind) and, once known, its factor."""
+
+    __slots__ = ("outer", "factor", "product")
+
+    def __init__(self, outer: _Bracket | None, factor: float):
+        self.outer = outer
+        self.factor = factor
+        self.product = 1.0
 
 
 def parse_prompt_attention(text: str) -> list[list]:
@@ -57,6 +74,11 @@ def parse_prompt_attention(text: str) -> list[list]:
     any other character is dropped. A bracket never closed applies to the end of the text, a closing bracket
     never opened is text. ``BREAK`` (a whole word) becomes a ``["BREAK", -1]`` marker that starts a new
     75-token chunk; brackets never change it. Adjacent chunks of equal weight are merged.
+
+    A chunk's weight is the product of the factors of the brackets around it, round ones (outermost first)
+    times square ones (outermost first), so that the parse takes linear time however deep brackets nest (A1111
+    multiplied every chunk inside a bracket when it closed, quadratic in the nesting depth). With three or more
+    different factors the last bit of a weight can differ from A1111's, which multiplied in closing order.
 
     Args:
         text (`str`):
@@ -70,26 +92,29 @@ def parse_prompt_attention(text: str) -> list[list]:
     """
     if not isinstance(text, str):
         raise TypeError(f"`text` must be a str, got {type(text).__name__} {text!r}")
-    chunks: list[list] = []
-    is_break: list[bool] = []
-    round_opens: list[int] = []
-    square_opens: list[int] = []
+
+    # 1. Scan: each chunk remembers the innermost open round and square bracket around it (None for a BREAK)
+    chunks: list[tuple[str, tuple | None]] = []
+    brackets: list[_Bracket] = []  # every bracket opened, in order: an outer one comes before the inner ones
+    round_top: _Bracket | None = None
+    square_top: _Bracket | None = None
 
     def add(chunk_text):
-        chunks.append([chunk_text, 1.0])
-        is_break.append(False)
+        chunks.append((chunk_text, (round_top, square_top)))
 
     def add_text(run):
-        for k, part in enumerate(_BREAK.split(run)):
+        parts = _BREAK_WORD.split(run)
+        last = len(parts) - 1
+        for k, part in enumerate(parts):
+            # The white space around a BREAK goes with it.
             if k:
-                chunks.append(["BREAK", -1])
-                is_break.append(True)
-            add(part)
+                chunks.append(("BREAK", None))
+                part = part.lstrip()
+            add(part.rstrip() if k < last else part)
 
-    def scale_from(start, factor):
-        for k in range(start, len(chunks)):
-            if not is_break[k]:
-                chunks[k][1] *= factor
+    def open_bracket(outer, factor):
+        brackets.append(_Bracket(outer, factor))
+        return brackets[-1]
 
     i = 0
     while i < len(text):
@@ -103,56 +128,68 @@ def parse_prompt_attention(text: str) -> list[list]:
                 add("")
                 i += 1
         elif c == "(":
-            round_opens.append(len(chunks))
+            round_top = open_bracket(round_top, _ROUND_BRACKET_MULTIPLIER)
             i += 1
         elif c == "[":
-            square_opens.append(len(chunks))
+            square_top = open_bracket(square_top, _SQUARE_BRACKET_MULTIPLIER)
             i += 1
-        elif c == ")":
-            if round_opens:
-                scale_from(round_opens.pop(), _ROUND_BRACKET_MULTIPLIER)
-            else:
-                add_text(c)
+        elif c == ")" and round_top is not None:
+            round_top = round_top.outer
             i += 1
-        elif c == "]":
-            if square_opens:
-                scale_from(square_opens.pop(), _SQUARE_BRACKET_MULTIPLIER)
-            else:
-                add_text(c)
+        elif c == "]" and square_top is not None:
+            square_top = square_top.outer
             i += 1
         elif c == ":":
             match = _WEIGHT_CLOSE.match(text, i)
             weight = _to_float(match.group(1)) if match else None
-            if match and not round_opens:
+            if match and round_top is None:
                 # A1111 reads ":1.5)" with no open "(" as text.
                 add_text(match.group(0))
                 i = match.end()
             elif match and weight is not None:
-                scale_from(round_opens.pop(), weight)
+                round_top.factor = weight
+                round_top = round_top.outer
                 i = match.end()
             else:
                 add_text(c)
                 i += 1
+        elif c in ")]":
+            add_text(c)
+            i += 1
         else:
             run = _PLAIN_RUN.match(text, i).group(0)
             add_text(run)
             i += len(run)
 
-    for start in round_opens:
-        scale_from(start, _ROUND_BRACKET_MULTIPLIER)
-    for start in square_opens:
-        scale_from(start, _SQUARE_BRACKET_MULTIPLIER)
-
     if not chunks:
         return [["", 1.0]]
 
-    merged, merged_break = [chunks[0]], [is_break[0]]
-    for chunk, marker in zip(chunks[1:], is_break[1:]):
-        if not marker and not merged_break[-1] and chunk[1] == merged[-1][1]:
-            merged[-1][0] += chunk[0]
+    # 2. Weights: each bracket's product of factors from the outermost one in
+    for bracket in brackets:
+        bracket.product = (bracket.outer.product if bracket.outer else 1.0) * bracket.factor
+
+    # 3. Merge adjacent chunks of equal weight
+    merged: list[list] = []
+    parts: list[list[str]] = []
+    previous_break = True
+    for chunk_text, around in chunks:
+        if around is None:
+            merged.append(["BREAK", -1])
+            parts.append(["BREAK"])
+            previous_break = True
+            continue
+        weight = 1.0
+        for bracket in around:
+            if bracket is not None:
+                weight *= bracket.product
+        if not previous_break and weight == merged[-1][1]:
+            parts[-1].append(chunk_text)
         else:
-            merged.append(chunk)
-            merged_break.append(marker)
+            merged.append([chunk_text, weight])
+            parts.append([chunk_text])
+        previous_break = False
+    for chunk, texts in zip(merged, parts):
+        chunk[0] = "".join(texts)
     return merged
 
 
@@ -210,13 +247,14 @@ class _Unparsable(Exception):
 def _close_frame(frame: _Frame) -> list | None:
     """The nodes a finished bracket stands for, or ``None`` when its content fits no bracket form."""
     seps, segs = frame.separators, frame.segments
+    # A bracket that is just text keeps its segments as nested lists: copying them into the parent would copy
+    # the innermost text once per level, quadratic in the nesting depth.
     if frame.opener == "(":
         if len(seps) > 1:
             return None
-        inner = segs[0] + ([":"] + segs[1] if seps else [])
-        return ["(", *inner, ")"]
+        return ["(", segs[0], ":", segs[1], ")"] if seps else ["(", segs[0], ")"]
     if not seps:
-        return ["[", *segs[0], "]"]
+        return ["[", segs[0], "]"]
     if all(s == "|" for s in seps):
         return [_Alternation(options=segs)]
     if all(s == ":" for s in seps) and len(seps) <= 2:
@@ -232,7 +270,7 @@ def _close_frame(frame: _Frame) -> list | None:
 
 
 def _parse_schedule_syntax(text: str) -> list:
-    """Parse ``text`` into plain strings, ``_Edit`` and ``_Alternation`` nodes.
+    """Parse ``text`` into plain strings, lists of nodes (a bracket read as text), ``_Edit`` and ``_Alternation``.
 
     Inside a bracket every nested bracket must be valid; at the top level a bracket that is not valid syntax is
     kept as a literal character and reading goes on right after it (A1111's grammar allows stray ``[]():`` only
@@ -305,7 +343,9 @@ def _walk(nodes: list):
     pending = [nodes]
     while pending:
         for node in pending.pop():
-            if isinstance(node, _Edit):
+            if isinstance(node, list):
+                pending.append(node)
+            elif isinstance(node, _Edit):
                 yield node
                 pending.append(node.after)
                 if node.before is not None:
@@ -322,6 +362,9 @@ def _render(nodes: list, step: int) -> str:
         for node in stack[-1]:
             if isinstance(node, str):
                 out.append(node)
+            elif isinstance(node, list):
+                stack.append(iter(node))
+                break
             elif isinstance(node, _Edit):
                 chosen = node.before if step <= node.step else node.after
                 stack.append(iter(chosen or ()))
@@ -334,8 +377,22 @@ def _render(nodes: list, step: int) -> str:
     return "".join(out)
 
 
+# A switch value with more digits or a larger exponent than this is read as a float (as A1111 reads every one),
+# within +-_SWITCH_CLAMP: the exact reading would build integers of that many digits (``1e99999999``: minutes),
+# and Python refuses to convert more than 4300 digits at all.
+_EXACT_SWITCH_DIGITS = 100
+_SWITCH_CLAMP = 10**9
+
+
+def _switch_value(when: str) -> Fraction:
+    mantissa, _, exponent = when.lower().partition("e")
+    if len(mantissa) <= _EXACT_SWITCH_DIGITS and len(exponent.lstrip("+-")) <= 3:
+        return Fraction(when)
+    return Fraction(max(-_SWITCH_CLAMP, min(_SWITCH_CLAMP, float(when))))
+
+
 def _switch_step(when: str, steps: int, int_offset: int, fraction_offset: int, use_old_scheduling: bool) -> int:
-    value = Fraction(when)
+    value = _switch_value(when)
     if use_old_scheduling:
         if value < 1:
             value *= steps

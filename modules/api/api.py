@@ -49,6 +49,9 @@ _LIMIT_OPTIONS = {
                                 {"minimum": 1, "maximum": 10000, "precision": 0}, restrict_api=True),
     "api_max_images": OptionInfo(16, "Most images (batch_size x n_iter) one API request may ask for", "Number",
                                  {"minimum": 1, "maximum": 10000, "precision": 0}, restrict_api=True),
+    "api_max_infotext_chars": OptionInfo(65536, "Longest infotext (request field or PNG parameters) the API reads",
+                                         "Number", {"minimum": 1024, "maximum": 10_000_000, "precision": 0},
+                                         restrict_api=True),
 }
 for _key, _info in _LIMIT_OPTIONS.items():
     _info.section = ("api", "API")
@@ -237,6 +240,14 @@ def _resolve_sampling(req) -> tuple[dict, dict]:
     return {"sampler_name": sampler.name, "scheduler": scheduler.label}, {}
 
 
+def _check_infotext_size(text: str, field: str) -> None:
+    # Parsing is linear, but a text of megabytes would still hold a worker thread for seconds.
+    limit = shared.opts.api_max_infotext_chars
+    if len(text) > limit:
+        raise RequestFieldError({field: f"infotext of {len(text)} characters is above this server's limit of "
+                                        f"{limit} (option api_max_infotext_chars)"})
+
+
 def apply_infotext(req):
     """``(req, warnings)``: ``req`` with the fields it did not set filled from ``req.infotext``, and the infotext's
     settings added to ``override_settings`` where not given (A1111's ``apply_infotext``).
@@ -246,6 +257,7 @@ def apply_infotext(req):
     """
     if not req.infotext:
         return req, []
+    _check_infotext_size(req.infotext, "infotext")
     try:
         params = infotext.parse_generation_parameters(req.infotext)
         from_text = infotext.infotext_to_overrides(params, shared.opts.data_labels)
@@ -454,6 +466,7 @@ class Api:
 
     def pnginfoapi(self, req: models.PNGInfoRequest):
         text, items = read_parameters(decode_image(req.image, "image"))
+        _check_infotext_size(text, "image")
         return models.PNGInfoResponse(info=text, items=items,
                                       parameters=infotext.parse_generation_parameters(text) if text else {})
 
