@@ -42,7 +42,40 @@ def create_app(cmd_opts):
         from modules.api.api import parse_credentials
         logins = list(parse_credentials(cmd_opts.gradio_auth, "--gradio-auth").items()) or None
         app = gr.mount_gradio_app(app, blocks, path="/", footer_links=["api"], auth=logins)
+    add_middleware(app, cmd_opts)
     return app
+
+
+def add_middleware(app, cmd_opts):
+    """``--api-log`` and CORS (``--cors-allow-origins[-regex]``), as A1111 sets them up.
+
+    CORS is added only when a flag asks for it: without one no response carries CORS headers and browsers keep
+    their same-origin rule. It is the outermost layer, so a preflight is answered before ``--api-auth`` (browsers
+    send no credentials with a preflight).
+    """
+    if cmd_opts.api_log:
+        app.middleware("http")(log_api_request)
+    if cmd_opts.cors_allow_origins or cmd_opts.cors_allow_origins_regex:
+        from starlette.middleware.cors import CORSMiddleware
+
+        # A1111's options: every method and header, credentials allowed, origins exactly as given.
+        origins = [o.strip() for o in (cmd_opts.cors_allow_origins or "").split(",") if o.strip()]
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_origin_regex=cmd_opts.cors_allow_origins_regex,
+                           allow_methods=["*"], allow_headers=["*"], allow_credentials=True)
+
+
+api_log = logging.getLogger("serena.api.requests")
+
+
+async def log_api_request(request, call_next):
+    """One line per /sdapi request (A1111's ``--api-log``): method, path, status, client, seconds taken."""
+    started = time.perf_counter()
+    response = await call_next(request)
+    if request.url.path.startswith("/sdapi"):
+        client = request.client.host if request.client else "-"
+        api_log.info("API %s %s %s %s %.4f", request.method, request.url.path, response.status_code, client,
+                     time.perf_counter() - started)
+    return response
 
 
 def serve(cmd_opts) -> int:
@@ -60,6 +93,8 @@ def serve(cmd_opts) -> int:
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cmd_opts = cmd_args.parse_args(argv)
+    for line in cmd_args.notices(cmd_opts):
+        print(line, file=sys.stderr, flush=True)
     started = time.perf_counter()
     initialize.initialize(cmd_opts)
     if cmd_opts.list_hooks:

@@ -255,11 +255,12 @@ def test_img2img_inputs_and_masks():
 
 
 def test_default_size_is_the_checkpoints_native_size(data_dir):
+    from modules import native_size
     from modules.ui import common
 
-    assert common.native_size(str(ROOT / "models" / "Stable-diffusion" / "serena-tiny-v1.safetensors")) == 64
+    assert native_size.declared_size(str(ROOT / "models" / "Stable-diffusion" / "serena-tiny-v1.safetensors")) == 64
     # The fixture's checkpoints carry no configuration: a standard SD file, A1111's 512.
-    assert common.native_size(str(data_dir / "models" / "Stable-diffusion" / "alpha.safetensors")) is None
+    assert native_size.declared_size(str(data_dir / "models" / "Stable-diffusion" / "alpha.safetensors")) is None
     assert common.default_size() == 512
 
 
