@@ -47,14 +47,14 @@ def create_app(cmd_opts):
 
 
 def add_middleware(app, cmd_opts):
-    """``--api-log`` and CORS (``--cors-allow-origins[-regex]``), as A1111 sets them up.
+    """A1111's ``X-Process-Time`` header and ``--api-log``, and CORS (``--cors-allow-origins[-regex]``), as A1111
+    sets them up.
 
     CORS is added only when a flag asks for it: without one no response carries CORS headers and browsers keep
     their same-origin rule. It is the outermost layer, so a preflight is answered before ``--api-auth`` (browsers
     send no credentials with a preflight).
     """
-    if cmd_opts.api_log:
-        app.middleware("http")(log_api_request)
+    app.add_middleware(ProcessTime, log=bool(cmd_opts.api_log))
     if cmd_opts.cors_allow_origins or cmd_opts.cors_allow_origins_regex:
         from starlette.middleware.cors import CORSMiddleware
 
@@ -67,15 +67,37 @@ def add_middleware(app, cmd_opts):
 api_log = logging.getLogger("serena.api.requests")
 
 
-async def log_api_request(request, call_next):
-    """One line per /sdapi request (A1111's ``--api-log``): method, path, status, client, seconds taken."""
-    started = time.perf_counter()
-    response = await call_next(request)
-    if request.url.path.startswith("/sdapi"):
-        client = request.client.host if request.client else "-"
-        api_log.info("API %s %s %s %s %.4f", request.method, request.url.path, response.status_code, client,
-                     time.perf_counter() - started)
-    return response
+class ProcessTime:
+    """ASGI middleware: every HTTP response carries ``X-Process-Time`` (seconds, as A1111 sends it); with ``log``
+    (``--api-log``) each /sdapi request is also logged: method, path, status, client, seconds taken.
+
+    Plain ASGI rather than ``BaseHTTPMiddleware``: streamed responses (the UI's event stream) pass through as they
+    are, and the request runs in the caller's context.
+    """
+
+    def __init__(self, app, log: bool = False):
+        self.app = app
+        self.log = log
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status = {}
+
+        async def timed_send(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                seconds = f"{time.perf_counter() - started:.4f}"
+                message = dict(message, headers=[*message.get("headers", []),
+                                                 (b"x-process-time", seconds.encode())])
+            await send(message)
+
+        await self.app(scope, receive, timed_send)
+        if self.log and scope["path"].startswith("/sdapi"):
+            client = (scope.get("client") or ("-",))[0]
+            api_log.info("API %s %s %s %s %.4f", scope["method"], scope["path"], status.get("code", "-"), client,
+                         time.perf_counter() - started)
 
 
 def serve(cmd_opts) -> int:

@@ -90,5 +90,6 @@ def test_api_log_logs_method_path_status_and_time(data_dir, fake_models, caplog)
 def test_no_api_log_without_the_flag(data_dir, fake_models, caplog):
     caplog.set_level("INFO", logger="serena.api.requests")
     with TestClient(api_app(data_dir)) as client:
-        client.get("/sdapi/v1/progress")
+        r = client.get("/sdapi/v1/progress")
     assert not [r for r in caplog.records if r.name == "serena.api.requests"]
+    assert float(r.headers["x-process-time"]) >= 0  # A1111's header, with or without --api-log
