@@ -1,4 +1,4 @@
-"""Every /sdapi/v1 response has A1111 1.10's fields with A1111's JSON types (``a1111_api_fields.json``).
+"""Every /sdapi/v1 response has A1111 1.10's fields with A1111's JSON types (``test/quality/a1111_api_fields.json``).
 
 The app runs in-process with the real embedded model (64 px, two steps): generations, extras and PNG info return
 what a client really gets. A missing field, a ``null`` where A1111 sends a number, a string where it sends an
@@ -18,12 +18,13 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from modules import jobs, paths, sd_models, shared
+from modules import jobs
 from modules.api.api import Api
 
-HERE = os.path.dirname(__file__)
-TABLE = json.load(open(os.path.join(HERE, "a1111_api_fields.json"), encoding="utf8"))["routes"]
-DOCS = os.path.join(HERE, "..", "..", "docs", "api.md")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+with open(os.path.join(ROOT, "test", "quality", "a1111_api_fields.json"), encoding="utf8") as f:
+    TABLE = json.load(f)["routes"]
+DOCS = os.path.join(ROOT, "docs", "api.md")
 
 JSON_TYPES = {"string": str, "boolean": bool, "object": dict, "array": list, "null": type(None)}
 
@@ -79,20 +80,12 @@ def png_b64(size=(64, 64), color=(200, 30, 30)) -> str:
 
 
 @pytest.fixture(scope="module")
-def real_client(tmp_path_factory):
+def real_client(real_env):
     """The API on the shipped checkpoints (Serena's models/), a fresh data folder, real model loads."""
-    data = tmp_path_factory.mktemp("data")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(shared, "data_paths", paths.Paths(str(data), str(data / "config.json")))
-        mp.setattr(shared.opts, "filename", str(data / "config.json"))
-        mp.setattr(sd_models, "_checkpoints", None)
-        mp.setattr(sd_models, "model_manager", sd_models.LoadedModels(sd_models._load_from_disk))
-        shared.opts.load()
-        app = FastAPI()
-        Api(app)
-        with TestClient(app) as client:
-            yield client
-        shared.opts.load(str(data / "missing.json"))
+    app = FastAPI()
+    Api(app)
+    with TestClient(app) as client:
+        yield client
     assert not jobs.queue_lock.locked()
 
 
