@@ -42,7 +42,62 @@ def create_app(cmd_opts):
         from modules.api.api import parse_credentials
         logins = list(parse_credentials(cmd_opts.gradio_auth, "--gradio-auth").items()) or None
         app = gr.mount_gradio_app(app, blocks, path="/", footer_links=["api"], auth=logins)
+    add_middleware(app, cmd_opts)
     return app
+
+
+def add_middleware(app, cmd_opts):
+    """A1111's ``X-Process-Time`` header and ``--api-log``, and CORS (``--cors-allow-origins[-regex]``), as A1111
+    sets them up.
+
+    CORS is added only when a flag asks for it: without one no response carries CORS headers and browsers keep
+    their same-origin rule. It is the outermost layer, so a preflight is answered before ``--api-auth`` (browsers
+    send no credentials with a preflight).
+    """
+    app.add_middleware(ProcessTime, log=bool(cmd_opts.api_log))
+    if cmd_opts.cors_allow_origins or cmd_opts.cors_allow_origins_regex:
+        from starlette.middleware.cors import CORSMiddleware
+
+        # A1111's options: every method and header, credentials allowed, origins exactly as given.
+        origins = [o.strip() for o in (cmd_opts.cors_allow_origins or "").split(",") if o.strip()]
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_origin_regex=cmd_opts.cors_allow_origins_regex,
+                           allow_methods=["*"], allow_headers=["*"], allow_credentials=True)
+
+
+api_log = logging.getLogger("serena.api.requests")
+
+
+class ProcessTime:
+    """ASGI middleware: every HTTP response carries ``X-Process-Time`` (seconds, as A1111 sends it); with ``log``
+    (``--api-log``) each /sdapi request is also logged: method, path, status, client, seconds taken.
+
+    Plain ASGI rather than ``BaseHTTPMiddleware``: streamed responses (the UI's event stream) pass through as they
+    are, and the request runs in the caller's context.
+    """
+
+    def __init__(self, app, log: bool = False):
+        self.app = app
+        self.log = log
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status = {}
+
+        async def timed_send(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                seconds = f"{time.perf_counter() - started:.4f}"
+                message = dict(message, headers=[*message.get("headers", []),
+                                                 (b"x-process-time", seconds.encode())])
+            await send(message)
+
+        await self.app(scope, receive, timed_send)
+        if self.log and scope["path"].startswith("/sdapi"):
+            client = (scope.get("client") or ("-",))[0]
+            api_log.info("API %s %s %s %s %.4f", scope["method"], scope["path"], status.get("code", "-"), client,
+                         time.perf_counter() - started)
 
 
 def serve(cmd_opts) -> int:
@@ -60,6 +115,8 @@ def serve(cmd_opts) -> int:
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cmd_opts = cmd_args.parse_args(argv)
+    for line in cmd_args.notices(cmd_opts):
+        print(line, file=sys.stderr, flush=True)
     started = time.perf_counter()
     initialize.initialize(cmd_opts)
     if cmd_opts.list_hooks:

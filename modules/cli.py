@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from modules import jobs, processing, sd_models, shared
+from modules import jobs, native_size, processing, sd_models, shared
 from modules.runtime_utils import OverrideError
 
 
@@ -27,12 +27,6 @@ def parse_overrides(items: list[str]) -> dict:
 DEFAULT_CFG_SCALE = 7.0
 
 
-def native_size(model) -> int:
-    """The image size a checkpoint was made for: UNet sample size times the VAE's downscale factor."""
-    factor = 2 ** (len(model.vae.config.block_out_channels) - 1)
-    return int(model.unet.config.sample_size) * factor
-
-
 def run_txt2img(cmd_opts, out=sys.stdout) -> int:
     try:
         overrides = parse_overrides(cmd_opts.override)
@@ -44,7 +38,7 @@ def run_txt2img(cmd_opts, out=sys.stdout) -> int:
         return 2
     size, cfg_scale = None, cmd_opts.cfg_scale
     if cmd_opts.width is None or cmd_opts.height is None:
-        size = native_size(sd_models.current_model())
+        size = native_size.for_generation(overrides)
     if cfg_scale is None:
         cfg_scale = sd_models.current_model().cfg_scale or DEFAULT_CFG_SCALE
     p = processing.StableDiffusionProcessingTxt2Img(

@@ -14,6 +14,35 @@ class SerenaArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"serena: error: {message}\nRun with --help to see every flag.\n")
 
 
+#: A1111 flags that client READMEs and start scripts pass, which mean nothing in Serena: flag -> (why, argparse
+#: keywords). Each is accepted and announced at start (``notices``), never silently ignored.
+NO_EFFECT: dict[str, tuple[str, dict]] = {
+    "--xformers": ("Serena uses PyTorch's scaled-dot-product attention", {"action": "store_true"}),
+    "--medvram": ("Serena keeps the whole model on its device", {"action": "store_true"}),
+    "--lowvram": ("Serena keeps the whole model on its device", {"action": "store_true"}),
+    "--no-half": ("Serena runs in full precision (float32)", {"action": "store_true"}),
+    "--no-half-vae": ("Serena runs the VAE in full precision (float32)", {"action": "store_true"}),
+    "--precision": ("Serena runs in full precision (float32)",
+                    {"choices": ["full", "half", "autocast"], "default": None}),
+    "--skip-torch-cuda-test": ("Serena never requires CUDA; it uses the CPU without one", {"action": "store_true"}),
+    "--enable-insecure-extension-access": ("Serena has no extension installer in the UI", {"action": "store_true"}),
+    "--theme": ("the UI follows the browser's colour scheme; add ?__theme=dark or ?__theme=light to its address",
+                {"choices": ["light", "dark"], "default": None}),
+    "--autolaunch": ("Serena does not open a browser; open the address it prints", {"action": "store_true"}),
+    "--device-id": ("Serena uses the first CUDA device; choose one with CUDA_VISIBLE_DEVICES",
+                    {"default": None, "metavar": "ID"}),
+}
+
+
+def notices(cmd_opts: argparse.Namespace) -> list[str]:
+    """One line for every given flag of ``NO_EFFECT``, saying why it does nothing here."""
+    lines = []
+    for flag, (why, _) in NO_EFFECT.items():
+        if getattr(cmd_opts, flag[2:].replace("-", "_"), None) not in (None, False):
+            lines.append(f"serena: notice: {flag} has no effect: {why}")
+    return lines
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = SerenaArgumentParser(
         prog="launch.py",
@@ -43,6 +72,15 @@ def make_parser() -> argparse.ArgumentParser:
                         help="protect the API with HTTP Basic credentials; a password may contain ':'")
     server.add_argument("--gradio-auth", default=None, metavar="USER:PASS[,USER:PASS]",
                         help="protect the web UI with a login; a password may contain ':' (use with --listen)")
+    server.add_argument("--cors-allow-origins", default=None, metavar="ORIGIN[,ORIGIN]",
+                        help="answer cross-origin requests (CORS, preflight included) from these origins, e.g. "
+                             "http://localhost:3000; off by default")
+    server.add_argument("--cors-allow-origins-regex", default=None, metavar="REGEX",
+                        help="answer cross-origin requests from origins matching this regular expression")
+    server.add_argument("--api-log", action="store_true",
+                        help="log every /sdapi request: method, path, status and time taken")
+    server.add_argument("--share", action="store_true",
+                        help="refused: Serena never opens a public tunnel (use --listen behind your own proxy)")
     server.add_argument("--exit", action="store_true",
                         help="prepare the environment and initialise, then exit instead of serving")
 
@@ -81,6 +119,11 @@ def make_parser() -> argparse.ArgumentParser:
                      help="a per-generation setting override; repeat for several")
     gen.add_argument("--out", default=None, metavar="DIR", help="where to write the images (default: outputs/)")
 
+    compat = parser.add_argument_group(
+        "A1111 compatibility: accepted so existing start scripts run; each prints why it does nothing here")
+    for flag, (_, kwargs) in NO_EFFECT.items():
+        compat.add_argument(flag, **kwargs, help=f"no effect: {NO_EFFECT[flag][0]}")
+
     install = parser.add_argument_group("install")
     install.add_argument("--skip-install", action="store_true",
                          help="do not check or install the pinned requirements")
@@ -88,8 +131,13 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    """Parse ``argv`` (default ``sys.argv[1:]``). Unknown flags stop with a message naming them."""
-    return make_parser().parse_args(argv)
+    """Parse ``argv`` (default ``sys.argv[1:]``). Unknown flags, and ``--share``, stop with a message naming them."""
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if args.share:
+        parser.error("--share is not supported: Serena never opens a public tunnel. Serve on your network with "
+                     "--listen (and --api-auth/--gradio-auth), or put it behind your own reverse proxy")
+    return args
 
 
 def defaults() -> argparse.Namespace:

@@ -22,7 +22,7 @@ class Upscaler:
 
     name: str
     upscale: UpscaleFn | None  # None: leave the image as it is ("None")
-    scale: float | None = None
+    scale: float = 4  # shown by GET /upscalers only; A1111's UpscalerData default, which its "None" shows too
     model_name: str | None = None
     model_path: str | None = None
     model_url: str | None = None
@@ -36,8 +36,8 @@ def _pil(resample) -> UpscaleFn:
 
 _BUILTIN = (
     Upscaler("None", None),
-    Upscaler("Lanczos", _pil(Image.Resampling.LANCZOS), scale=4),
-    Upscaler("Nearest", _pil(Image.Resampling.NEAREST), scale=4),
+    Upscaler("Lanczos", _pil(Image.Resampling.LANCZOS)),
+    Upscaler("Nearest", _pil(Image.Resampling.NEAREST)),
 )
 _registry: dict[str, Upscaler] = {u.name: u for u in _BUILTIN}
 _lock = threading.Lock()

@@ -29,8 +29,8 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from PIL import Image, UnidentifiedImageError
 
-from modules import (extensions, images, infotext, jobs, plugins, processing, runtime_utils, sd_models, sd_samplers,
-                     sd_vae, shared, upscalers)
+from modules import (extensions, images, infotext, jobs, native_size, plugins, processing, runtime_utils, sd_models,
+                     sd_samplers, sd_vae, shared, upscalers)
 from modules.api import models
 from modules.options import (OptionError, OptionInfo, OptionsRejected, SettingsFrozenError, SettingsSaveError,
                              same_value)
@@ -280,6 +280,23 @@ def apply_infotext(req):
         raise RequestFieldError({"infotext": f"its values do not fit the request: {e}"}) from None
 
 
+def fill_native_size(req):
+    """``req`` with an omitted ``width``/``height`` set to the native size of the checkpoint it will run on
+    (``override_settings.sd_model_checkpoint`` first); an explicit size is kept as sent.
+
+    An override naming no checkpoint falls back to 512 here: ``build_processing`` refuses it with the override's
+    own error, so nothing runs at that size.
+    """
+    if req.width is not None and req.height is not None:
+        return req
+    try:
+        size = native_size.for_generation(req.override_settings)
+    except (ValueError, OSError):
+        size = native_size.SD_DEFAULT_SIZE
+    return req.model_copy(update={"width": size if req.width is None else req.width,
+                                  "height": size if req.height is None else req.height})
+
+
 def unsupported_warnings(req) -> list[str]:
     """A warning for every field set to something Serena does not act on, and for every unknown field."""
     warnings = []
@@ -376,7 +393,7 @@ class Api:
             ("/sdapi/v1/png-info", self.pnginfoapi, post, m.PNGInfoResponse),
             ("/sdapi/v1/progress", self.progressapi, get, m.ProgressResponse),
             ("/sdapi/v1/interrupt", self.interruptapi, post, dict[str, Any]),
-            ("/sdapi/v1/skip", self.skip, post, dict[str, Any]),
+            ("/sdapi/v1/skip", self.skip, post, None),
             ("/sdapi/v1/options", self.get_config, get, dict[str, Any]),
             ("/sdapi/v1/options", self.set_config, post, None),
             ("/sdapi/v1/cmd-flags", self.get_cmd_flags, get, dict[str, Any]),
@@ -430,6 +447,7 @@ class Api:
     # -- generation ----------------------------------------------------------------------------------------------
     def text2imgapi(self, req: models.StableDiffusionTxt2ImgProcessingAPI):
         req, warnings = apply_infotext(req)
+        req = fill_native_size(req)
         p = build_processing(req, processing.StableDiffusionProcessingTxt2Img)
         p.warnings.extend(warnings)
         processed = jobs.run_job("txt2img", processing.process_images, p)
@@ -439,6 +457,7 @@ class Api:
 
     def img2imgapi(self, req: models.StableDiffusionImg2ImgProcessingAPI):
         req, warnings = apply_infotext(req)
+        req = fill_native_size(req)
         if not req.init_images:
             raise RequestFieldError({"init_images": "img2img needs at least one init image"})
         init_images = [decode_image(data, f"init_images[{i}]") for i, data in enumerate(req.init_images)]
@@ -483,7 +502,9 @@ class Api:
             image = base64.b64encode(buffer.getvalue()).decode("ascii")
         snapshot = {"job": state.job, "job_count": state.job_count, "job_no": state.job_no,
                     "sampling_step": state.sampling_step, "sampling_steps": state.sampling_steps,
-                    "interrupted": state.interrupted, "skipped": state.skipped, "job_timestamp": state.job_timestamp}
+                    "interrupted": state.interrupted, "skipped": state.skipped, "job_timestamp": state.job_timestamp,
+                    # A1111's "stop generating" (finish the current image, then stop) does not exist in Serena.
+                    "stopping_generation": False}
         return models.ProgressResponse(progress=state.progress(), eta_relative=state.eta_relative(), state=snapshot,
                                        current_image=image, textinfo=state.textinfo)
 
@@ -492,8 +513,7 @@ class Api:
         return {}
 
     async def skip(self):
-        jobs.state.skip()
-        return {}
+        jobs.state.skip()  # A1111 answers null here (and {} for /interrupt)
 
     # -- options -------------------------------------------------------------------------------------------------
     async def get_config(self):
@@ -520,6 +540,9 @@ class Api:
 
     def get_cmd_flags(self):
         flags = dict(vars(shared.cmd_opts))
+        # A1111 shows the resolved folders (its defaults are paths, never null).
+        flags["data_dir"] = flags.get("data_dir") or shared.data_paths.data_dir
+        flags["ui_settings_file"] = flags.get("ui_settings_file") or shared.data_paths.config_file
         if flags.get("api_auth"):
             flags["api_auth"] = "<hidden>"  # A1111 shows the passwords to anyone who can call the API
         return flags
@@ -583,6 +606,7 @@ class Api:
         return []
 
     def get_extensions_list(self):
+        # A1111's git fields are strings; Serena does not read extensions' git state, so they are "".
         return [models.ExtensionItem(name=e.name, enabled=e.enabled, group=e.group, loaded=e.loaded,
                                      problems=list(e.problems)) for e in extensions.extensions()]
 

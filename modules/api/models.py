@@ -46,8 +46,12 @@ class _GenerationRequest(BaseModel):
     n_iter: int = Field(1, description="Number of batches.")
     steps: int = Field(50, description="Sampling steps.")
     cfg_scale: float = Field(7.0, description="Classifier-free guidance scale.")
-    width: int = Field(512, description="Image width in pixels (a multiple of 8).")
-    height: int = Field(512, description="Image height in pixels (a multiple of 8).")
+    width: int | None = Field(
+        None, description="Image width in pixels (a multiple of 8). Omitted or null: the native size of the "
+                          "checkpoint the request runs on (64 for Serena's embedded models, 512 for SD 1.x files); "
+                          "the response's `parameters` shows the size used.")
+    height: int | None = Field(None, description="Image height in pixels (a multiple of 8); omitted or null as "
+                                                 "for `width`.")
     restore_faces: bool | None = Field(None, description="Face restoration (not supported; true is ignored).")
     tiling: bool | None = Field(None, description="Seamless tiling (not supported; true is ignored).")
     do_not_save_samples: bool = Field(False, description="Superseded by `save_images`, as in A1111.")
@@ -261,7 +265,8 @@ class ProgressResponse(BaseModel):
     progress: float = Field(description="Fraction of the running job done, 0 to 1.")
     eta_relative: float = Field(description="Estimated seconds left.")
     state: dict[str, Any] = Field(
-        description="job, job_count, job_no, sampling_step, sampling_steps, interrupted, skipped, job_timestamp.")
+        description="job, job_count, job_no, sampling_step, sampling_steps, interrupted, skipped, "
+                    "stopping_generation (always false: Serena has no 'stop generating'), job_timestamp.")
     current_image: str | None = Field(None, description="A preview of the running job, raw base64 PNG, or null.")
     textinfo: str | None = Field(None, description="Status text.")
 
@@ -296,7 +301,7 @@ class UpscalerItem(BaseModel):
     model_name: str | None = None
     model_path: str | None = None
     model_url: str | None = None
-    scale: float | None = None
+    scale: float = Field(description="Nominal scale factor (A1111 shows 4 for 'None' and the PIL upscalers too).")
 
 
 class LatentUpscalerModeItem(BaseModel):
@@ -393,14 +398,14 @@ class ScriptInfo(BaseModel):
 
 
 class ExtensionItem(BaseModel):
-    """A1111's fields (null where Serena does not track them) plus Serena's load status."""
+    """A1111's fields ('' where Serena does not track them) plus Serena's load status."""
 
     name: str
-    remote: str | None = None
-    branch: str | None = None
-    commit_hash: str | None = None
-    version: str | None = None
-    commit_date: int | None = None
+    remote: str = Field("", description="Git remote URL (Serena does not read it: '').")
+    branch: str = Field("", description="Git branch (Serena does not read it: '').")
+    commit_hash: str = Field("", description="Git commit (Serena does not read it: '').")
+    version: str = Field("", description="Short commit hash in A1111 (Serena: '').")
+    commit_date: str = Field("", description="Commit time in A1111 (Serena: '').")
     enabled: bool
     group: str | None = Field(None, description="Serena: 'builtin', 'user' or 'package'.")
     loaded: bool | None = Field(None, description="Serena: whether its scripts were registered.")

@@ -7,9 +7,7 @@ functions so that importing ``modules.ui`` stays cheap and never fails because a
 from __future__ import annotations
 
 import html
-import json
 import logging
-import os
 
 log = logging.getLogger("serena.ui")
 
@@ -20,28 +18,22 @@ PASTE_SYMBOL = "\u2199\ufe0f"     # ↙️ read generation parameters from the p
 
 #: Native resolution of the embedded models (``serena-shapes-*``, ``serena-tiny-*``: 16x16 latents, VAE factor 4).
 TINY_MODEL_SIZE = 64
-#: A1111's default, used when the starting checkpoint is a real Stable Diffusion model.
-SD_DEFAULT_SIZE = 512
 #: A1111's default CFG scale, used when the starting checkpoint recommends none.
 SD_DEFAULT_CFG_SCALE = 7.0
-#: Where Serena's checkpoints keep their component configs (``modules.sd_models_loader.METADATA_KEY``).
-CONFIG_METADATA_KEY = "serena_config"
 
 
 def default_size() -> int:
     """The width/height the generation tabs start with: the native size of the starting checkpoint.
 
-    Read from the checkpoint's own configuration without loading it (UNet sample size times the VAE's scale
-    factor: Serena's checkpoints carry it in their safetensors metadata, diffusers folders in their config
-    files); a checkpoint without one is a standard SD 1.x file, 512 px (A1111's default).
+    Read from the checkpoint's own configuration without loading it (``native_size.for_generation``, which the API
+    and the CLI use too); a checkpoint without one is a standard SD 1.x file, 512 px (A1111's default).
     """
-    from modules import sd_models
+    from modules import native_size
 
     try:
-        info = sd_models.effective_checkpoint()
+        return native_size.for_generation()
     except (ValueError, OSError):
         return TINY_MODEL_SIZE
-    return native_size(info.filename) or SD_DEFAULT_SIZE
 
 
 def default_cfg_scale() -> float:
@@ -54,39 +46,6 @@ def default_cfg_scale() -> float:
         log.info("recommended CFG scale unknown (%s)", e)
         recommended = None
     return recommended if recommended is not None else SD_DEFAULT_CFG_SCALE
-
-
-def _read_json(path: str):
-    with open(path, encoding="utf8") as f:
-        return json.load(f)
-
-
-def native_size(filename: str) -> int | None:
-    """``unet.sample_size * 2 ** (len(vae.block_out_channels) - 1)`` from a checkpoint's configuration, or
-    ``None`` when the file does not say."""
-    try:
-        if os.path.isdir(filename):
-            unet = _read_json(os.path.join(filename, "unet", "config.json"))
-            vae = _read_json(os.path.join(filename, "vae", "config.json"))
-        elif filename.endswith(".safetensors"):
-            from safetensors import safe_open
-
-            try:
-                with safe_open(filename, framework="pt", device="cpu") as f:
-                    metadata = f.metadata() or {}
-            except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for a bad header
-                raise ValueError(str(e)) from e
-            if CONFIG_METADATA_KEY not in metadata:
-                return None
-            configs = json.loads(metadata[CONFIG_METADATA_KEY])
-            unet, vae = configs["unet"], configs["vae"]
-        else:
-            return None
-        size = int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        log.info("native size of %s unknown (%s)", filename, e)
-        return None
-    return size if size >= 8 else None
 
 
 def sampler_names() -> list[str]:

@@ -592,3 +592,61 @@ def test_error_response_shapes():
 
     response = api_module.error_response(OptionError("sd_vae", "no VAE named 'x'"))
     assert response.status_code == 422 and json.loads(response.body)["errors"] == {"sd_vae": "no VAE named 'x'"}
+
+
+# -- the size of a request that gives none ---------------------------------------------------------------------
+
+
+def declaring_checkpoint(data_dir, name: str, sample_size: int) -> str:
+    """A checkpoint file that declares its size (Serena's safetensors metadata), as the embedded models do."""
+    import torch
+    from safetensors.torch import save_file
+
+    config = {"unet": {"sample_size": sample_size}, "vae": {"block_out_channels": [8, 8]}}  # VAE factor 2
+    path = data_dir / "models" / "Stable-diffusion" / f"{name}.safetensors"
+    save_file({"w": torch.zeros(1)}, str(path), metadata={"serena_config": json.dumps(config)})
+    return name
+
+
+def test_omitted_size_is_the_checkpoints_native_size(client, data_dir, monkeypatch):
+    from modules import sd_models
+    # alpha (the default here) declares nothing: a standard SD 1.x file, A1111's 512.
+    r = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 1})
+    assert r.status_code == 200, r.text
+    assert (r.json()["parameters"]["width"], r.json()["parameters"]["height"]) == (512, 512)
+    assert decode(r.json()["images"][0]).size == (512, 512)
+    # A checkpoint that declares its size, chosen by override for this request only: its size, not the stored one's.
+    declaring_checkpoint(data_dir, "gamma", 12)
+    monkeypatch.setattr(sd_models, "_checkpoints", None)
+    r = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 1,
+                                               "override_settings": {"sd_model_checkpoint": "gamma"}})
+    assert r.status_code == 200, r.text
+    assert decode(r.json()["images"][0]).size == (24, 24) and r.json()["parameters"]["width"] == 24
+    assert json.loads(r.json()["info"])["sd_model_name"] == "gamma"
+    # An explicit size is always honoured, one side given: the other is the native size.
+    r = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 1, "width": 40, "height": None,
+                                               "override_settings": {"sd_model_checkpoint": "gamma"}})
+    assert decode(r.json()["images"][0]).size == (40, 24)
+    img = client.post("/sdapi/v1/img2img", json={"prompt": "x", "steps": 1, "init_images": [png_b64()],
+                                                 "override_settings": {"sd_model_checkpoint": "gamma"}})
+    assert img.status_code == 200, img.text
+    assert decode(img.json()["images"][0]).size == (24, 24)
+    # The stored checkpoint decides when no override does.
+    shared.opts.set("sd_model_checkpoint", "gamma")
+    r = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 1, "width": 16, "height": 8})
+    assert decode(r.json()["images"][0]).size == (16, 8)
+    assert decode(client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 1}).json()["images"][0]).size == (24, 24)
+
+
+def test_omitted_size_with_an_unknown_checkpoint_override_is_422(client, gate):
+    r = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "override_settings": {"sd_model_checkpoint": "nope"}})
+    assert r.status_code == 422 and "sd_model_checkpoint" in r.json()["errors"]
+    assert gate.seen == []  # nothing ran
+
+
+def test_openapi_says_an_omitted_size_is_null():
+    app = FastAPI()
+    Api(app)
+    schema = app.openapi()["components"]["schemas"]["StableDiffusionTxt2ImgProcessingAPI"]["properties"]["width"]
+    assert schema.get("default") is None and {"type": "null"} in schema["anyOf"]
+    assert "native size" in schema["description"]

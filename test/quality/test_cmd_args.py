@@ -40,7 +40,8 @@ def test_help_lists_every_flag(capsys):
     out = capsys.readouterr().out
     for flag in ("--data-dir", "--port", "--listen", "--api", "--nowebui", "--ckpt", "--freeze-settings",
                  "--ui-settings-file", "--api-auth", "--use-cpu", "--disable-all-extensions",
-                 "--disable-extra-extensions", "--skip-install", "--strict-hooks", "--list-hooks"):
+                 "--disable-extra-extensions", "--skip-install", "--strict-hooks", "--list-hooks",
+                 "--cors-allow-origins", "--cors-allow-origins-regex", "--api-log", "--share", *cmd_args.NO_EFFECT):
         assert flag in out
 
 
@@ -50,3 +51,59 @@ def test_paths_follow_data_dir(tmp_path):
     assert p.models_dir == str(tmp_path / "models") and p.resolve("outputs") == str(tmp_path / "outputs")
     p2 = paths.from_cmd_opts(cmd_args.parse_args(["--ui-settings-file", str(tmp_path / "other.json")]))
     assert p2.config_file == str(tmp_path / "other.json")
+
+
+# -- A1111 flags that mean nothing here: accepted, each announced ----------------------------------------------
+
+NO_EFFECT_ARGV = {"--xformers": [], "--medvram": [], "--lowvram": [], "--no-half": [], "--no-half-vae": [],
+                  "--precision": ["full"], "--skip-torch-cuda-test": [], "--enable-insecure-extension-access": [],
+                  "--theme": ["dark"], "--autolaunch": [], "--device-id": ["1"]}
+
+
+def test_every_no_effect_flag_is_listed_here():
+    assert set(NO_EFFECT_ARGV) == set(cmd_args.NO_EFFECT)
+
+
+@pytest.mark.parametrize("flag", sorted(NO_EFFECT_ARGV))
+def test_no_effect_flag_is_accepted_and_announced(flag):
+    args = cmd_args.parse_args([flag, *NO_EFFECT_ARGV[flag]])
+    [line] = cmd_args.notices(args)
+    assert line.startswith(f"serena: notice: {flag} has no effect: ")
+    assert cmd_args.notices(cmd_args.parse_args([])) == []
+
+
+def test_no_effect_flags_with_arguments_check_them(capsys):
+    assert cmd_args.parse_args(["--precision", "half", "--theme", "light", "--device-id", "0"]).precision == "half"
+    for argv in (["--precision", "double"], ["--theme", "blue"], ["--precision"]):
+        with pytest.raises(SystemExit):
+            cmd_args.parse_args(argv)
+        assert argv[0] in capsys.readouterr().err
+
+
+def test_share_is_refused(capsys):
+    with pytest.raises(SystemExit) as info:
+        cmd_args.parse_args(["--share"])
+    assert info.value.code == 2
+    assert "--share is not supported" in capsys.readouterr().err
+
+
+def test_working_a1111_flags_parse():
+    args = cmd_args.parse_args(["--cors-allow-origins", "http://a,http://b", "--cors-allow-origins-regex", "x.*",
+                                "--api-log"])
+    assert (args.cors_allow_origins, args.cors_allow_origins_regex, args.api_log) == ("http://a,http://b", "x.*", True)
+    assert cmd_args.notices(args) == []  # these work: nothing to announce
+
+
+def test_webui_prints_the_notices_at_start(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "webui.py", "--exit", "--xformers", "--theme", "dark", "--data-dir",
+                             str(tmp_path), "--disable-all-extensions"], cwd=paths.script_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "serena: notice: --xformers has no effect" in result.stderr
+    assert "serena: notice: --theme has no effect" in result.stderr
+    share = subprocess.run([sys.executable, "webui.py", "--share", "--data-dir", str(tmp_path)],
+                           cwd=paths.script_path, capture_output=True, text=True, timeout=300)
+    assert share.returncode == 2 and "never opens a public tunnel" in share.stderr

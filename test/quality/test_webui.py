@@ -1,6 +1,8 @@
-"""The composed app: API before the UI, extension routes not shadowed, --gradio-auth protecting the UI."""
+"""The composed app: API before the UI, extension routes not shadowed, --gradio-auth, CORS flags, --api-log."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 from fastapi.testclient import TestClient
@@ -28,3 +30,66 @@ def test_gradio_auth_protects_the_ui_not_the_api_flag(app_with_login):
 def test_malformed_gradio_auth_names_the_flag(data_dir):
     with pytest.raises(ValueError, match="--gradio-auth"):
         webui.create_app(cmd_args.parse_args(["--gradio-auth", ":nouser", "--data-dir", str(data_dir)]))
+
+
+# -- CORS (off unless a flag names origins) and --api-log ------------------------------------------------------
+
+PREFLIGHT = {"Origin": "http://paint.test:3000", "Access-Control-Request-Method": "POST",
+             "Access-Control-Request-Headers": "content-type,authorization"}
+
+
+def api_app(data_dir, *flags):
+    return webui.create_app(cmd_args.parse_args(["--nowebui", "--data-dir", str(data_dir), *flags]))
+
+
+def test_no_cors_without_the_flag(data_dir, fake_models):
+    with TestClient(api_app(data_dir)) as client:
+        assert client.options("/sdapi/v1/txt2img", headers=PREFLIGHT).status_code == 405
+        r = client.get("/sdapi/v1/progress", headers={"Origin": "http://paint.test:3000"})
+        assert r.status_code == 200 and not any(k.lower().startswith("access-control-") for k in r.headers)
+
+
+def test_cors_allows_the_listed_origins_only(data_dir, fake_models):
+    flags = ["--cors-allow-origins", "http://paint.test:3000,http://other.test", "--api-auth", "ann:secret"]
+    with TestClient(api_app(data_dir, *flags)) as client:
+        r = client.options("/sdapi/v1/txt2img", headers=PREFLIGHT)  # no credentials: browsers send none here
+        assert r.status_code == 200
+        assert r.headers["access-control-allow-origin"] == "http://paint.test:3000"
+        assert r.headers["access-control-allow-credentials"] == "true"
+        assert "POST" in r.headers["access-control-allow-methods"]
+        assert "authorization" in r.headers["access-control-allow-headers"].lower()
+        simple = client.get("/sdapi/v1/progress", headers={"Origin": "http://other.test"}, auth=("ann", "secret"))
+        assert simple.status_code == 200 and simple.headers["access-control-allow-origin"] == "http://other.test"
+        # An origin not listed: the preflight is refused and no response tells the browser it may read it.
+        denied = client.options("/sdapi/v1/txt2img", headers=dict(PREFLIGHT, Origin="http://evil.test"))
+        assert denied.status_code == 400 and "access-control-allow-origin" not in denied.headers
+        r = client.get("/sdapi/v1/progress", headers={"Origin": "http://evil.test"}, auth=("ann", "secret"))
+        assert "access-control-allow-origin" not in r.headers
+
+
+def test_cors_origin_regex(data_dir, fake_models):
+    with TestClient(api_app(data_dir, "--cors-allow-origins-regex", r"https?://localhost(:\d+)?")) as client:
+        ok = client.options("/sdapi/v1/txt2img", headers=dict(PREFLIGHT, Origin="http://localhost:5173"))
+        assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "http://localhost:5173"
+        assert client.options("/sdapi/v1/txt2img",
+                              headers=dict(PREFLIGHT, Origin="http://localhost.evil.test")).status_code == 400
+
+
+def test_api_log_logs_method_path_status_and_time(data_dir, fake_models, caplog):
+    caplog.set_level("INFO", logger="serena.api.requests")
+    with TestClient(api_app(data_dir, "--api-log")) as client:
+        client.get("/sdapi/v1/progress")
+        client.post("/sdapi/v1/options", json={"no_such_option": 1})
+        client.get("/openapi.json")  # not an API call: not logged, as in A1111
+    lines = [r.getMessage() for r in caplog.records if r.name == "serena.api.requests"]
+    assert len(lines) == 2, lines
+    assert re.fullmatch(r"API GET /sdapi/v1/progress 200 \S+ \d+\.\d{4}", lines[0]), lines[0]
+    assert lines[1].startswith("API POST /sdapi/v1/options 422 ")
+
+
+def test_no_api_log_without_the_flag(data_dir, fake_models, caplog):
+    caplog.set_level("INFO", logger="serena.api.requests")
+    with TestClient(api_app(data_dir)) as client:
+        r = client.get("/sdapi/v1/progress")
+    assert not [r for r in caplog.records if r.name == "serena.api.requests"]
+    assert float(r.headers["x-process-time"]) >= 0  # A1111's header, with or without --api-log

@@ -8,7 +8,8 @@ Browser tests start ``webui.py --port <free> --data-dir <tmp>`` as a process, wa
 kill it at teardown. They cover: a txt2img generation (progress, image, seed in the info, ♻ reuse), Interrupt,
 pasted parameters with a setting override (applied to that generation, never stored), PNG Info → Send to
 txt2img/img2img, a setting changed and applied on the Settings tab (checked in ``config.json``), an extension's tab
-and option, the Extensions tab, ``--freeze-settings``, and screenshots of the main tabs in ``test-artifacts/``.
+and option, the Extensions tab, ``--freeze-settings``, screenshots of the main tabs in ``test-artifacts/``, and a
+page of another origin calling the API (``--nowebui`` servers with and without ``--cors-allow-origins``).
 Without ``/usr/bin/chromium`` they are skipped with a message naming ``apt-get install chromium``.
 
 Set ``SERENA_UPDATE_DOCS_SCREENSHOT=1`` to also copy the txt2img screenshot to ``docs/images/txt2img.png``.
@@ -255,11 +256,12 @@ def test_img2img_inputs_and_masks():
 
 
 def test_default_size_is_the_checkpoints_native_size(data_dir):
+    from modules import native_size
     from modules.ui import common
 
-    assert common.native_size(str(ROOT / "models" / "Stable-diffusion" / "serena-tiny-v1.safetensors")) == 64
+    assert native_size.declared_size(str(ROOT / "models" / "Stable-diffusion" / "serena-tiny-v1.safetensors")) == 64
     # The fixture's checkpoints carry no configuration: a standard SD file, A1111's 512.
-    assert common.native_size(str(data_dir / "models" / "Stable-diffusion" / "alpha.safetensors")) is None
+    assert native_size.declared_size(str(data_dir / "models" / "Stable-diffusion" / "alpha.safetensors")) is None
     assert common.default_size() == 512
 
 
@@ -331,6 +333,8 @@ class Server:
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
+        # --nowebui serves no page at /: readiness is the API answering.
+        self.probe = self.url + ("sdapi/v1/progress" if "--nowebui" in extra else "")
         self.lines: list[str] = []
         self.ready = threading.Event()
         env = dict(os.environ, PYTHONUNBUFFERED="1", GRADIO_ANALYTICS_ENABLED="False")
@@ -360,12 +364,12 @@ class Server:
             raise RuntimeError(f"Serena was not ready after {START_TIMEOUT} s:\n{self.output()}")
         while time.monotonic() < deadline:  # the lifespan message comes just before the socket answers
             try:
-                with urllib.request.urlopen(self.url, timeout=5) as r:
+                with urllib.request.urlopen(self.probe, timeout=5) as r:
                     if r.status == 200:
                         return
             except OSError:
                 time.sleep(0.2)
-        raise RuntimeError(f"GET / never answered 200:\n{self.output()}")
+        raise RuntimeError(f"GET {self.probe} never answered 200:\n{self.output()}")
 
     def stop(self):
         if self.proc.poll() is None:
@@ -691,3 +695,55 @@ def test_frozen_settings_are_read_only(browser, tmp_path):
     finally:
         server.stop()
     assert json.loads((tmp_path / "config.json").read_text()) == {"CLIP_stop_at_last_layers": 2}
+
+
+# A page of another origin (its own server, another port) that calls Serena's API as a browser client would: a
+# simple GET, and a JSON POST (which makes the browser send a CORS preflight first).
+CORS_PAGE = """<!doctype html><title>client</title><script>
+async function probe(api) {
+  const out = {};
+  try { out.get = (await (await fetch(api + "sdapi/v1/progress")).json()).state.job_count; }
+  catch (e) { out.get = "blocked: " + e.message; }
+  try {
+    const r = await fetch(api + "sdapi/v1/png-info", {method: "POST", headers: {"Content-Type": "application/json"},
+                                                       body: JSON.stringify({image: IMAGE})});
+    out.post = (await r.json()).info;
+  } catch (e) { out.post = "blocked: " + e.message; }
+  return out;
+}
+const IMAGE = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC";
+</script>"""
+
+
+@pytest.fixture
+def other_origin(tmp_path):
+    """``http://127.0.0.1:<other port>/``: a plain static server holding ``CORS_PAGE``."""
+    import functools
+    import http.server
+
+    (tmp_path / "index.html").write_text(CORS_PAGE)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_browser_on_another_origin_reaches_the_api_only_with_cors(browser, other_origin, tmp_path):
+    allowed = Server(tmp_path / "allowed", "--nowebui", "--cors-allow-origins", f"http://localhost:1,{other_origin}")
+    closed = Server(tmp_path / "closed", "--nowebui")
+    try:
+        allowed.wait_ready()
+        closed.wait_ready()
+        page = browser.new_page()
+        page.goto(other_origin + "/index.html")
+        assert page.evaluate("api => probe(api)", allowed.url) == {"get": 0, "post": ""}
+        blocked = page.evaluate("api => probe(api)", closed.url)
+        assert blocked["get"].startswith("blocked") and blocked["post"].startswith("blocked"), blocked
+        page.close()
+    finally:
+        allowed.stop()
+        closed.stop()
