@@ -10,9 +10,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modules import shared_options
+from modules import sd_models, shared_options
 from modules.options import (OptionError, OptionInfo, Options, OptionsRejected, SettingsFrozenError, check_value,
                              options_section)
+
+
+@pytest.fixture(autouse=True)
+def no_model_limits(monkeypatch):
+    """These tests are about the store: no checkpoint's limits (clip skip, VAE) come into the values they check."""
+    monkeypatch.setattr(sd_models, "model_manager", sd_models.LoadedModels(load_fn=None))
 
 
 @pytest.fixture
