@@ -366,3 +366,20 @@ def test_the_api_never_answers_500_for_a_broken_file(client, models):
              ("/sdapi/v1/txt2img", TXT)]
     statuses = [client.post(path, json=body).status_code for path, body in calls]
     assert statuses == [422, 422, 422, 422, 200]
+
+
+def test_start_up_with_a_broken_ckpt_flag_starts_on_a_working_model(models, tmp_path, monkeypatch, caplog):
+    from modules import cmd_args, initialize
+    broken = tmp_path / "elsewhere" / "broken.safetensors"
+    broken.parent.mkdir()
+    shutil.copy(TINY_ALT, broken)
+    truncate(broken)
+    monkeypatch.setattr(shared, "cmd_opts", shared.cmd_opts)
+    monkeypatch.setattr(sd_models, "extra_checkpoints", [])
+    monkeypatch.setattr(sd_models, "model_dirs", sd_models.model_dirs)
+    opts = cmd_args.parse_args(["--data-dir", str(tmp_path), "--ckpt", str(broken)])
+    with caplog.at_level(logging.WARNING, logger="serena.initialize"):
+        initialize.initialize(opts, load_extensions=False)
+    assert any("broken.safetensors" in r.getMessage() and "truncated" in r.getMessage() for r in caplog.records)
+    assert not shared.opts.is_stored("sd_model_checkpoint")
+    assert sd_models.current_model().info.name == "a-tiny.safetensors"
