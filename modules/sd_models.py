@@ -402,8 +402,9 @@ def overridden(key: str) -> bool:
 
 
 def clip_skip_problem(clip_skip: int, info: CheckpointInfo, facts) -> str | None:
-    """Why checkpoint ``info`` cannot honour ``clip_skip``, or ``None``: it can skip at most all but one of its
-    text encoder's layers (A1111's 12 for SD1.5's 12), and the embedded models have 2."""
+    """Why checkpoint ``info`` cannot honour ``clip_skip``, or ``None``. Clip skip n takes the output of the n-th
+    text-encoder layer from the end, so n is at most the layer count: 12 for SD1.5 (A1111's maximum), 2 for the
+    embedded models."""
     layers = facts.text_encoder_layers
     if layers is not None and clip_skip > layers:
         return f"{clip_skip} is more than {info.title} allows: its text encoder has {layers} layers (at most {layers})"
@@ -434,7 +435,7 @@ def _fallback_model(error: ValueError, warnings: list | None):
             model = model_manager.get(info)
         except CheckpointLoadError:
             continue
-        _warn(warnings, f"sd_model_checkpoint: {error}; using {info.title} instead")
+        _warn(warnings, f"sd_model_checkpoint: {getattr(error, 'reason', error)}; using {info.title} instead")
         return model
     raise error
 
@@ -461,10 +462,10 @@ def current_model(warnings: list | None = None):
     Called by the core's enter hook and by every generation; cheap when nothing changes, and a model already in
     the cache is switched to without reading the disk.
 
-    A checkpoint or VAE that cannot load leaves the models in memory as they were. Chosen by an override (a
-    request), it raises ``CheckpointLoadError`` (HTTP 422); chosen by the settings, a working model is used
-    instead — the one in use, else the first that loads; for a VAE the checkpoint's own — with a warning in the
-    log and in ``warnings`` (the generation's), so a broken file never bricks the server.
+    A checkpoint or VAE that cannot load leaves the models in memory as they were. Named by an override (a
+    request), it raises ``CheckpointLoadError`` (HTTP 422); chosen by the settings (or by ``Automatic``), a
+    working model is used instead — the one in use, else the first that loads; for a VAE the checkpoint's own —
+    with a warning in the log and in ``warnings`` (the generation's), so a broken file never bricks the server.
     """
     try:
         info = effective_checkpoint()
@@ -481,8 +482,8 @@ def current_model(warnings: list | None = None):
         if vae_name is not None:
             try:
                 vae = _external_vae(vae_name, model)
-            except ValueError as e:
-                if overridden("sd_vae"):
+            except (ValueError, OSError) as e:
+                if overridden("sd_vae") and shared.opts.sd_vae == vae_name:  # a request named this very file
                     raise CheckpointLoadError("sd_vae", vae_name, e) from e
                 _warn(warnings, f"sd_vae: {vae_name} cannot be used: {e}; using the checkpoint's own VAE")
                 vae_name = None

@@ -12,9 +12,11 @@ import json
 import logging
 import os
 import shutil
+import struct
 
 import pytest
 import torch
+from accelerate import init_empty_weights
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -120,6 +122,36 @@ def test_inspection_gives_what_the_model_can_do(made):
     # A loaded model reports the same facts as its header did.
     model = loader.load_checkpoint(sd_models.CheckpointInfo(made["deep"], "deep.safetensors", "0" * 64))
     assert model.facts == loader.inspect_checkpoint(made["deep"])
+
+
+def sparse_sd15(path) -> int:
+    """An SD1.5-layout checkpoint (SD1.5's configs, 2.1 GB of fp16) whose data is a hole: a sparse file."""
+    configs = loader.default_configs()
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(configs["unet"])
+        vae = AutoencoderKL.from_config(configs["vae"])
+        text = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"]))
+    header, offset = {}, 0
+    for key, tensor in loader.ldm_state_dict(unet, vae, text).items():
+        header[key] = {"dtype": "F16", "shape": list(tensor.shape), "data_offsets": [offset, offset + 2 * tensor.numel()]}
+        offset += 2 * tensor.numel()
+    data = json.dumps(header).encode()
+    data += b" " * (-len(data) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(data)) + data)
+    os.truncate(path, 8 + len(data) + offset)
+    return 8 + len(data) + offset
+
+
+def test_a_full_size_sd15_checkpoint_passes_from_its_header(tmp_path):
+    """Real SD1.5 files must not be refused: the SD1.5 layout at full size, with no weight ever read."""
+    path = tmp_path / "v1-5-layout.safetensors"
+    size = sparse_sd15(path)
+    assert size > 2 * 10**9
+    assert loader.inspect_checkpoint(str(path)) == loader.ModelFacts(text_encoder_layers=12, latent_channels=4)
+    os.truncate(path, size - 1)
+    with pytest.raises(ValueError, match="v1-5-layout.safetensors: corrupt or truncated"):
+        loader.inspect_checkpoint(str(path))
 
 
 def test_inspection_reads_no_weight(monkeypatch):
