@@ -457,7 +457,10 @@ class Options:
         result = self.check(values, is_api=is_api)
         if result.errors:
             raise OptionsRejected(result.errors)
-        return {k: self.set(k, v, is_api=is_api, run_callbacks=run_callbacks) for k, v in result.values.items()}
+        # Options checked against others (``check_with``) last: ``set`` checks each again, and by then the values
+        # they were checked with together (a new checkpoint) are stored.
+        order = sorted(result.values, key=lambda k: self.data_labels[k].check_with is not None)
+        return {k: self.set(k, result.values[k], is_api=is_api, run_callbacks=run_callbacks) for k in order}
 
     def unset(self, key):
         """Forget a stored value: the default applies again and ``config.json`` no longer has the key."""

@@ -359,11 +359,17 @@ def test_clip_skip_is_checked_against_the_checkpoint_of_the_same_request(client)
     v = client.post("/serena/v1/overrides/validate",
                     json={"CLIP_stop_at_last_layers": 3, "sd_model_checkpoint": "c-deep"}).json()
     assert v["valid"] is True
+    kept = generate(client, override_settings={"CLIP_stop_at_last_layers": 3, "sd_model_checkpoint": "c-deep"},
+                    override_settings_restore_afterwards=False)
+    assert kept.status_code == 200, kept.text
+    assert shared.opts.stored() == {"CLIP_stop_at_last_layers": 3, "sd_model_checkpoint": title("c-deep")}
 
 
 def test_a_stored_clip_skip_a_new_model_cannot_honour_is_clamped_with_a_warning(client, caplog):
-    r = client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "c-deep", "CLIP_stop_at_last_layers": 4})
+    # Clip skip first: it is checked against the checkpoint stored with it, whatever the order of the keys.
+    r = client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 4, "sd_model_checkpoint": "c-deep"})
     assert r.status_code == 200, r.text
+    assert shared.opts.stored() == {"CLIP_stop_at_last_layers": 4, "sd_model_checkpoint": title("c-deep")}
     assert client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "a-tiny"}).status_code == 200
     with caplog.at_level(logging.WARNING, logger="serena.processing"):
         r = generate(client)
