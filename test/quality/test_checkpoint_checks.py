@@ -189,6 +189,24 @@ def test_every_truncation_is_refused_by_name(tmp_path_factory, keep):
         loader.inspect_checkpoint(str(path))
 
 
+def test_a_pickled_checkpoint_is_refused_unless_allowed_then_checked(tmp_path, monkeypatch):
+    tensors, metadata = loader.read_state_dict(TINY)
+    # A pickle carries no configs: make the tiny model's configs the "SD1.5 defaults" it is read with.
+    configs = json.loads(metadata[loader.METADATA_KEY])
+    for component, rel in loader._COMPONENT_FILES.items():
+        (tmp_path / "v1" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "v1" / rel).write_text(json.dumps(configs[component]))
+    monkeypatch.setattr(loader, "V1_CONFIG_DIR", str(tmp_path / "v1"))
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": tensors}, path)
+    with pytest.raises(ValueError, match="old.ckpt: pickled checkpoints can run arbitrary code"):
+        loader.inspect_checkpoint(str(path))
+    assert loader.inspect_checkpoint(str(path), allow_pickle=True).text_encoder_layers == 2
+    truncate(path)
+    with pytest.raises(ValueError, match="old.ckpt: cannot read pickled checkpoint"):
+        loader.inspect_checkpoint(str(path), allow_pickle=True)
+
+
 def test_a_header_that_does_not_fit_the_model_is_refused(tmp_path):
     tensors, metadata = loader.read_state_dict(TINY)
     key = next(k for k in tensors if k.startswith(loader.TEXT_PREFIX) and k.endswith("q_proj.weight"))
