@@ -16,4 +16,9 @@ MODEL_KEYS = ("sd_model_checkpoint", "sd_vae")
 @hookimpl
 def on_opts_override_enter(overrides):
     if any(k in overrides for k in MODEL_KEYS):
-        sd_models.current_model()
+        try:
+            sd_models.current_model()
+        except sd_models.CheckpointLoadError:
+            # The models in memory are as they were. The generation's own model step meets the same error and
+            # reports it as the request's (HTTP 422); failing here would make it a hook failure instead.
+            pass

@@ -5,9 +5,13 @@ Everything a process needs before it serves or generates; ``webui.py`` and the t
 
 from __future__ import annotations
 
+import logging
 import os
 
 from modules import cmd_args, paths, plugins, sd_models, shared
+from modules.options import OptionError
+
+log = logging.getLogger("serena.initialize")
 
 
 def initialize(cmd_opts=None, *, load_extensions: bool = True):
@@ -44,5 +48,8 @@ def initialize(cmd_opts=None, *, load_extensions: bool = True):
     if cmd_opts.ckpt and not opts.frozen:
         # A1111: --ckpt names the checkpoint to start with.
         title = sd_models.checkpoint_for_file(cmd_opts.ckpt.rstrip("/")).title
-        opts.set("sd_model_checkpoint", title, run_callbacks=False)
+        try:
+            opts.set("sd_model_checkpoint", title, run_callbacks=False)
+        except OptionError as e:  # a file that cannot load: start on a working checkpoint instead (docs/models.md)
+            log.warning("--ckpt %s not used: %s", cmd_opts.ckpt, e.reason)
     return shared.opts

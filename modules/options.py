@@ -75,13 +75,16 @@ class OptionInfo:
     """How one option looks, what it accepts, and how it maps to infotext.
 
     The signature follows A1111's ``OptionInfo`` and adds ``do_not_save``, ``choices``, ``aliases``,
-    ``validate`` (a callable that normalises a value or raises ``ValueError`` with the reason) and ``type``
-    (the expected Python type when the default cannot tell, e.g. a ``None`` default).
+    ``validate`` (a callable that normalises a value or raises ``ValueError`` with the reason), ``type``
+    (the expected Python type when the default cannot tell, e.g. a ``None`` default) and ``check_with``
+    (``check_with(value, values)``: a check against the other options' values, e.g. a model's limits; ``values``
+    maps every option to what would be in effect with the checked values, less those rejected with them).
     """
 
     def __init__(self, default=None, label="", component=None, component_args=None, onchange=None, section=None,
                  refresh=None, comment_before="", comment_after="", infotext=None, restrict_api=False,
-                 category_id=None, *, do_not_save=False, choices=None, aliases=(), validate=None, type=None):
+                 category_id=None, *, do_not_save=False, choices=None, aliases=(), validate=None, type=None,
+                 check_with=None):
         self.default = default
         self.label = label
         self.component = component
@@ -99,6 +102,7 @@ class OptionInfo:
         self.aliases = tuple(aliases)
         self.validate = validate
         self.type = type
+        self.check_with = check_with
 
     def needs_restart(self):
         self.comment_after += " (requires restart)"
@@ -414,7 +418,23 @@ class Options:
                 result.values[name] = check_value(key, info, value)
             except OptionError as e:
                 result.errors[key] = e.reason
+        self._check_together(result)
         return result
+
+    def _check_together(self, result: CheckResult) -> None:
+        """Run each checked option's ``check_with`` against what would be in effect with all the checked values."""
+        names = [n for n in result.values if self.data_labels[n].check_with is not None]
+        if not names:
+            return
+        rejected = {self.canonical_key(k) for k in result.errors if isinstance(k, str)}
+        values = {k: self._effective(k) for k in self.data_labels if k not in rejected}
+        values.update(result.values)
+        for name in names:
+            try:
+                result.values[name] = self.data_labels[name].check_with(result.values[name], values)
+            except ValueError as e:
+                result.errors[name] = str(e)
+                del result.values[name]
 
     # -- writing stored values -------------------------------------------------------------------------------
     def __setattr__(self, key, value):
@@ -491,12 +511,15 @@ class Options:
             raise OptionsRejected(result.errors)
         for k in result.values:  # a refused key refuses the whole mapping: nothing half-applied
             self._guard(k, "set")
+        # Options checked against others (``check_with``) last: ``set`` checks each again, and by then the values
+        # they were checked with together (a new checkpoint) are stored.
+        order = sorted(result.values, key=lambda k: self.data_labels[k].check_with is not None)
         before: dict = {}
         changed: dict = {}
         try:
-            for key, value in result.values.items():
+            for key in order:
                 before[key] = (self._stored.get(key, _MISSING), self._invalid.get(key, _MISSING))
-                changed[key] = self.set(key, value, is_api=is_api, run_callbacks=run_callbacks)
+                changed[key] = self.set(key, result.values[key], is_api=is_api, run_callbacks=run_callbacks)
             if save:
                 self.save()
         except BaseException:

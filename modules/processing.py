@@ -9,6 +9,7 @@ option by hand.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -21,6 +22,7 @@ from modules.runtime_utils import temporary_opts, with_overrides
 log = logging.getLogger("serena.processing")
 
 SEED_MAX = 2**32 - 1
+log = logging.getLogger("serena.processing")
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,19 @@ class GenerationSettings:
     def capture(cls, opts) -> "GenerationSettings":
         return cls(clip_skip=int(opts.CLIP_stop_at_last_layers), eta_noise_seed_delta=int(opts.eta_noise_seed_delta),
                    randn_source=opts.randn_source)
+
+    def fit(self, model, warnings: list) -> "GenerationSettings":
+        """These settings within what ``model`` can do. Values from a request were checked against its model
+        before it queued; a stored clip skip deeper than a later-chosen model's text encoder is clamped here,
+        with a warning, never a failure."""
+        facts = getattr(model, "facts", None)
+        problem = facts and sd_models.clip_skip_problem(self.clip_skip, model.info, facts)
+        if not problem:
+            return self
+        message = f"Clip skip {problem}; using {facts.text_encoder_layers}"
+        log.warning("%s", message)
+        warnings.append(message)
+        return dataclasses.replace(self, clip_skip=facts.text_encoder_layers)
 
 
 @dataclass(frozen=True)
@@ -231,8 +246,8 @@ class Processed:
         })
 
 
-def _model_for_batch():
-    model = sd_models.current_model()
+def _model_for_batch(p):
+    model = sd_models.current_model(p.warnings)
     return model, ModelUsed(model.info, model.vae_name)
 
 
@@ -265,8 +280,9 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
     # 3. Seeds, prompts and the effective options for every image
     p.init_seeds()
     p.settings = GenerationSettings.capture(shared.opts)
-    # 4. The model that matches the effective checkpoint and VAE
-    model, used = _model_for_batch()
+    # 4. The model that matches the effective checkpoint and VAE, and the settings fitted to it
+    model, used = _model_for_batch(p)
+    p.settings = p.settings.fit(model, p.warnings)
     state = jobs.state
     state.job_count = p.n_iter
     images, infotexts, saved_paths = [], [], []
@@ -279,7 +295,7 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
         lo, hi = n * p.batch_size, (n + 1) * p.batch_size
         # A nested generation run by an extension's hook may have switched the shared model's VAE: match this
         # generation's effective settings again, and record what this batch really ran on.
-        model, used = _model_for_batch()
+        model, used = _model_for_batch(p)
         batch = p.sample_batch(model, p.all_prompts[lo:hi], p.all_negative_prompts[lo:hi], p.all_seeds[lo:hi],
                                p.all_subseeds[lo:hi])
         for i, image in enumerate(batch):

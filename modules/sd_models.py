@@ -1,7 +1,8 @@
 """Checkpoints: discovery, A1111 titles and hashes, name resolution, and the loaded-models cache.
 
-Discovery and resolution import no torch, so options can be validated cheaply; loading happens in
-``modules.sd_models_loader`` and is reached only through ``LoadedModels``.
+Discovery and resolution import no torch; loading happens in ``modules.sd_models_loader`` and is reached only
+through ``LoadedModels``, which also inspects a file (its header only, cached by path, size and mtime) before it is
+selected, overridden or loaded, so a file that cannot load is refused by name instead of failing a generation.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import threading
@@ -16,6 +18,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from modules import paths, shared
+from modules.options import OptionError
+
+log = logging.getLogger("serena.sd_models")
 
 CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt")
 
@@ -210,12 +215,30 @@ def resolve_checkpoint(name: Any) -> CheckpointInfo:
 
 
 def default_checkpoint() -> CheckpointInfo | None:
-    """What a generation uses when ``sd_model_checkpoint`` is unset: the embedded default, else the first found."""
+    """What a generation uses when ``sd_model_checkpoint`` is unset: the embedded default, else the first found.
+
+    A checkpoint whose file cannot load is passed over (with a logged warning) while another one can.
+    """
     checkpoints = list_checkpoints()
-    for c in checkpoints:
-        if os.path.basename(c.filename) == DEFAULT_CHECKPOINT_FILE:
+    candidates = sorted(checkpoints, key=lambda c: os.path.basename(c.filename) != DEFAULT_CHECKPOINT_FILE)
+    for c in candidates:
+        try:
+            model_manager.facts(c)
             return c
-    return checkpoints[0] if checkpoints else None
+        except ValueError as e:
+            log.warning("checkpoint %s cannot be the default: %s", c.title, e)
+    return candidates[0] if candidates else None
+
+
+def checkpoint_facts(name: str | None):
+    """``(CheckpointInfo, ModelFacts)`` of the checkpoint ``name`` (``None``: the default), or ``None`` when it
+    is unknown, cannot load, or the loaded-models cache cannot tell (that is reported for the checkpoint itself)."""
+    try:
+        info = resolve_checkpoint(name) if name else default_checkpoint()
+        facts = model_manager.facts(info) if info is not None else None
+    except ValueError:
+        return None
+    return (info, facts) if facts is not None else None
 
 
 def effective_checkpoint() -> CheckpointInfo:
@@ -232,27 +255,93 @@ def effective_checkpoint() -> CheckpointInfo:
 DEFAULT_CHECKPOINT_FILE = "serena-shapes-v1.safetensors"
 
 
+class CheckpointLoadError(OptionError):
+    """A checkpoint or VAE that cannot be loaded; an ``OptionError`` of the key that chose it (HTTP 422)."""
+
+    def __init__(self, key: str, title: str, error: Exception):
+        super().__init__(key, f"{title} cannot be loaded: {error}")
+        self.title = title
+
+
+def _signature(path: str) -> tuple:
+    """What changes when a checkpoint's content may have: size and mtime of the file, or of every file in a folder."""
+    if not os.path.isdir(path):
+        st = os.stat(path)
+        return st.st_size, st.st_mtime_ns
+    entries = []
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            st = os.stat(os.path.join(root, name))
+            entries.append((os.path.relpath(os.path.join(root, name), path), st.st_size, st.st_mtime_ns))
+    return tuple(entries)
+
+
 class LoadedModels:
     """An LRU cache of loaded checkpoints, sized by ``sd_checkpoints_limit``.
 
     Switching to a cached checkpoint reads nothing from disk; ``loads`` counts real loads, so tests and
-    benchmarks can prove it. Touched only under the generation queue lock.
+    benchmarks can prove it. Touched only under the generation queue lock (``facts`` from any thread).
+
+    ``inspect_fn(kind, path)`` (``kind`` is ``"checkpoint"`` or ``"vae"``) checks a file without loading it and
+    returns its ``ModelFacts``; without one (a cache of stand-in models) nothing is inspected.
     """
 
-    def __init__(self, load_fn: Callable[[CheckpointInfo], Any]):
+    def __init__(self, load_fn: Callable[[CheckpointInfo], Any],
+                 inspect_fn: Callable[[str, str], Any] | None = None):
         self._load_fn = load_fn
+        self._inspect_fn = inspect_fn
         self._cache: collections.OrderedDict[str, Any] = collections.OrderedDict()
         self._lock = threading.RLock()
+        self._facts: dict[tuple, tuple] = {}   # (kind, path) -> (signature, facts, error)
+        self._facts_lock = threading.Lock()    # not _lock: a validation must not wait for a running load
         self.loads = 0
         self.current: CheckpointInfo | None = None
 
+    def facts(self, info: CheckpointInfo):
+        """The ``ModelFacts`` of a checkpoint, from its header; ``ValueError`` naming the file and what is wrong.
+
+        ``None`` when this cache has no ``inspect_fn``. The result is kept until the file's size or mtime changes.
+        """
+        return self._inspect("checkpoint", info.filename)
+
+    def vae_facts(self, path: str):
+        """As ``facts``, for a VAE file."""
+        return self._inspect("vae", path)
+
+    def _inspect(self, kind: str, path: str):
+        if self._inspect_fn is None:
+            return None
+        try:
+            signature = _signature(path)
+        except OSError as e:
+            raise ValueError(f"{os.path.basename(path)}: {e.strerror or e}") from None
+        with self._facts_lock:
+            cached = self._facts.get((kind, path))
+        if cached is None or cached[0] != signature:
+            try:
+                cached = (signature, self._inspect_fn(kind, path), None)
+            except ValueError as e:
+                cached = (signature, None, str(e))
+            with self._facts_lock:
+                self._facts[(kind, path)] = cached
+        if cached[2] is not None:
+            raise ValueError(cached[2])
+        return cached[1]
+
     def get(self, info: CheckpointInfo) -> Any:
+        """The loaded model of ``info``; ``CheckpointLoadError`` if it cannot load (the cache and ``current``
+        are then as they were: the model in use stays loaded)."""
         with self._lock:
             if info.filename in self._cache:
                 self._cache.move_to_end(info.filename)
                 model = self._cache[info.filename]
             else:
-                model = self._load_fn(info)
+                try:
+                    self.facts(info)  # a header that cannot load costs no read of the weights
+                    model = self._load_fn(info)
+                except (ValueError, OSError) as e:
+                    raise CheckpointLoadError("sd_model_checkpoint", info.title, e) from e
                 self.loads += 1
                 self._cache[info.filename] = model
                 limit = max(1, int(shared.opts.sd_checkpoints_limit))
@@ -279,7 +368,14 @@ def _load_from_disk(info: CheckpointInfo):
     return model
 
 
-model_manager = LoadedModels(_load_from_disk)
+def _inspect_on_disk(kind: str, path: str):
+    from modules import sd_models_loader
+    if kind == "vae":
+        return sd_models_loader.inspect_vae(path)
+    return sd_models_loader.inspect_checkpoint(path, allow_pickle=shared.cmd_opts.allow_pickle_checkpoints)
+
+
+model_manager = LoadedModels(_load_from_disk, _inspect_on_disk)
 _vae_cache: dict[str, Any] = {}
 
 
@@ -300,24 +396,97 @@ def wanted_vae(info: CheckpointInfo) -> str | None:
     return choice
 
 
-def current_model():
+def overridden(key: str) -> bool:
+    """Whether an override layer of the current context sets ``key`` (a request chose it, not the settings)."""
+    return any(key in layer.values for layer in shared.opts.layers())
+
+
+def clip_skip_problem(clip_skip: int, info: CheckpointInfo, facts) -> str | None:
+    """Why checkpoint ``info`` cannot honour ``clip_skip``, or ``None``. Clip skip n takes the output of the n-th
+    text-encoder layer from the end, so n is at most the layer count: 12 for SD1.5 (A1111's maximum), 2 for the
+    embedded models."""
+    layers = facts.text_encoder_layers
+    if layers is not None and clip_skip > layers:
+        return f"{clip_skip} is more than {info.title} allows: its text encoder has {layers} layers (at most {layers})"
+    return None
+
+
+def vae_problem(vae_name: str, vae_facts, info: CheckpointInfo, facts) -> str | None:
+    """Why VAE ``vae_name`` cannot work with checkpoint ``info``, or ``None``: its latents must have the UNet's
+    channels (a mismatch fails in the first decode)."""
+    if vae_facts.latent_channels != facts.latent_channels:
+        return (f"{vae_name} makes {vae_facts.latent_channels}-channel latents; {info.title} works on "
+                f"{facts.latent_channels} channels")
+    return None
+
+
+def _warn(warnings: list | None, message: str):
+    log.warning("%s", message)
+    if warnings is not None and message not in warnings:
+        warnings.append(message)
+
+
+def _fallback_model(error: ValueError, warnings: list | None):
+    """A working model instead of a stored (or default) checkpoint that cannot load: the one in use, else the
+    first that loads. The setting itself is kept, so fixing the file brings it back."""
+    candidates = ([model_manager.current] if model_manager.current is not None else []) + list_checkpoints()
+    for info in candidates:
+        try:
+            model = model_manager.get(info)
+        except CheckpointLoadError:
+            continue
+        _warn(warnings, f"sd_model_checkpoint: {getattr(error, 'reason', error)}; using {info.title} instead")
+        return model
+    raise error
+
+
+def _external_vae(name: str, model):
+    from modules import devices, sd_models_loader, sd_vae
+    path = sd_vae.vae_path(name)
+    if path is None:
+        raise ValueError(f"no VAE named {name!r}")
+    vae_facts = model_manager.vae_facts(path)
+    if vae_facts is not None and getattr(model, "facts", None) is not None:
+        problem = vae_problem(name, vae_facts, model.info, model.facts)
+        if problem:
+            raise ValueError(problem)
+    if name not in _vae_cache:
+        _vae_cache.clear()  # one external VAE in memory at a time
+        _vae_cache[name] = sd_models_loader.load_vae(path, device=devices.device(), dtype=devices.dtype())
+    return _vae_cache[name]
+
+
+def current_model(warnings: list | None = None):
     """The model that matches the effective checkpoint and VAE of the current context, loading what is missing.
 
     Called by the core's enter hook and by every generation; cheap when nothing changes, and a model already in
     the cache is switched to without reading the disk.
+
+    A checkpoint or VAE that cannot load leaves the models in memory as they were. Named by an override (a
+    request), it raises ``CheckpointLoadError`` (HTTP 422); chosen by the settings (or by ``Automatic``), a
+    working model is used instead — the one in use, else the first that loads; for a VAE the checkpoint's own —
+    with a warning in the log and in ``warnings`` (the generation's), so a broken file never bricks the server.
     """
-    from modules import sd_vae
-    info = effective_checkpoint()
-    model = model_manager.get(info)
-    vae_name = wanted_vae(info)
+    try:
+        info = effective_checkpoint()
+        model = model_manager.get(info)
+    except ValueError as e:
+        if overridden("sd_model_checkpoint"):
+            if isinstance(e, OptionError):
+                raise
+            raise CheckpointLoadError("sd_model_checkpoint", str(shared.opts.sd_model_checkpoint), e) from e
+        model = _fallback_model(e, warnings)
+    vae_name = wanted_vae(model.info)
     if getattr(model, "vae_name", None) != vae_name:
-        if vae_name is None:
-            model.apply_vae(None, None)
-        else:
-            if vae_name not in _vae_cache:
-                from modules import devices, sd_models_loader
-                _vae_cache.clear()  # one external VAE in memory at a time
-                _vae_cache[vae_name] = sd_models_loader.load_vae(sd_vae.vae_path(vae_name), device=devices.device(),
-                                                                 dtype=devices.dtype())
-            model.apply_vae(_vae_cache[vae_name], vae_name)
+        vae = None
+        if vae_name is not None:
+            try:
+                vae = _external_vae(vae_name, model)
+            except (ValueError, OSError) as e:
+                if overridden("sd_vae") and shared.opts.sd_vae == vae_name:  # a request named this very file
+                    raise CheckpointLoadError("sd_vae", vae_name, e) from e
+                _warn(warnings, f"sd_vae: {vae_name} cannot be used: {e}; using the checkpoint's own VAE")
+                vae_name = None
+        if getattr(model, "vae_name", None) != vae_name:
+            model.apply_vae(vae, vae_name)
     return model

@@ -15,13 +15,20 @@ place, or a parameter left without a tensor, raises ``ValueError`` naming the fi
 with random weights. ``save_ldm_checkpoint``/``save_ldm_vae`` write the inverse mapping.
 
 Pickled ``.ckpt`` files are refused unless the caller opts in (``--allow-pickle-checkpoints``).
+
+``inspect_checkpoint``/``inspect_vae`` run the same loading steps on PyTorch's ``meta`` device: tensors are built
+from the safetensors header (names, shapes, dtypes) and no weight is read, so every check above (header parses,
+every tensor's bytes lie inside the file, SD1.x layout, conversion, strict fit to the config) runs in a fraction of a
+second, and what the model can do (``ModelFacts``) comes back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+from dataclasses import dataclass
 
 import torch
 from accelerate import init_empty_weights
@@ -35,10 +42,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from modules import paths
 from modules.sd_models import CheckpointInfo
 
-CONFIGS_DIR = os.path.join(paths.script_path, "modules", "sd_configs")
+# Next to this file, not under paths.script_path: the configs belong to the code, wherever it is imported from.
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sd_configs")
 TOKENIZER_DIR = os.path.join(CONFIGS_DIR, "tokenizer")
 V1_CONFIG_DIR = os.path.join(CONFIGS_DIR, "v1")
 METADATA_KEY = "serena_config"
@@ -59,6 +66,36 @@ _COMPONENT_FILES = {
 # Config entries that describe the writing environment, not the architecture; left out of saved metadata
 # so the same weights always give the same file bytes.
 _VOLATILE_TEXT_CONFIG_KEYS = {"transformers_version", "_name_or_path", "dtype", "torch_dtype"}
+
+
+META = torch.device("meta")
+
+# safetensors dtype codes -> torch dtypes, for the meta tensors of an inspection. Only whether a dtype is floating
+# point matters to the checks, so a code missing here (a newer float format) is treated as float32.
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a checkpoint (or VAE) can do, which some options depend on.
+
+    ``text_encoder_layers`` bounds clip skip (``CLIP_stop_at_last_layers``); ``latent_channels`` is what a VAE
+    must produce and consume to work with the UNet. ``None`` where it does not apply (a VAE has no text encoder).
+    """
+
+    text_encoder_layers: int | None
+    latent_channels: int
+
+
+def model_facts(unet=None, vae=None, text_encoder=None) -> ModelFacts:
+    """``ModelFacts`` of loaded (or meta) components; a checkpoint's latent channels are its UNet's output."""
+    layers = int(text_encoder.config.num_hidden_layers) if text_encoder is not None else None
+    channels = int(unet.config.out_channels) if unet is not None else int(vae.config.latent_channels)
+    return ModelFacts(text_encoder_layers=layers, latent_channels=channels)
 
 
 class SDModel:
@@ -87,6 +124,10 @@ class SDModel:
         self.dtype = dtype
         self.vae_name: str | None = None
         self._own_vae = vae
+
+    @property
+    def facts(self) -> ModelFacts:
+        return model_facts(self.unet, None, self.text_encoder)
 
     @property
     def sd_model_hash(self) -> str:
@@ -146,14 +187,41 @@ def load_checkpoint(info: CheckpointInfo, *, device: str | torch.device = "cpu",
     if os.path.isdir(info.filename):
         components = _load_diffusers_folder(info.filename, device, dtype)
     else:
-        state_dict, metadata = read_state_dict(info.filename, allow_pickle=allow_pickle)
-        configs = _configs_from_metadata(metadata, info.filename)
-        sampling = configs["sampling"]
-        components = _components_from_ldm(state_dict, configs, os.path.basename(info.filename), device, dtype)
+        components, sampling = _ldm_file_components(info.filename, device, dtype, allow_pickle)
     unet, vae, text_encoder, scheduler_config = components
     return SDModel(info=info, tokenizer=load_tokenizer(), text_encoder=text_encoder.eval(), unet=unet.eval(),
                    vae=vae.eval(), scheduler_config=scheduler_config, device=device, dtype=dtype,
                    guidance_rescale=sampling["guidance_rescale"], cfg_scale=sampling["cfg_scale"])
+
+
+def inspect_checkpoint(path: str, *, allow_pickle: bool = False) -> ModelFacts:
+    """Check that ``load_checkpoint`` would succeed, without reading any weight; return what the model can do.
+
+    A single file goes through the very steps of ``load_checkpoint`` on the ``meta`` device, its tensors built
+    from the header. A diffusers folder has each component's config read and each ``.safetensors`` header opened
+    (truncation is caught there); whether its tensors fit their configs is left to ``from_pretrained`` at load.
+    A pickled file (with ``allow_pickle``) is memory-mapped, not read, where its format allows.
+
+    Raises:
+        ValueError: as ``load_checkpoint`` does, naming the file and what is wrong.
+    """
+    if os.path.isdir(path):
+        return _inspect_diffusers_folder(path)
+    (unet, _, text_encoder, _), _ = _ldm_file_components(path, META, torch.float32, allow_pickle)
+    return model_facts(unet, None, text_encoder)
+
+
+def inspect_vae(path: str) -> ModelFacts:
+    """Check that ``load_vae`` would succeed, without reading any weight (see ``inspect_checkpoint``)."""
+    return model_facts(vae=load_vae(path, device=META))
+
+
+def _ldm_file_components(path: str, device: torch.device, dtype: torch.dtype, allow_pickle: bool):
+    """``((unet, vae, text_encoder, scheduler_config), sampling)`` of a single-file checkpoint."""
+    state_dict, metadata = read_state_dict(path, allow_pickle=allow_pickle, meta=device.type == "meta")
+    configs = _configs_from_metadata(metadata, path)
+    components = _components_from_ldm(state_dict, configs, os.path.basename(path), device, dtype)
+    return components, configs["sampling"]
 
 
 def load_vae(path: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> AutoencoderKL:
@@ -167,7 +235,8 @@ def load_vae(path: str, *, device: str | torch.device = "cpu", dtype: torch.dtyp
         ValueError: unreadable file, or tensors that do not fit the config; the message names the file.
     """
     name = os.path.basename(path)
-    state_dict, metadata = read_state_dict(path)
+    device = torch.device(device)
+    state_dict, metadata = read_state_dict(path, meta=device.type == "meta")
     config = _configs_from_metadata(metadata, path)["vae"]
     prefix = VAE_PREFIX if any(k.startswith(VAE_PREFIX) for k in state_dict) else ""
     source = {k[len(prefix):]: v for k, v in state_dict.items()
@@ -179,12 +248,15 @@ def load_vae(path: str, *, device: str | torch.device = "cpu", dtype: torch.dtyp
     else:
         converted = _convert(name, "VAE", convert_ldm_vae_checkpoint, source, config)
         _check_conversion(name, "VAE", len(source), converted)
-    return _instantiate(lambda: AutoencoderKL.from_config(config), converted, name, "VAE",
-                        torch.device(device), dtype).eval()
+    return _instantiate(lambda: AutoencoderKL.from_config(config), converted, name, "VAE", device, dtype).eval()
 
 
-def read_state_dict(path: str, *, allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_state_dict(path: str, *, allow_pickle: bool = False,
+                    meta: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """``(tensors, safetensors metadata)`` of a checkpoint file, on the CPU in the file's dtypes.
+
+    With ``meta`` the tensors are on the ``meta`` device: shapes and dtypes only, no weight read (a pickled file
+    is memory-mapped where its format allows).
 
     Raises:
         ValueError: pickled file without ``allow_pickle``, unknown extension, or a corrupt/truncated file.
@@ -194,23 +266,44 @@ def read_state_dict(path: str, *, allow_pickle: bool = False) -> tuple[dict[str,
         if not allow_pickle:
             raise ValueError(f"{name}: pickled checkpoints can run arbitrary code; convert to .safetensors, "
                              f"or start with --allow-pickle-checkpoints to load it anyway")
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # torch.load surfaces corruption as many unrelated exception types
-            raise ValueError(f"{name}: cannot read pickled checkpoint: {e}") from e
+        obj = _load_pickle(path, name, mmap=meta)
         state_dict = obj.get("state_dict", obj) if isinstance(obj, dict) else None
         if not isinstance(state_dict, dict):
             raise ValueError(f"{name}: pickled checkpoint holds {type(obj).__name__}, not a state dict")
-        return {k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}, {}
+        return {k: v.to(META) if meta else v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}, {}
     if not path.lower().endswith(".safetensors"):
         raise ValueError(f"{name}: unsupported checkpoint type; expected .safetensors")
+    with _open_safetensors(path) as f:
+        metadata = f.metadata() or {}
+        if meta:
+            tensors = {k: _meta_tensor(f.get_slice(k)) for k in f.keys()}
+        else:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    return tensors, metadata
+
+
+@contextlib.contextmanager
+def _open_safetensors(path: str):
+    """``safe_open``, which parses the header and checks that every tensor's byte range lies inside the file."""
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            yield f
     except (SafetensorError, OSError) as e:
-        raise ValueError(f"{name}: corrupt or truncated .safetensors file: {e}") from e
-    return tensors, metadata
+        raise ValueError(f"{os.path.basename(path)}: corrupt or truncated .safetensors file: {e}") from e
+
+
+def _meta_tensor(tensor_slice) -> torch.Tensor:
+    dtype = _SAFETENSORS_DTYPES.get(tensor_slice.get_dtype(), torch.float32)
+    return torch.empty(tensor_slice.get_shape(), dtype=dtype, device=META)
+
+
+def _load_pickle(path: str, name: str, *, mmap: bool):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as e:  # torch.load surfaces corruption as many unrelated exception types
+        if mmap and "mmap" in str(e):  # the legacy (pre-zip) format cannot be memory-mapped: read it
+            return _load_pickle(path, name, mmap=False)
+        raise ValueError(f"{name}: cannot read pickled checkpoint: {e}") from e
 
 
 #: ``serena_config.sampling`` entries: how a checkpoint is meant to be sampled. name -> (absent, low, high)
@@ -257,12 +350,13 @@ def checkpoint_sampling(path: str) -> dict:
     """
     metadata = {}
     if os.path.isfile(path) and path.lower().endswith(".safetensors"):
-        try:
-            with safe_open(path, framework="pt", device="cpu") as f:
-                metadata = f.metadata() or {}
-        except (SafetensorError, OSError) as e:
-            raise ValueError(f"{os.path.basename(path)}: corrupt or truncated .safetensors file: {e}") from e
+        metadata = _safetensors_metadata(path)
     return _configs_from_metadata(metadata, path)["sampling"]
+
+
+def _safetensors_metadata(path: str) -> dict[str, str]:
+    with _open_safetensors(path) as f:
+        return f.metadata() or {}
 
 
 def _components_from_ldm(state_dict: dict[str, torch.Tensor], configs: dict[str, dict], name: str,
@@ -371,6 +465,32 @@ def _load_diffusers_folder(folder: str, device: torch.device, dtype: torch.dtype
     else:
         scheduler_config = default_configs()["scheduler"]
     return (*loaded, scheduler_config)
+
+
+def _inspect_diffusers_folder(folder: str) -> ModelFacts:
+    name = os.path.basename(folder.rstrip("/\\"))
+    configs = {}
+    for sub in ("unet", "vae", "text_encoder"):
+        directory = os.path.join(folder, sub)
+        weights = sorted(n for n in os.listdir(directory) if n.endswith(".safetensors")) if os.path.isdir(directory) \
+            else []
+        if not weights:
+            raise ValueError(f"{name}: cannot load {sub}/: no .safetensors weights")
+        for weight in weights:
+            try:
+                _safetensors_metadata(os.path.join(directory, weight))
+            except ValueError as e:
+                raise ValueError(f"{name}: {sub}/{e}") from None
+        try:
+            with open(os.path.join(directory, "config.json"), encoding="utf-8") as f:
+                configs[sub] = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{name}: cannot load {sub}/config.json: {e}") from e
+    try:
+        return ModelFacts(text_encoder_layers=int(configs["text_encoder"]["num_hidden_layers"]),
+                          latent_channels=int(configs["unet"].get("out_channels", 4)))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{name}: text_encoder/config.json lacks a valid num_hidden_layers: {e}") from None
 
 
 # --- writing (diffusers -> LDM) ---------------------------------------------------------------------------------

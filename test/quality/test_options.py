@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from modules import shared_options
+from modules import sd_models, shared_options
 from modules.options import (OptionError, OptionInfo, Options, OptionsRejected, SettingsFrozenError, check_value,
                              options_section, same_value)
 
@@ -29,6 +29,12 @@ TYPED_OPTIONS = {
     "an_int": OptionInfo(1), "a_float": OptionInfo(1.0), "a_bool": OptionInfo(True), "a_str": OptionInfo("1"),
     "a_list": OptionInfo([1]),
 }
+
+
+@pytest.fixture(autouse=True)
+def no_model_limits(monkeypatch):
+    """These tests are about the store: no checkpoint's limits (clip skip, VAE) come into the values they check."""
+    monkeypatch.setattr(sd_models, "model_manager", sd_models.LoadedModels(load_fn=None))
 
 
 @pytest.fixture

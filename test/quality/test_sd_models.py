@@ -27,6 +27,8 @@ def env(tmp_path, monkeypatch):
     monkeypatch.setattr(sd_models, "_checkpoints", None)
     monkeypatch.setattr(sd_models, "_hash_cache", None)
     monkeypatch.setattr(sd_models, "extra_checkpoints", [])
+    # The files here are placeholders: nothing inspects their headers (test_checkpoint_checks.py does, on real files).
+    monkeypatch.setattr(sd_models, "model_manager", sd_models.LoadedModels(load_fn=None))
     return data / "models" / "Stable-diffusion", app / "models" / "Stable-diffusion"
 
 

@@ -105,7 +105,7 @@ def test_interrupt_during_generation_with_overrides(http, server):
 
     def generate():
         result["r"] = httpx.post(f"{server.url}/sdapi/v1/txt2img", timeout=300, json=dict(
-            SMALL, prompt="a long one", steps=150, override_settings={"CLIP_stop_at_last_layers": 3}))
+            SMALL, prompt="a long one", steps=150, override_settings={"CLIP_stop_at_last_layers": 2}))
 
     worker = threading.Thread(target=generate)
     worker.start()
@@ -113,7 +113,7 @@ def test_interrupt_during_generation_with_overrides(http, server):
         wait_until(lambda: http.get("/sdapi/v1/progress").json()["state"]["sampling_step"] >= 1)
         active = http.get("/serena/v1/overrides/active").json()
         assert active["job"] == "txt2img"
-        assert active["overrides"][0]["values"] == {"CLIP_stop_at_last_layers": 3}
+        assert active["overrides"][0]["values"] == {"CLIP_stop_at_last_layers": 2}
         assert http.get("/sdapi/v1/options").json()["CLIP_stop_at_last_layers"] == 1  # not the running override
         assert http.post("/sdapi/v1/interrupt").json() == {}
     finally:
