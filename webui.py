@@ -30,9 +30,13 @@ def create_app(cmd_opts):
         print(f"Serena ready on {getattr(app.state, 'url', 'an ASGI server')}", flush=True)
         yield
 
+    # With --api-auth the API's description is protected like the API itself (docs/security.md).
+    hidden_docs = {"docs_url": None, "redoc_url": None, "openapi_url": None} if cmd_opts.api_auth else {}
     app = FastAPI(title="Serena", description="Stable Diffusion web UI runtime with an A1111-compatible API",
-                  lifespan=lifespan)
-    Api(app, auth=cmd_opts.api_auth)
+                  lifespan=lifespan, **hidden_docs)
+    api = Api(app, auth=cmd_opts.api_auth)
+    if cmd_opts.api_auth:
+        add_protected_docs(app, api.auth)
     plugins.host.call("on_app_started", app=app)
     if not cmd_opts.nowebui:
         import gradio as gr
@@ -41,9 +45,32 @@ def create_app(cmd_opts):
         blocks = create_ui()
         from modules.api.api import parse_credentials
         logins = list(parse_credentials(cmd_opts.gradio_auth, "--gradio-auth").items()) or None
+        if cmd_opts.listen and logins is None:
+            log.warning("--listen without --gradio-auth: anyone who can reach this machine can use the web UI "
+                        "(generate, change settings); --api-auth does not cover it (docs/security.md)")
         app = gr.mount_gradio_app(app, blocks, path="/", footer_links=["api"], auth=logins)
     add_middleware(app, cmd_opts)
     return app
+
+
+def add_protected_docs(app, auth):
+    """``/openapi.json``, ``/docs`` and ``/redoc`` behind the API's credentials: they name every route, extensions'
+    included, so a server that asks for credentials does not describe itself to someone without them."""
+    from fastapi import Depends
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+    from fastapi.responses import JSONResponse
+
+    def openapi():
+        return JSONResponse(app.openapi())
+
+    def docs():
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - Swagger UI")
+
+    def redoc():
+        return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - ReDoc")
+
+    for path, endpoint in (("/openapi.json", openapi), ("/docs", docs), ("/redoc", redoc)):
+        app.add_api_route(path, endpoint, methods=["GET"], include_in_schema=False, dependencies=[Depends(auth)])
 
 
 def add_middleware(app, cmd_opts):

@@ -32,6 +32,36 @@ def test_malformed_gradio_auth_names_the_flag(data_dir):
         webui.create_app(cmd_args.parse_args(["--gradio-auth", ":nouser", "--data-dir", str(data_dir)]))
 
 
+@pytest.mark.parametrize("path", ["/openapi.json", "/docs", "/redoc"])
+def test_api_auth_protects_the_api_description(data_dir, fake_models, path):
+    with TestClient(api_app(data_dir, "--api-auth", "ann:pa:ss")) as client:
+        refused = client.get(path)
+        assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Basic"
+        assert client.get(path, auth=("ann", "wrong")).status_code == 401
+        allowed = client.get(path, auth=("ann", "pa:ss"))
+        assert allowed.status_code == 200
+        if path == "/openapi.json":
+            assert "/sdapi/v1/txt2img" in allowed.json()["paths"]
+            assert "/docs" not in allowed.json()["paths"]  # the description does not list itself
+        else:
+            assert "/openapi.json" in allowed.text
+
+
+def test_api_description_is_open_without_api_auth(data_dir, fake_models):
+    with TestClient(api_app(data_dir)) as client:
+        assert client.get("/openapi.json").status_code == 200 and client.get("/docs").status_code == 200
+
+
+def test_listen_without_gradio_auth_warns(data_dir, fake_models, caplog):
+    with caplog.at_level("WARNING", logger="serena"):
+        webui.create_app(cmd_args.parse_args(["--listen", "--data-dir", str(data_dir)]))
+    assert "--listen without --gradio-auth" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="serena"):
+        webui.create_app(cmd_args.parse_args(["--listen", "--gradio-auth", "a:b", "--data-dir", str(data_dir)]))
+    assert "--gradio-auth" not in caplog.text
+
+
 # -- CORS (off unless a flag names origins) and --api-log ------------------------------------------------------
 
 PREFLIGHT = {"Origin": "http://paint.test:3000", "Access-Control-Request-Method": "POST",
