@@ -397,25 +397,25 @@ def sample_dpmpp_sde(denoise, x, sigmas, noise, eta, r=0.5):
     return x
 
 
+def _sde_noise(noise, s_next, eta_h):
+    """The fresh noise an exponential SDE step adds to land exactly at ``s_next``."""
+    return noise() * (s_next * math.sqrt(-math.expm1(-2 * eta_h))) if eta_h else 0
+
+
 def _dpmpp_2m_sde(denoise, x, sigmas, noise, eta, solver_type):
     previous = h_last = None
     for i, s, s_next in _steps(sigmas):
         denoised = denoise(x, s, i)
         if s_next == 0:
-            x = denoised
-        else:
-            h = math.log(s) - math.log(s_next)
-            eta_h = eta * h
-            phi = -math.expm1(-h - eta_h)
-            x = x * (s_next / s * math.exp(-eta_h)) + denoised * phi
-            if previous is not None:
-                r = h_last / h
-                weight = 0.5 * phi if solver_type == "midpoint" else 1 - phi / (h + eta_h)
-                x = x + weight / r * (denoised - previous)
-            if eta:
-                x = x + noise() * (s_next * math.sqrt(-math.expm1(-2 * eta_h)))
-            h_last = h
-        previous = denoised
+            return denoised
+        h = math.log(s) - math.log(s_next)
+        phi = -math.expm1(-h - eta * h)
+        x = x * (s_next / s * math.exp(-eta * h)) + denoised * phi
+        if previous is not None:
+            weight = 0.5 * phi if solver_type == "midpoint" else 1 - phi / (h + eta * h)
+            x = x + weight * h / h_last * (denoised - previous)
+        x = x + _sde_noise(noise, s_next, eta * h)
+        previous, h_last = denoised, h
     return x
 
 
@@ -428,28 +428,26 @@ def sample_dpmpp_2m_sde_heun(denoise, x, sigmas, noise, eta):
 
 
 def sample_dpmpp_3m_sde(denoise, x, sigmas, noise, eta):
+    # Third-order multistep in log sigma: the last two denoised estimates give the first and second differences.
     d1 = d2 = h1 = h2 = None
     for i, s, s_next in _steps(sigmas):
         denoised = denoise(x, s, i)
         if s_next == 0:
-            x = denoised
-        else:
-            h = math.log(s) - math.log(s_next)
-            h_eta = h * (eta + 1)
-            x = x * math.exp(-h_eta) + denoised * -math.expm1(-h_eta)
-            phi_2 = math.expm1(-h_eta) / h_eta + 1
-            if h2 is not None:
-                r0, r1 = h1 / h, h2 / h
-                slope0, slope1 = (denoised - d1) / r0, (d1 - d2) / r1
-                first = slope0 + (slope0 - slope1) * r0 / (r0 + r1)
-                second = (slope0 - slope1) / (r0 + r1)
-                x = x + first * phi_2 - second * (phi_2 / h_eta - 0.5)
-            elif h1 is not None:
-                x = x + (denoised - d1) / (h1 / h) * phi_2
-            if eta:
-                x = x + noise() * (s_next * math.sqrt(-math.expm1(-2 * h * eta)))
-            h1, h2 = h, h1
-        d1, d2 = denoised, d1
+            return denoised
+        h = math.log(s) - math.log(s_next)
+        h_eta = h * (eta + 1)
+        x = x * math.exp(-h_eta) + denoised * -math.expm1(-h_eta)
+        phi_2 = math.expm1(-h_eta) / h_eta + 1
+        if h2 is not None:
+            r0, r1 = h1 / h, h2 / h
+            slope0, slope1 = (denoised - d1) / r0, (d1 - d2) / r1
+            first = slope0 + (slope0 - slope1) * r0 / (r0 + r1)
+            second = (slope0 - slope1) / (r0 + r1)
+            x = x + first * phi_2 - second * (phi_2 / h_eta - 0.5)
+        elif h1 is not None:
+            x = x + (denoised - d1) * h / h1 * phi_2
+        x = x + _sde_noise(noise, s_next, h * eta)
+        d1, d2, h1, h2 = denoised, d1, h, h1
     return x
 
 
