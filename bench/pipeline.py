@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from modules import cmd_args, initialize, processing, sd_models, sd_samplers, shared  # noqa: E402
+from modules import cmd_args, initialize, processing, sd_models, shared  # noqa: E402
 from modules.runtime_utils import temporary_opts  # noqa: E402
 
 STEPS, SIZE, SEED, PROMPT, NEGATIVE, SAMPLER = 20, 64, 1234, "a red circle on a blue background", "blurry", "Euler a"
@@ -48,8 +48,8 @@ def serena_generate():
 
 
 def bare_pipeline(model):
-    from diffusers import StableDiffusionPipeline
-    scheduler = sd_samplers.create_scheduler(SAMPLER, "Automatic", model.scheduler_config)
+    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionPipeline
+    scheduler = EulerAncestralDiscreteScheduler.from_config(model.scheduler_config)  # SAMPLER, diffusers' own
     pipe = StableDiffusionPipeline(vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer,
                                    unet=model.unet, scheduler=scheduler, safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)

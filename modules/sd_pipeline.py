@@ -8,12 +8,9 @@ Everything it needs arrives as arguments; the effective options are read once at
 
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from modules import prompt_parser, sd_samplers
 
@@ -171,15 +168,63 @@ def rescale_guidance(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> to
     return phi * rescaled + (1 - phi) * guided
 
 
-def _step_kwargs(scheduler, generators, eta) -> dict:
-    """Pass per-image generators (ancestral/SDE noise) and eta only to schedulers whose ``step`` takes them."""
-    params = inspect.signature(scheduler.step).parameters
-    kwargs = {}
-    if "generator" in params:
-        kwargs["generator"] = generators
-    if "eta" in params and eta is not None:
-        kwargs["eta"] = eta
-    return kwargs
+class _Interrupted(Exception):
+    """Raised inside the sampler when the job is interrupted or skipped; the last denoised latent is kept."""
+
+
+class Denoiser:
+    """The model as a function of (x, sigma): classifier-free guidance, CFG rescale and the inpainting mask.
+
+    ``x`` is the latent at noise level ``sigma`` in k-diffusion's scaling (``latent_at_t * sqrt(1 + sigma^2)``);
+    the UNet sees ``c_in * x`` at the timestep of ``sigma`` and its output (eps, v or sample, per the model's
+    config) becomes the denoised latent ``c_skip * x + c_out * output``. Guidance and its rescale are applied to
+    the UNet's output, as before, so a checkpoint's ``guidance_rescale`` means what it was trained with.
+    """
+
+    def __init__(self, p, model, schedule: sd_samplers.ModelSchedule, encoder, cond_schedules, uncond_schedules,
+                 total_steps: int, state):
+        self.p, self.model, self.schedule, self.encoder, self.state = p, model, schedule, encoder, state
+        self.cond_schedules, self.uncond_schedules = cond_schedules, uncond_schedules
+        self.total_steps = total_steps
+        self.init_latents = self.mask = None
+        self.last_denoised = None
+
+    def __call__(self, x: torch.Tensor, sigma: float, step: int) -> torch.Tensor:
+        p, model, state = self.p, self.model, self.state
+        if state.interrupted or state.skipped:
+            raise _Interrupted
+        if step != state.sampling_step:
+            self._step_done(step)
+        prompt_step = min(p.steps - 1, step * p.steps // max(1, self.total_steps))
+        conds = [self.encoder.encode(prompt_parser.schedule_for_step(sch, prompt_step))
+                 for sch in self.uncond_schedules + self.cond_schedules]
+        context = _stack_padded(conds)
+        c_in, c_skip, c_out = self.schedule.scalings(sigma)
+        t = self.schedule.sigma_to_t(sigma).to(device=x.device, dtype=torch.float32).expand(2 * len(x))
+        model_in = (torch.cat([x, x]) * c_in).to(model.dtype)
+        pred = model.unet(model_in, t, encoder_hidden_states=context).sample.float()
+        pred_uncond, pred_cond = pred.chunk(2)
+        guided = pred_uncond + p.cfg_scale * (pred_cond - pred_uncond)
+        if model.guidance_rescale:
+            guided = rescale_guidance(guided, pred_cond, model.guidance_rescale)
+        denoised = x * c_skip + guided * c_out
+        if self.mask is not None:
+            # Keep the unmasked area on the init image's trajectory: there the model "predicts" the init image.
+            denoised = self.init_latents * (1 - self.mask) + denoised * self.mask
+        self.last_denoised = denoised
+        return denoised
+
+    def _step_done(self, step: int) -> None:
+        self.state.sampling_step = step
+        if step and step % PREVIEW_EVERY == 0 and self.last_denoised is not None:
+            self.state.current_image, self.state.current_image_step = preview_image(self.last_denoised), step
+
+
+def _noise_source(generators, shape, device):
+    """Fresh noise per image from its own generator, so image i's noise is the same alone or in a batch."""
+    def noise():
+        return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
+    return noise
 
 
 @torch.inference_mode()
@@ -195,58 +240,44 @@ def sample_batch(p, model, prompts: list[str], negative_prompts: list[str], seed
             ``process_images_inner`` while its overrides were in effect; nothing here reads ``shared.opts``.
         state (`jobs.State`): where progress and previews go and interrupt/skip requests come from.
     """
-    device, dtype = model.device, model.dtype
-    # 1. Scheduler from the model's own config (prediction type, betas, spacing stay the model's)
-    scheduler = sd_samplers.create_scheduler(p.sampler_name, p.scheduler, model.scheduler_config)
-    scheduler.set_timesteps(p.steps, device=device)
-    timesteps = scheduler.timesteps
+    device = model.device
+    # 1. Noise levels from the model's own config (prediction type, betas, zero SNR, spacing are the model's)
+    sampler, scheduler = sd_samplers.resolve_sampler_and_scheduler(p.sampler_name, p.scheduler)
+    schedule = sd_samplers.ModelSchedule(model.scheduler_config)
+    sigmas = sd_samplers.sigmas_for(sampler, scheduler, p.steps, schedule)
+    total_steps = len(sigmas) - 1
     # 2. Conditioning schedules (prompt editing and alternation switch at their steps)
-    encoder = PromptEncoder(model.tokenizer, model.text_encoder, settings.clip_skip, device, dtype)
+    encoder = PromptEncoder(model.tokenizer, model.text_encoder, settings.clip_skip, device, model.dtype)
     cond_schedules = prompt_parser.get_learned_conditioning_prompt_schedules(prompts, p.steps)
     uncond_schedules = prompt_parser.get_learned_conditioning_prompt_schedules(negative_prompts, p.steps)
-    # 3. Initial latents: seeded noise, or the encoded init image noised to the starting step
+    denoiser = Denoiser(p, model, schedule, encoder, cond_schedules, uncond_schedules, total_steps, state)
+    # 3. Initial latents: seeded noise at the first sigma, or the init image noised to the starting sigma
     factor = 2 ** (len(model.vae.config.block_out_channels) - 1)
     shape = (model.unet.config.in_channels, p.height // factor, p.width // factor)
-    noise = initial_noise(shape, seeds, subseeds, p.subseed_strength, device, settings.randn_source).to(dtype)
+    noise = initial_noise(shape, seeds, subseeds, p.subseed_strength, device, settings.randn_source).float()
     ensd = settings.eta_noise_seed_delta
-    step_generators = [torch.Generator("cpu").manual_seed(int(s) + ensd) for s in seeds]
-    init_latents = mask = None
+    step_noise = _noise_source([torch.Generator("cpu").manual_seed(int(s) + ensd) for s in seeds], shape, device)
     if p.mode == "img2img":
         init_images = (p.init_images * len(seeds))[:len(seeds)]
-        init_latents = images_to_latents(init_images, model.vae, p.width, p.height, device, dtype)
-        start = min(len(timesteps) - 1, int(len(timesteps) * (1 - float(p.denoising_strength))))
-        timesteps = timesteps[start:]
-        if hasattr(scheduler, "set_begin_index"):
-            scheduler.set_begin_index(start)
-        latents = scheduler.add_noise(init_latents, noise, timesteps[:1])
+        init_latents = images_to_latents(init_images, model.vae, p.width, p.height, device, model.dtype).float()
+        start = min(total_steps - 1, int(total_steps * (1 - float(p.denoising_strength))))
+        sigmas = sigmas[start:]
+        denoiser.init_latents = init_latents
         if p.mask is not None:
-            mask = mask_to_latent(p.mask, p.width, p.height, factor, bool(p.inpainting_mask_invert), device, dtype)
+            denoiser.mask = mask_to_latent(p.mask, p.width, p.height, factor, bool(p.inpainting_mask_invert),
+                                           device, torch.float32)
+        latents = init_latents + noise * float(sigmas[0])
     else:
-        latents = noise * scheduler.init_noise_sigma
-    step_kwargs = _step_kwargs(scheduler, step_generators, p.eta)
-    # 4. Denoising loop with classifier-free guidance
-    state.sampling_steps = len(timesteps)
-    for i, t in enumerate(tqdm(timesteps, desc=p.sampler_name, leave=False, disable=None)):
-        if state.interrupted or state.skipped:
-            break
-        step = min(p.steps - 1, i * p.steps // max(1, len(scheduler.timesteps)))
-        conds = [encoder.encode(prompt_parser.schedule_for_step(sch, step)) for sch in uncond_schedules + cond_schedules]
-        context = _stack_padded(conds)
-        model_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
-        pred = model.unet(model_in, t, encoder_hidden_states=context).sample
-        pred_uncond, pred_cond = pred.chunk(2)
-        guided = pred_uncond + p.cfg_scale * (pred_cond - pred_uncond)
-        if model.guidance_rescale:
-            guided = rescale_guidance(guided, pred_cond, model.guidance_rescale)
-        latents = scheduler.step(guided, t, latents, **step_kwargs).prev_sample
-        if mask is not None:
-            # Keep the unmasked area on the init image's trajectory.
-            later = timesteps[i + 1:i + 2]
-            kept = scheduler.add_noise(init_latents, noise, later) if len(later) else init_latents
-            latents = kept * (1 - mask) + latents * mask
-        state.sampling_step = i + 1
-        if (i + 1) % PREVIEW_EVERY == 0:
-            state.current_image, state.current_image_step = preview_image(latents), i + 1
+        latents = noise * float(sigmas[0])
+    eta = sampler.default_eta if p.eta is None else float(p.eta)
+    # 4. Sampling over the sigmas
+    state.sampling_steps, state.sampling_step = len(sigmas) - 1, 0
+    try:
+        latents = sampler.function(denoiser, latents, sigmas, step_noise, eta)
+        state.sampling_step = len(sigmas) - 1
+    except _Interrupted:
+        latents = denoiser.last_denoised if denoiser.last_denoised is not None else latents
+    if denoiser.mask is not None:
+        latents = denoiser.init_latents * (1 - denoiser.mask) + latents * denoiser.mask
     # 5. Decode
     return latents_to_images(latents, model.vae)
-

@@ -1,70 +1,560 @@
-"""A1111 sampler names and schedule types, built on diffusers schedulers.
+"""A1111 1.10's samplers and schedule types, run over explicit noise levels (sigmas).
 
-A *sampler* (``"Euler a"``, ``"DPM++ 2M"``) is a diffusers scheduler class plus the settings that make it behave
-as A1111's sampler of that name. A *schedule type* (``"Karras"``, ``"Exponential"``) chooses how the noise
-levels are spaced. ``create_scheduler`` combines both with the model's own scheduler config, so prediction type,
-betas, zero terminal SNR and timestep spacing always come from the model.
+A *schedule type* (``"Karras"``, ``"Normal"``) is a function giving the noise levels ``sigma_0 > ... > 0`` for a
+step count; a *sampler* (``"Euler a"``, ``"DPM++ 2M"``) is a function that walks any such list. So every sampler
+takes every schedule type, as in A1111 and Forge. This is the k-diffusion formulation A1111 uses: a
+``ModelSchedule`` built from the checkpoint's own scheduler config (prediction type, betas, zero terminal SNR,
+timestep spacing) maps a sigma to the UNet's timestep by log-sigma interpolation of the model's alphas_cumprod,
+and turns the UNet's output (eps, v or sample) into the denoised latent with A1111's c_in/c_out/c_skip.
 
-Differences from A1111 (its samplers are k-diffusion's; these are diffusers'):
+Why not diffusers' scheduler classes (Serena's path until now): a diffusers class takes only the spacings it has
+flags for (EulerAncestral has no Karras, DDIM/PLMS/LCM none at all), so half the pairs ``/sdapi/v1/samplers`` and
+``/schedulers`` list failed; and most A1111 schedule types exist in no diffusers class. Measured:
 
-* ``DPM++ SDE`` is ``DPMSolverSinglestepScheduler`` with ``algorithm_type="sde-dpmsolver++"`` (second order,
-  stochastic). diffusers' ``DPMSolverSDEScheduler`` needs torchsde, which Serena does not install, and the
-  mapping should not change with what happens to be installed. It calls the model once per step, where A1111's
-  calls it twice.
-* ``DPM2`` and ``DPM2 a`` keep the next-to-last noise level, which A1111 drops.
-* ``LMS`` needs scipy (diffusers' ``LMSDiscreteScheduler`` imports it). Without it the sampler is left out of
-  ``samplers_for_api`` and ``create_scheduler`` says what is missing.
-* A sampler whose diffusers class cannot rescale betas to zero terminal SNR still gets the model's zero-SNR
-  schedule: its betas are computed from the model's config and passed as ``trained_betas``.
-* Not available: ``DPM++ 2S a``, ``DPM fast``, ``DPM adaptive``, ``Restart``, ``DDIM CFG++`` (no diffusers
-  equivalent), and the schedule types other than the ones in ``all_schedulers``.
+* Against k-diffusion 0.1.1 ``sampling.py`` (the reference A1111 uses; installed in a scratch directory for the
+  comparison, not a dependency), float64, a smooth toy denoiser, 12 Karras steps, the same noise: Euler, Euler a,
+  Heun, DPM2, DPM2 a, LMS, DPM++ 2M, DPM++ 2S a, DPM++ SDE (with k-diffusion's default Gaussian noise sampler),
+  DPM++ 2M SDE (midpoint and heun) and DPM++ 3M SDE agree to within 5e-16 (float64 rounding). k-diffusion has no
+  PLMS, UniPC or LCM to compare with; those are checked by ``test/quality/test_sd_samplers.py`` (DDIM = Euler
+  at eta 0) and the smoke tests (every pair gives a real image on the shipped model).
+* On the shipped zero-SNR model, 20-step ``Euler a`` (the default) gives the images diffusers' EulerAncestral
+  gave up to float rounding: 2 images × 64×64×3 values, max difference 1 level, 0.04 % of values differ (same
+  sigmas, same per-image noise, same c_in; the timestep comes from log-sigma interpolation instead of the table).
+  The prompt-adherence benchmark is unchanged (docs/models.md). Golden hashes of images do change.
+* Speed (``bench/samplers.py``, 10 steps, ms per step, on a 2-core machine shared with a load of ~15, so only
+  the loop-only column is meaningful): sampler arithmetic alone (UNet replaced by a cheap function) costs
+  Euler a 6.7 vs 6.8 (diffusers), DPM++ 2M 0.22 vs 2.9, DDIM 0.19 vs 6.7, UniPC 2.1 vs 12.2; with the UNet a step
+  is ~460-770 ms there on both paths (ratios 0.83-1.21, within that machine's noise). The UNet dominates.
+
+Differences from A1111:
+
+* ``Automatic`` is the sampler's default schedule type where A1111 gives it one (``DPM++ 2M`` → Karras), else
+  the model's own timestep spacing (its config's ``timestep_spacing``/``steps_offset``, as diffusers spaces it);
+  A1111's is then ``Uniform``. For a zero terminal SNR model ``Automatic`` always keeps the model's own spacing:
+  its largest sigma is about 4096 instead of 14.6, and a Karras or exponential schedule from there spends most
+  steps on pure noise (13 of 20 above 14.6 for Karras). An explicit schedule type is always honoured.
+* ``KL Optimal`` ends with a step to sigma 0 like every other schedule type (A1111's stops at sigma_min).
+* ``Beta`` uses A1111's default alpha = beta = 0.6 (Serena has no ``beta_dist_alpha``/``beta_dist_beta``
+  options); ``Align Your Steps`` always uses the published SD1.5 table (Serena runs SD1.x models only).
+* ``DPM++ SDE``, ``DPM++ 2M SDE`` and ``DPM++ 3M SDE`` draw independent Gaussian noise per step from the
+  per-image generators; A1111 draws Brownian-tree noise (torchsde, which Serena does not install). Same
+  distribution, different images for a seed.
+* ``DDIM`` and ``PLMS`` run in sigma space too (DDIM with eta is ancestral Euler with that eta; PLMS is the
+  pseudo linear multistep method on the same ODE), so they take any schedule type; A1111 runs them on timesteps.
+  ``UniPC`` is UniPC-bh1, order 3, in data prediction, with a first-order last step to sigma 0.
+* Not available: ``DPM fast`` and ``DPM adaptive`` (adaptive step control that ignores the step count and the
+  schedule type), ``Restart`` (its restart segments depend on the step count in a way A1111 does not document),
+  ``DDIM CFG++`` (needs the unguided prediction inside the step and A1111's own rescaling of the CFG scale).
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import inspect
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import torch
+
 __all__ = [
+    "ModelSchedule",
     "SamplerData",
     "SchedulerData",
     "all_samplers",
     "all_schedulers",
-    "create_scheduler",
     "resolve_sampler",
     "resolve_sampler_and_scheduler",
     "resolve_scheduler",
     "samplers_for_api",
     "schedulers_for_api",
-    "schedulers_for_sampler",
+    "sigmas_for",
 ]
+
+# The finite floor diffusers' zero-SNR schedulers put on the last alpha_cumprod, so sigma_max stays finite (~4096).
+_ZERO_SNR_LAST_ALPHA_CUMPROD = 2.0**-24
+# "Align Your Steps" SD1.5 noise levels (NVIDIA, https://research.nvidia.com/labs/toronto-ai/AlignYourSteps/).
+_AYS_SD15 = (14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029)
+# A1111's defaults for the Beta schedule's distribution (its options beta_dist_alpha / beta_dist_beta).
+_BETA_ALPHA = _BETA_BETA = 0.6
+
+
+class ModelSchedule:
+    """A checkpoint's noise schedule in sigma space, from its own scheduler config.
+
+    Args:
+        config (`Mapping[str, Any]`):
+            The model's scheduler config (``model.scheduler_config``): betas, ``prediction_type``,
+            ``rescale_betas_zero_snr``, ``timestep_spacing``, ``steps_offset``.
+
+    Raises:
+        `TypeError`: when ``config`` is not a mapping. `ValueError`: when it is empty or its prediction type is
+        not ``epsilon``, ``v_prediction`` or ``sample``.
+    """
+
+    def __init__(self, config: Mapping[str, Any]):
+        if not isinstance(config, Mapping):
+            raise TypeError(f"the scheduler config must be a mapping, got {type(config).__name__}")
+        if not config:
+            raise ValueError("the scheduler config is empty; pass the model's own (model.scheduler_config)")
+        from diffusers import DDPMScheduler  # builds betas from every beta_schedule diffusers knows
+
+        keys = set(inspect.signature(DDPMScheduler.__init__).parameters)
+        reference = DDPMScheduler.from_config({k: v for k, v in config.items() if k in keys})
+        alphas_cumprod = reference.alphas_cumprod.to(torch.float64).clone()
+        if config.get("rescale_betas_zero_snr"):
+            alphas_cumprod[-1] = _ZERO_SNR_LAST_ALPHA_CUMPROD
+        self.prediction_type = reference.config.prediction_type
+        if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
+            raise ValueError(f"unsupported prediction_type {self.prediction_type!r}")
+        self.timestep_spacing = reference.config.timestep_spacing
+        self.steps_offset = int(reference.config.steps_offset)
+        self.zero_snr = bool(config.get("rescale_betas_zero_snr"))
+        self.sigmas = ((1 - alphas_cumprod) / alphas_cumprod).sqrt()  # index = timestep, increasing
+        self.log_sigmas = self.sigmas.log()
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.sigmas[0])
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.sigmas[-1])
+
+    def sigma_to_t(self, sigma) -> torch.Tensor:
+        """The (fractional) timestep of ``sigma``, by linear interpolation in log sigma (k-diffusion's)."""
+        log_sigma = torch.as_tensor(sigma, dtype=torch.float64).log()
+        high = torch.searchsorted(self.log_sigmas, log_sigma).clamp(1, len(self.log_sigmas) - 1)
+        low = high - 1
+        w = ((log_sigma - self.log_sigmas[low]) / (self.log_sigmas[high] - self.log_sigmas[low])).clamp(0, 1)
+        return low + w
+
+    def t_to_sigma(self, t) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=torch.float64)
+        low = t.floor().long().clamp(0, len(self.sigmas) - 1)
+        high = t.ceil().long().clamp(0, len(self.sigmas) - 1)
+        w = t - low
+        return ((1 - w) * self.log_sigmas[low] + w * self.log_sigmas[high]).exp()
+
+    def own_timesteps(self, n: int) -> torch.Tensor:
+        """The model's own spacing of ``n`` timesteps (diffusers' ``timestep_spacing`` rules), largest first."""
+        total = len(self.sigmas)
+        if self.timestep_spacing == "linspace":
+            return torch.linspace(total - 1, 0, n, dtype=torch.float64)
+        if self.timestep_spacing == "trailing":
+            return (torch.arange(total, 0, -total / n, dtype=torch.float64).round() - 1)[:n]
+        ratio = total // n  # "leading"
+        return (torch.arange(n - 1, -1, -1, dtype=torch.float64) * ratio + self.steps_offset).clamp(max=total - 1)
+
+    def scalings(self, sigma: float) -> tuple[float, float, float]:
+        """``(c_in, c_skip, c_out)``: UNet input scale, and ``denoised = c_skip * x + c_out * model_output``."""
+        c_in = 1 / math.sqrt(sigma**2 + 1)
+        if self.prediction_type == "epsilon":
+            return c_in, 1.0, -sigma
+        if self.prediction_type == "v_prediction":
+            return c_in, 1 / (sigma**2 + 1), -sigma * c_in
+        return c_in, 0.0, 1.0
+
+
+# --- schedule types: (n, sigma_min, sigma_max, model) -> n + 1 sigmas, decreasing, ending at 0 ---------------
+
+def _with_zero(sigmas) -> torch.Tensor:
+    return torch.cat([torch.as_tensor(sigmas, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)])
+
+
+def _own_spacing(n, sigma_min, sigma_max, model):
+    return _with_zero(model.t_to_sigma(model.own_timesteps(n)))
+
+
+def _uniform(n, sigma_min, sigma_max, model):
+    return _with_zero(model.t_to_sigma(torch.linspace(len(model.sigmas) - 1, 0, n, dtype=torch.float64)))
+
+
+def _karras(n, sigma_min, sigma_max, model, rho=7.0):
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    return _with_zero((sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho)
+
+
+def _exponential(n, sigma_min, sigma_max, model):
+    return _with_zero(torch.linspace(math.log(sigma_max), math.log(sigma_min), n, dtype=torch.float64).exp())
+
+
+def _polyexponential(n, sigma_min, sigma_max, model, rho=1.0):
+    ramp = torch.linspace(1, 0, n, dtype=torch.float64) ** rho
+    return _with_zero((ramp * (math.log(sigma_max) - math.log(sigma_min)) + math.log(sigma_min)).exp())
+
+
+def _sgm_uniform(n, sigma_min, sigma_max, model):
+    t = torch.linspace(float(model.sigma_to_t(sigma_max)), float(model.sigma_to_t(sigma_min)), n + 1,
+                       dtype=torch.float64)[:-1]
+    return _with_zero(model.t_to_sigma(t))
+
+
+def _kl_optimal(n, sigma_min, sigma_max, model):
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    return _with_zero(torch.tan(ramp * math.atan(sigma_min) + (1 - ramp) * math.atan(sigma_max)))
+
+
+def _align_your_steps(n, sigma_min, sigma_max, model):
+    # Log-linear interpolation of the published table to n levels (A1111's and NVIDIA's recipe).
+    table = np.log(np.array(_AYS_SD15[::-1]))
+    interpolated = np.interp(np.linspace(0, 1, n), np.linspace(0, 1, len(table)), table)
+    return _with_zero(np.exp(interpolated)[::-1].copy())
+
+
+def _simple(n, sigma_min, sigma_max, model):
+    stride = len(model.sigmas) / n
+    return _with_zero([float(model.sigmas[-(1 + int(x * stride))]) for x in range(n)])
+
+
+def _normal(n, sigma_min, sigma_max, model):
+    t = torch.linspace(float(model.sigma_to_t(sigma_max)), float(model.sigma_to_t(sigma_min)), n,
+                       dtype=torch.float64)
+    return _with_zero(model.t_to_sigma(t))
+
+
+def _ddim(n, sigma_min, sigma_max, model):
+    # A1111's: every (T // n)-th training sigma from index 1 (so it may give a level more than n).
+    stride = max(len(model.sigmas) // n, 1)
+    return _with_zero(model.sigmas[1::stride].flip(0))
+
+
+def _beta(n, sigma_min, sigma_max, model):
+    from scipy import stats
+
+    quantiles = stats.beta.ppf(1 - np.linspace(0, 1, n), _BETA_ALPHA, _BETA_BETA)
+    return _with_zero(sigma_min + quantiles * (sigma_max - sigma_min))
+
+
+@dataclass(frozen=True, eq=False)
+class SchedulerData:
+    """One A1111 schedule type (the spacing of noise levels).
+
+    Attributes:
+        name (`str`): A1111's API name, e.g. ``"karras"``.
+        label (`str`): the name shown and written to infotext, e.g. ``"Karras"``.
+        function (`Callable`): ``(n, sigma_min, sigma_max, model) -> n + 1 sigmas`` (``None`` for Automatic).
+        aliases (`tuple[str, ...]` or `None`): other accepted names.
+        default_rho (`float`): A1111's ``default_rho`` (-1 when unused), shown by ``/sdapi/v1/schedulers``.
+        need_inner_model (`bool`): A1111's ``need_inner_model``, shown by ``/sdapi/v1/schedulers``.
+    """
+
+    name: str
+    label: str
+    function: Callable | None
+    aliases: tuple[str, ...] | None = None
+    default_rho: float = -1
+    need_inner_model: bool = False
+
+
+all_schedulers: tuple[SchedulerData, ...] = (
+    SchedulerData("automatic", "Automatic", None),
+    SchedulerData("uniform", "Uniform", _uniform, need_inner_model=True),
+    SchedulerData("karras", "Karras", _karras, default_rho=7.0),
+    SchedulerData("exponential", "Exponential", _exponential),
+    SchedulerData("polyexponential", "Polyexponential", _polyexponential, default_rho=1.0),
+    SchedulerData("sgm_uniform", "SGM Uniform", _sgm_uniform, aliases=("SGMUniform",), need_inner_model=True),
+    SchedulerData("kl_optimal", "KL Optimal", _kl_optimal),
+    SchedulerData("align_your_steps", "Align Your Steps", _align_your_steps),
+    SchedulerData("simple", "Simple", _simple, need_inner_model=True),
+    SchedulerData("normal", "Normal", _normal, need_inner_model=True),
+    SchedulerData("ddim", "DDIM", _ddim, need_inner_model=True),
+    SchedulerData("beta", "Beta", _beta, need_inner_model=True),
+)
+
+
+# --- samplers: (denoise, x, sigmas, noise, eta) -> x at sigmas[-1] -------------------------------------------
+# ``denoise(x, sigma, step)`` is the model's denoised estimate; ``noise()`` fresh per-image noise like ``x``;
+# ``eta`` the ancestral/SDE noise scale. The ODE's derivative at x is (x - denoised) / sigma.
+
+def _ancestral(sigma, sigma_next, eta):
+    """``(sigma_down, sigma_up)``: step deterministically to sigma_down, then add noise of sigma_up."""
+    if not eta or sigma_next == 0:
+        return sigma_next, 0.0
+    up = min(sigma_next, eta * math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2))
+    return math.sqrt(sigma_next**2 - up**2), up
+
+
+def _steps(sigmas):
+    return [(i, float(sigmas[i]), float(sigmas[i + 1])) for i in range(len(sigmas) - 1)]
+
+
+def sample_euler(denoise, x, sigmas, noise, eta):
+    for i, s, s_next in _steps(sigmas):
+        x = x + (x - denoise(x, s, i)) / s * (s_next - s)
+    return x
+
+
+def sample_euler_ancestral(denoise, x, sigmas, noise, eta):
+    for i, s, s_next in _steps(sigmas):
+        down, up = _ancestral(s, s_next, eta)
+        x = x + (x - denoise(x, s, i)) / s * (down - s)
+        if up:
+            x = x + noise() * up
+    return x
+
+
+def sample_heun(denoise, x, sigmas, noise, eta):
+    for i, s, s_next in _steps(sigmas):
+        d = (x - denoise(x, s, i)) / s
+        x_next = x + d * (s_next - s)
+        if s_next:
+            d_next = (x_next - denoise(x_next, s_next, i)) / s_next
+            x_next = x + (d + d_next) / 2 * (s_next - s)
+        x = x_next
+    return x
+
+
+def _dpm2_step(denoise, x, s, target, i):
+    d = (x - denoise(x, s, i)) / s
+    if target == 0:
+        return x + d * (target - s)
+    mid = math.exp((math.log(s) + math.log(target)) / 2)
+    x_mid = x + d * (mid - s)
+    return x + (x_mid - denoise(x_mid, mid, i)) / mid * (target - s)
+
+
+def sample_dpm_2(denoise, x, sigmas, noise, eta):
+    for i, s, s_next in _steps(sigmas):
+        x = _dpm2_step(denoise, x, s, s_next, i)
+    return x
+
+
+def sample_dpm_2_ancestral(denoise, x, sigmas, noise, eta):
+    for i, s, s_next in _steps(sigmas):
+        down, up = _ancestral(s, s_next, eta)
+        x = _dpm2_step(denoise, x, s, down, i)
+        if up:
+            x = x + noise() * up
+    return x
+
+
+def _lms_coefficient(nodes: list[float], j: int, start: float, end: float) -> float:
+    """Integral over [start, end] of the Lagrange basis polynomial of node j (exact: it is a polynomial)."""
+    others = [n for k, n in enumerate(nodes) if k != j]
+    basis = np.polynomial.Polynomial.fromroots(others) if others else np.polynomial.Polynomial([1.0])
+    basis = basis / np.prod([nodes[j] - n for n in others])
+    antiderivative = basis.integ()
+    return float(antiderivative(end) - antiderivative(start))
+
+
+def sample_lms(denoise, x, sigmas, noise, eta, order=4):
+    derivatives = []
+    for i, s, s_next in _steps(sigmas):
+        derivatives.insert(0, (x - denoise(x, s, i)) / s)
+        del derivatives[order:]
+        nodes = [float(sigmas[i - k]) for k in range(len(derivatives))]
+        x = x + sum(_lms_coefficient(nodes, k, s, s_next) * d for k, d in enumerate(derivatives))
+    return x
+
+
+def _dpmpp_first_order(x, denoised, s, target):
+    """The exact step of the linear part, with denoised held constant (DPM-Solver++ order 1 = DDIM)."""
+    return x * (target / s) + denoised * (1 - target / s)
+
+
+def sample_dpmpp_2m(denoise, x, sigmas, noise, eta):
+    previous = h_last = None
+    for i, s, s_next in _steps(sigmas):
+        denoised = denoise(x, s, i)
+        if previous is None or s_next == 0:
+            estimate = denoised
+        else:
+            h = math.log(s) - math.log(s_next)
+            r = h_last / h
+            estimate = denoised * (1 + 1 / (2 * r)) - previous * (1 / (2 * r))
+        x = _dpmpp_first_order(x, estimate, s, s_next)
+        if s_next:
+            h_last = math.log(s) - math.log(s_next)
+        previous = denoised
+    return x
+
+
+def sample_dpmpp_2s_ancestral(denoise, x, sigmas, noise, eta):
+    for i, s, s_next in _steps(sigmas):
+        denoised = denoise(x, s, i)
+        down, up = _ancestral(s, s_next, eta)
+        if down == 0:
+            x = x + (x - denoised) / s * (down - s)
+        else:
+            mid = math.sqrt(s * down)  # half way in log sigma
+            x_mid = _dpmpp_first_order(x, denoised, s, mid)
+            x = _dpmpp_first_order(x, denoise(x_mid, mid, i), s, down)
+        if up:
+            x = x + noise() * up
+    return x
+
+
+def sample_dpmpp_sde(denoise, x, sigmas, noise, eta, r=0.5):
+    for i, s, s_next in _steps(sigmas):
+        denoised = denoise(x, s, i)
+        if s_next == 0:
+            x = denoised
+            continue
+        s_mid = math.exp(math.log(s) + r * (math.log(s_next) - math.log(s)))
+        down, up = _ancestral(s, s_mid, eta)
+        x_mid = _dpmpp_first_order(x, denoised, s, down)
+        if up:
+            x_mid = x_mid + noise() * up
+        denoised_mid = denoise(x_mid, s_mid, i)
+        down, up = _ancestral(s, s_next, eta)
+        fac = 1 / (2 * r)
+        x = _dpmpp_first_order(x, denoised * (1 - fac) + denoised_mid * fac, s, down)
+        if up:
+            x = x + noise() * up
+    return x
+
+
+def _sde_noise(noise, s_next, eta_h):
+    """The fresh noise an exponential SDE step adds to land exactly at ``s_next``."""
+    return noise() * (s_next * math.sqrt(-math.expm1(-2 * eta_h))) if eta_h else 0
+
+
+def _dpmpp_2m_sde(denoise, x, sigmas, noise, eta, solver_type):
+    previous = h_last = None
+    for i, s, s_next in _steps(sigmas):
+        denoised = denoise(x, s, i)
+        if s_next == 0:
+            return denoised
+        h = math.log(s) - math.log(s_next)
+        phi = -math.expm1(-h - eta * h)
+        x = x * (s_next / s * math.exp(-eta * h)) + denoised * phi
+        if previous is not None:
+            weight = 0.5 * phi if solver_type == "midpoint" else 1 - phi / (h + eta * h)
+            x = x + weight * h / h_last * (denoised - previous)
+        x = x + _sde_noise(noise, s_next, eta * h)
+        previous, h_last = denoised, h
+    return x
+
+
+def sample_dpmpp_2m_sde(denoise, x, sigmas, noise, eta):
+    return _dpmpp_2m_sde(denoise, x, sigmas, noise, eta, "midpoint")
+
+
+def sample_dpmpp_2m_sde_heun(denoise, x, sigmas, noise, eta):
+    return _dpmpp_2m_sde(denoise, x, sigmas, noise, eta, "heun")
+
+
+def sample_dpmpp_3m_sde(denoise, x, sigmas, noise, eta):
+    # Third-order multistep in log sigma: the last two denoised estimates give the first and second differences.
+    d1 = d2 = h1 = h2 = None
+    for i, s, s_next in _steps(sigmas):
+        denoised = denoise(x, s, i)
+        if s_next == 0:
+            return denoised
+        h = math.log(s) - math.log(s_next)
+        h_eta = h * (eta + 1)
+        x = x * math.exp(-h_eta) + denoised * -math.expm1(-h_eta)
+        phi_2 = math.expm1(-h_eta) / h_eta + 1
+        if h2 is not None:
+            r0, r1 = h1 / h, h2 / h
+            slope0, slope1 = (denoised - d1) / r0, (d1 - d2) / r1
+            first = slope0 + (slope0 - slope1) * r0 / (r0 + r1)
+            second = (slope0 - slope1) / (r0 + r1)
+            x = x + first * phi_2 - second * (phi_2 / h_eta - 0.5)
+        elif h1 is not None:
+            x = x + (denoised - d1) * h / h1 * phi_2
+        x = x + _sde_noise(noise, s_next, h * eta)
+        d1, d2, h1, h2 = denoised, d1, h, h1
+    return x
+
+
+def sample_plms(denoise, x, sigmas, noise, eta):
+    # Pseudo linear multistep (Liu et al. 2022) on eps = the ODE derivative; the first step is Heun's.
+    history = []
+    for i, s, s_next in _steps(sigmas):
+        eps = (x - denoise(x, s, i)) / s
+        if not history:
+            if s_next:
+                x_next = x + eps * (s_next - s)
+                combined = (eps + (x_next - denoise(x_next, s_next, i)) / s_next) / 2
+            else:
+                combined = eps
+        elif len(history) == 1:
+            combined = (3 * eps - history[-1]) / 2
+        elif len(history) == 2:
+            combined = (23 * eps - 16 * history[-1] + 5 * history[-2]) / 12
+        else:
+            combined = (55 * eps - 59 * history[-1] + 37 * history[-2] - 9 * history[-3]) / 24
+        history = (history + [eps])[-3:]
+        x = x + combined * (s_next - s)
+    return x
+
+
+def sample_unipc(denoise, x, sigmas, noise, eta, order=3):
+    # UniPC-bh1 (Zhao et al. 2023) in data prediction with lambda = -log sigma; the corrector reuses the next
+    # step's model call, and the last step (to sigma 0) is first order: x = denoised.
+    steps = _steps(sigmas)
+    outputs, lambdas = [], []
+    pending = None  # (x_prev, s_prev, s_now, order) of the last predictor, to correct once m_now is known
+    for i, s, s_next in steps:
+        m = denoise(x, s, i)
+        if pending is not None:
+            x = _unipc_update(*pending, outputs, lambdas, m)
+        outputs, lambdas = (outputs + [m])[-order:], (lambdas + [-math.log(s)])[-order:]
+        if s_next == 0:
+            return m
+        current = min(order, len(outputs), len(steps) - i)
+        pending = (x, s, s_next, current)
+        x = _unipc_update(x, s, s_next, current, outputs, lambdas, None)
+    return x
+
+
+def _unipc_update(x, s, s_next, current, outputs, lambdas, m_next):
+    """UniPC's predictor (``m_next`` None) or corrector from ``x`` at ``s`` (the last output) to ``s_next``."""
+    h = -math.log(s_next) - lambdas[-1]
+    previous = list(zip(outputs[:-1], lambdas[:-1]))[::-1][:current - 1]
+    ratios = [(lam - lambdas[-1]) / h for _, lam in previous]
+    slopes = [(out - outputs[-1]) / r for (out, _), r in zip(previous, ratios)]
+    hh = -h
+    h_phi_1 = math.expm1(hh)
+    h_phi_k = h_phi_1 / hh - 1
+    factorial = 1
+    rows, b = [], []
+    for k in range(1, current + 1):
+        rows.append([r ** (k - 1) for r in ratios] + [1.0])
+        b.append(h_phi_k * factorial / hh)
+        factorial *= k + 1
+        h_phi_k = h_phi_k / hh - 1 / factorial
+    x_base = x * (s_next / s) - outputs[-1] * h_phi_1
+    if m_next is None:
+        if not slopes:
+            return x_base
+        rhos = [0.5] if current == 2 else np.linalg.solve(np.array(rows)[:-1, :-1], np.array(b)[:-1]).tolist()
+        return x_base - hh * sum(rho * d for rho, d in zip(rhos, slopes))
+    rhos = [0.5] if current == 1 else np.linalg.solve(np.array(rows), np.array(b)).tolist()
+    correction = sum(rho * d for rho, d in zip(rhos[:-1], slopes)) + rhos[-1] * (m_next - outputs[-1])
+    return x_base - hh * correction
+
+
+def sample_lcm(denoise, x, sigmas, noise, eta):
+    for i, s, s_next in _steps(sigmas):
+        x = denoise(x, s, i)
+        if s_next:
+            x = x + noise() * s_next
+    return x
 
 
 @dataclass(frozen=True, eq=False)
 class SamplerData:
-    """One A1111 sampler on a diffusers scheduler class.
+    """One A1111 sampler.
 
     Attributes:
         name (`str`): A1111's name, e.g. ``"DPM++ 2M"``.
         aliases (`tuple[str, ...]`): other accepted names, e.g. ``("k_dpmpp_2m",)``.
-        scheduler_class (`str`): the diffusers class, e.g. ``"DPMSolverMultistepScheduler"``.
-        config (`Mapping[str, Any]`): arguments of that class that make it this sampler; they override the
-            model's config.
+        function (`Callable`): ``(denoise, x, sigmas, noise, eta) -> x`` over the sigmas it is given.
         options (`Mapping[str, Any]`): A1111's sampler options as ``/sdapi/v1/samplers`` shows them:
-            ``scheduler`` (the default schedule type), ``uses_ensd``, ``second_order``, ``brownian_noise``.
-        requires (`tuple[str, ...]`): Python packages the diffusers class needs beyond Serena's own.
+            ``scheduler`` (the default schedule type), ``uses_ensd``, ``second_order``, ``brownian_noise``,
+            ``discard_next_to_last_sigma``, ``solver_type``.
+        default_eta (`float`): eta when the request gives none (1 for ancestral/SDE samplers, 0 for DDIM).
     """
 
     name: str
     aliases: tuple[str, ...]
-    scheduler_class: str
-    config: Mapping[str, Any] = field(default_factory=dict)
+    function: Callable
     options: Mapping[str, Any] = field(default_factory=dict)
-    requires: tuple[str, ...] = ()
+    default_eta: float = 1.0
 
     @property
     def default_schedule(self) -> str | None:
@@ -76,83 +566,33 @@ class SamplerData:
         """Whether the sampler draws fresh noise at each step, which A1111's "Eta noise seed delta" shifts."""
         return bool(self.options.get("uses_ensd", False))
 
-    def is_available(self) -> bool:
-        """Whether the packages the diffusers class needs are installed."""
-        return all(importlib.util.find_spec(package) is not None for package in self.requires)
-
-
-@dataclass(frozen=True, eq=False)
-class SchedulerData:
-    """One A1111 schedule type (the spacing of noise levels).
-
-    Attributes:
-        name (`str`): A1111's API name, e.g. ``"karras"``.
-        label (`str`): the name shown and written to infotext, e.g. ``"Karras"``.
-        config (`Mapping[str, Any]`): diffusers scheduler arguments that select it; every one of them must be
-            accepted by the sampler's class.
-        aliases (`tuple[str, ...]` or `None`): other accepted names.
-        default_rho (`float`): A1111's ``default_rho`` (-1 when unused), shown by ``/sdapi/v1/schedulers``.
-        need_inner_model (`bool`): A1111's ``need_inner_model``, shown by ``/sdapi/v1/schedulers``.
-    """
-
-    name: str
-    label: str
-    config: Mapping[str, Any] = field(default_factory=dict)
-    aliases: tuple[str, ...] | None = None
-    default_rho: float = -1
-    need_inner_model: bool = False
-
 
 all_samplers: tuple[SamplerData, ...] = (
-    SamplerData("DPM++ 2M", ("k_dpmpp_2m",), "DPMSolverMultistepScheduler",
-                {"algorithm_type": "dpmsolver++", "solver_order": 2, "solver_type": "midpoint"},
-                {"scheduler": "karras"}),
-    # lower_order_final: the class would switch it on at set_timesteps anyway (with a warning), as a final
-    # sigma of zero needs it.
-    SamplerData("DPM++ SDE", ("k_dpmpp_sde",), "DPMSolverSinglestepScheduler",
-                {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "solver_type": "midpoint",
-                 "lower_order_final": True},
+    SamplerData("DPM++ 2M", ("k_dpmpp_2m",), sample_dpmpp_2m, {"scheduler": "karras"}),
+    SamplerData("DPM++ SDE", ("k_dpmpp_sde",), sample_dpmpp_sde,
                 {"scheduler": "karras", "second_order": True, "brownian_noise": True}),
-    SamplerData("DPM++ 2M SDE", ("k_dpmpp_2m_sde",), "DPMSolverMultistepScheduler",
-                {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "solver_type": "midpoint"},
+    SamplerData("DPM++ 2M SDE", ("k_dpmpp_2m_sde",), sample_dpmpp_2m_sde,
                 {"scheduler": "exponential", "brownian_noise": True}),
-    SamplerData("DPM++ 2M SDE Heun", ("k_dpmpp_2m_sde_heun",), "DPMSolverMultistepScheduler",
-                {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "solver_type": "heun"},
+    SamplerData("DPM++ 2M SDE Heun", ("k_dpmpp_2m_sde_heun",), sample_dpmpp_2m_sde_heun,
                 {"scheduler": "exponential", "brownian_noise": True, "solver_type": "heun"}),
-    SamplerData("DPM++ 3M SDE", ("k_dpmpp_3m_sde",), "DPMSolverMultistepScheduler",
-                {"algorithm_type": "sde-dpmsolver++", "solver_order": 3, "solver_type": "midpoint"},
-                {"scheduler": "exponential", "brownian_noise": True}),
-    SamplerData("Euler a", ("k_euler_a", "k_euler_ancestral"), "EulerAncestralDiscreteScheduler",
-                {}, {"uses_ensd": True}),
-    SamplerData("Euler", ("k_euler",), "EulerDiscreteScheduler"),
-    SamplerData("LMS", ("k_lms",), "LMSDiscreteScheduler", requires=("scipy",)),
-    SamplerData("Heun", ("k_heun",), "HeunDiscreteScheduler", {}, {"second_order": True}),
-    SamplerData("DPM2", ("k_dpm_2",), "KDPM2DiscreteScheduler",
-                {}, {"scheduler": "karras", "second_order": True}),
-    SamplerData("DPM2 a", ("k_dpm_2_a",), "KDPM2AncestralDiscreteScheduler",
-                {}, {"scheduler": "karras", "uses_ensd": True, "second_order": True}),
-    # A1111's DDIM never clips the predicted sample; diffusers' default would clip latents to [-1, 1].
-    SamplerData("DDIM", ("ddim",), "DDIMScheduler", {"clip_sample": False}),
-    # A1111's PLMS has no Runge-Kutta warm-up steps.
-    SamplerData("PLMS", ("plms",), "PNDMScheduler", {"skip_prk_steps": True}),
-    # A1111's UniPC defaults: variant bh1, order 3.
-    SamplerData("UniPC", ("unipc",), "UniPCMultistepScheduler", {"solver_type": "bh1", "solver_order": 3}),
-    SamplerData("LCM", ("k_lcm",), "LCMScheduler"),
+    SamplerData("DPM++ 2S a", ("k_dpmpp_2s_a",), sample_dpmpp_2s_ancestral,
+                {"scheduler": "karras", "uses_ensd": True, "second_order": True}),
+    SamplerData("DPM++ 3M SDE", ("k_dpmpp_3m_sde",), sample_dpmpp_3m_sde,
+                {"scheduler": "exponential", "discard_next_to_last_sigma": True, "brownian_noise": True}),
+    SamplerData("Euler a", ("k_euler_a", "k_euler_ancestral"), sample_euler_ancestral, {"uses_ensd": True}),
+    SamplerData("Euler", ("k_euler",), sample_euler),
+    SamplerData("LMS", ("k_lms",), sample_lms),
+    SamplerData("Heun", ("k_heun",), sample_heun, {"second_order": True}),
+    SamplerData("DPM2", ("k_dpm_2",), sample_dpm_2,
+                {"scheduler": "karras", "discard_next_to_last_sigma": True, "second_order": True}),
+    SamplerData("DPM2 a", ("k_dpm_2_a",), sample_dpm_2_ancestral,
+                {"scheduler": "karras", "discard_next_to_last_sigma": True, "uses_ensd": True,
+                 "second_order": True}),
+    SamplerData("DDIM", ("ddim",), sample_euler_ancestral, default_eta=0.0),
+    SamplerData("PLMS", ("plms",), sample_plms),
+    SamplerData("UniPC", ("unipc",), sample_unipc),
+    SamplerData("LCM", ("k_lcm",), sample_lcm),
 )
-
-all_schedulers: tuple[SchedulerData, ...] = (
-    SchedulerData("automatic", "Automatic"),
-    SchedulerData("uniform", "Uniform", need_inner_model=True),
-    SchedulerData("karras", "Karras", {"use_karras_sigmas": True}, default_rho=7.0),
-    SchedulerData("exponential", "Exponential", {"use_exponential_sigmas": True}),
-    SchedulerData("sgm_uniform", "SGM Uniform", {"timestep_spacing": "trailing"}, aliases=("SGMUniform",),
-                  need_inner_model=True),
-)
-
-# Arguments that pick a noise-level spacing; an explicit schedule type turns off the ones it does not set.
-_SIGMA_FLAGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
-# The finite floor diffusers' own zero-SNR schedulers put on the last alpha_cumprod, so sigma_max stays finite.
-_ZERO_SNR_LAST_ALPHA_CUMPROD = 2.0**-24
 
 
 def _normalize(name: str) -> str:
@@ -182,13 +622,6 @@ def _find(items, name):
 def resolve_sampler(name: str) -> SamplerData:
     """The sampler called ``name``: its A1111 name or an alias, any case, ``_`` read as a space.
 
-    Args:
-        name (`str`):
-            E.g. ``"Euler a"``, ``"euler_a"``, ``"k_euler_a"``, ``"DPM++ 2M"``.
-
-    Returns:
-        `SamplerData`: the sampler (possibly not available, see ``SamplerData.is_available``).
-
     Raises:
         `ValueError`: for an unknown name; the message lists the valid names.
     """
@@ -201,13 +634,6 @@ def resolve_sampler(name: str) -> SamplerData:
 
 def resolve_scheduler(name: str | None) -> SchedulerData:
     """The schedule type called ``name``: its API name, label or an alias, any case; `None` is ``Automatic``.
-
-    Args:
-        name (`str` or `None`):
-            E.g. ``"karras"``, ``"Karras"``, ``"SGMUniform"``.
-
-    Returns:
-        `SchedulerData`: the schedule type.
 
     Raises:
         `ValueError`: for an unknown name; the message lists the valid names.
@@ -223,16 +649,15 @@ def resolve_scheduler(name: str | None) -> SchedulerData:
 
 def resolve_sampler_and_scheduler(sampler_name: str, scheduler_name: str | None = None
                                   ) -> tuple[SamplerData, SchedulerData]:
-    """Both at once, reading A1111's old combined names (``"DPM++ 2M Karras"``) as sampler plus schedule type.
+    """The one check of a sampler/schedule pair before a job queues (the API calls it); every pair it returns runs.
+
+    A1111's old combined names (``"DPM++ 2M Karras"``) are read as sampler plus schedule type.
 
     Args:
         sampler_name (`str`):
             A sampler name, or one followed by a space and a schedule type (the form before A1111 1.9).
         scheduler_name (`str` or `None`, *optional*, defaults to `None`):
             The schedule type; a schedule type inside ``sampler_name`` takes its place.
-
-    Returns:
-        `tuple[SamplerData, SchedulerData]`.
 
     Raises:
         `ValueError`: when either name is unknown.
@@ -248,116 +673,30 @@ def resolve_sampler_and_scheduler(sampler_name: str, scheduler_name: str | None 
     return resolve_sampler(sampler_name), resolve_scheduler(scheduler_name)
 
 
-def _scheduler_class(sampler: SamplerData):
-    if not sampler.is_available():
-        missing = [p for p in sampler.requires if importlib.util.find_spec(p) is None]
-        available = ", ".join(s.name for s in all_samplers if s.is_available())
-        raise ValueError(f"sampler {sampler.name!r} needs the Python package(s) {', '.join(missing)}, which are not "
-                         f"installed; install them or choose one of: {available}")
-    diffusers = importlib.import_module("diffusers")
-    return getattr(diffusers, sampler.scheduler_class)
+def sigmas_for(sampler: SamplerData, scheduler: SchedulerData, steps: int, model: ModelSchedule) -> torch.Tensor:
+    """The noise levels ``sampler`` walks for ``steps`` steps under ``scheduler`` on ``model`` (float64, ends at 0).
 
-
-def _init_args(cls) -> set[str]:
-    return set(inspect.signature(cls.__init__).parameters) - {"self"}
-
-
-def schedulers_for_sampler(sampler_name: str) -> list[str]:
-    """The labels of the schedule types a sampler supports (its diffusers class accepts their arguments).
-
-    Args:
-        sampler_name (`str`):
-            A sampler name or alias.
-
-    Returns:
-        `list[str]`: e.g. ``["Automatic", "Uniform", "Karras", "Exponential", "SGM Uniform"]``.
+    ``Automatic`` is the sampler's default schedule type, else (and always for a zero terminal SNR model) the
+    model's own timestep spacing. Samplers A1111 marks ``discard_next_to_last_sigma`` get one level more and
+    drop the next-to-last, as in A1111.
     """
-    accepted = _init_args(_scheduler_class(resolve_sampler(sampler_name)))
-    return [s.label for s in all_schedulers if set(s.config) <= accepted]
-
-
-def _zero_snr_betas(base_config: Mapping[str, Any]) -> list[float]:
-    """The model's betas rescaled to zero terminal SNR, for a class that cannot rescale them itself."""
-    import torch
-    from diffusers import DDPMScheduler
-
-    accepted = _init_args(DDPMScheduler)
-    reference = DDPMScheduler.from_config({k: v for k, v in base_config.items() if k in accepted})
-    alphas_cumprod = reference.alphas_cumprod.to(torch.float64).clone()
-    alphas_cumprod[-1] = _ZERO_SNR_LAST_ALPHA_CUMPROD
-    previous = torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
-    return (1.0 - alphas_cumprod / previous).tolist()
-
-
-def create_scheduler(sampler_name: str, scheduler_name: str | None, base_config: Mapping[str, Any]):
-    """Build the diffusers scheduler for a sampler and schedule type from the model's scheduler config.
-
-    Args:
-        sampler_name (`str`):
-            A sampler name or alias (see ``resolve_sampler``).
-        scheduler_name (`str` or `None`):
-            A schedule type (see ``resolve_scheduler``). ``Automatic`` (or `None`) means the sampler's default
-            schedule type where A1111 gives it one (``DPM++ 2M`` → Karras), else the model's own spacing. For a
-            zero terminal SNR model ``Automatic`` always keeps the model's own spacing: its largest noise level
-            is about 4096 instead of 14.6, and a Karras or exponential schedule from there spends most steps on
-            pure noise (13 of 20 steps above 14.6 for Karras). ``Uniform`` turns Karras, exponential and beta
-            spacing off.
-        base_config (`Mapping[str, Any]`):
-            The model's own scheduler config (``pipe.scheduler.config``). Its prediction type, betas, zero
-            terminal SNR and timestep spacing are kept; keys the sampler's class does not take are left out.
-
-    Returns:
-        `diffusers.SchedulerMixin`: a new scheduler; call ``set_timesteps`` on it.
-
-    Raises:
-        `ValueError`: for an unknown name, a sampler whose packages are missing, a schedule type the sampler
-        does not support (the message lists the ones it does), or an empty ``base_config``.
-        `TypeError`: when ``base_config`` is not a mapping.
-    """
-    # 1. Check inputs
-    sampler = resolve_sampler(sampler_name)
-    scheduler = resolve_scheduler(scheduler_name)
-    if not isinstance(base_config, Mapping):
-        raise TypeError(f"`base_config` must be the model's scheduler config (a mapping), got "
-                        f"{type(base_config).__name__}")
-    if not base_config:
-        raise ValueError("`base_config` is empty; pass the model's own scheduler config (pipe.scheduler.config), "
-                         "not the class defaults")
-    cls = _scheduler_class(sampler)
-    accepted = _init_args(cls)
-
-    # 2. The model's config, limited to what the class takes
-    config = {k: v for k, v in base_config.items() if k in accepted}
-    zero_snr = bool(base_config.get("rescale_betas_zero_snr"))
-    if zero_snr and "rescale_betas_zero_snr" not in accepted:
-        config["trained_betas"] = _zero_snr_betas(base_config)
-
-    # 3. The sampler's own arguments, then the schedule type's
-    kwargs = dict(sampler.config)
-    if scheduler.name == "automatic" and sampler.default_schedule is not None and not zero_snr:
+    if scheduler.name == "automatic" and sampler.default_schedule is not None and not model.zero_snr:
         scheduler = resolve_scheduler(sampler.default_schedule)
-    if scheduler.name != "automatic":
-        unsupported = sorted(set(scheduler.config) - accepted)
-        if unsupported:
-            supported = ", ".join(schedulers_for_sampler(sampler.name))
-            raise ValueError(
-                f"sampler {sampler.name!r} does not support schedule type {scheduler.label!r} "
-                f"({sampler.scheduler_class} has no {', '.join(unsupported)}); supported: {supported}")
-        kwargs.update({flag: False for flag in _SIGMA_FLAGS if flag in accepted})
-        kwargs.update(scheduler.config)
-
-    # 4. Build
-    return cls.from_config(config, **kwargs)
+    function = scheduler.function or _own_spacing
+    discard = bool(sampler.options.get("discard_next_to_last_sigma"))
+    sigmas = function(steps + discard, model.sigma_min, model.sigma_max, model)
+    if discard:
+        sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
+    return sigmas
 
 
 def samplers_for_api() -> list[dict[str, Any]]:
-    """The installed samplers in the shape of A1111's ``GET /sdapi/v1/samplers``.
+    """The samplers in the shape of A1111's ``GET /sdapi/v1/samplers``.
 
     Returns:
         `list[dict]`: ``[{"name": "DPM++ 2M", "aliases": ["k_dpmpp_2m"], "options": {"scheduler": "karras"}}, ...]``.
     """
-    return [{"name": s.name, "aliases": list(s.aliases), "options": dict(s.options)}
-            for s in all_samplers if s.is_available()]
+    return [{"name": s.name, "aliases": list(s.aliases), "options": dict(s.options)} for s in all_samplers]
 
 
 def schedulers_for_api() -> list[dict[str, Any]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -48,3 +50,60 @@ def test_partial_rescale_moves_the_deviation_toward_the_conditional(phi):
     before = (guided.std(dim=(1, 2, 3)) - cond.std(dim=(1, 2, 3))).abs()
     after = (rescale_guidance(guided, cond, phi).std(dim=(1, 2, 3)) - cond.std(dim=(1, 2, 3))).abs()
     assert (after < before).all()
+
+
+class _RecordingUNet:
+    """Returns a fixed v prediction and records what the sampler fed it."""
+
+    def __init__(self, v):
+        self.v, self.calls = v, []
+
+    def __call__(self, x, t, encoder_hidden_states):
+        self.calls.append((x.clone(), t.clone()))
+        return SimpleNamespace(sample=self.v.expand_as(x))
+
+
+class _Encoder:
+    def encode(self, text):
+        return torch.zeros(77, 8)
+
+
+def _denoiser(v, guidance_rescale=0.0):
+    from modules import sd_samplers
+    from modules.sd_pipeline import Denoiser
+
+    config = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+              "prediction_type": "v_prediction", "rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
+    unet = _RecordingUNet(v)
+    model = SimpleNamespace(unet=unet, dtype=torch.float32, guidance_rescale=guidance_rescale)
+    p = SimpleNamespace(steps=4, cfg_scale=3.0)
+    state = SimpleNamespace(interrupted=False, skipped=False, sampling_step=0)
+    schedule = sd_samplers.ModelSchedule(config)
+    return Denoiser(p, model, schedule, _Encoder(), [[[4, "a"]]], [[[4, ""]]], 4, state), unet, schedule, state
+
+
+def test_denoiser_feeds_the_unet_c_in_x_at_the_timestep_of_sigma():
+    v = torch.randn(1, 4, 2, 2)
+    denoiser, unet, schedule, _ = _denoiser(v)
+    sigma = float(schedule.sigmas[500])
+    x = torch.randn(1, 4, 2, 2)
+    denoised = denoiser(x, sigma, 0)
+    model_in, t = unet.calls[0]
+    assert torch.allclose(model_in, torch.cat([x, x]) / (sigma**2 + 1) ** 0.5)
+    assert torch.allclose(t, torch.full((2,), 500.0))
+    # Same v for both halves, so CFG leaves it; v-prediction: x0 = c_skip * x + c_out * v.
+    assert torch.allclose(denoised, x / (sigma**2 + 1) - v * sigma / (sigma**2 + 1) ** 0.5, atol=1e-6)
+
+
+def test_denoiser_mask_keeps_the_init_latents_and_interrupt_raises():
+    from modules.sd_pipeline import _Interrupted
+
+    denoiser, _, schedule, state = _denoiser(torch.randn(1, 4, 2, 2))
+    denoiser.init_latents = torch.full((1, 4, 2, 2), 0.25)
+    denoiser.mask = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]]])
+    out = denoiser(torch.randn(1, 4, 2, 2), 2.0, 1)
+    assert torch.equal(out[..., 1], torch.full((1, 4, 2), 0.25))
+    assert state.sampling_step == 1
+    state.interrupted = True
+    with pytest.raises(_Interrupted):
+        denoiser(torch.randn(1, 4, 2, 2), 1.0, 2)
