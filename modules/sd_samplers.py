@@ -694,9 +694,11 @@ def samplers_for_api() -> list[dict[str, Any]]:
     """The samplers in the shape of A1111's ``GET /sdapi/v1/samplers``.
 
     Returns:
-        `list[dict]`: ``[{"name": "DPM++ 2M", "aliases": ["k_dpmpp_2m"], "options": {"scheduler": "karras"}}, ...]``.
+        `list[dict]`: ``[{"name": "DPM++ 2M", "aliases": ["k_dpmpp_2m"], "options": {"scheduler": "karras"}}, ...]``;
+        option values are strings (``"second_order": "True"``), as A1111's ``dict[str, str]`` model sends them.
     """
-    return [{"name": s.name, "aliases": list(s.aliases), "options": dict(s.options)} for s in all_samplers]
+    return [{"name": s.name, "aliases": list(s.aliases), "options": {k: str(v) for k, v in s.options.items()}}
+            for s in all_samplers]
 
 
 def schedulers_for_api() -> list[dict[str, Any]]:

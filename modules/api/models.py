@@ -275,11 +275,12 @@ class ProgressResponse(BaseModel):
 
 
 class SamplerItem(BaseModel):
-    """One entry of ``GET /samplers``; ``options`` holds A1111's sampler options (default schedule type...)."""
+    """One entry of ``GET /samplers``; ``options`` holds A1111's sampler options (default schedule type...), every
+    value a string as A1111 sends them (``"uses_ensd": "True"``): clients validate that type."""
 
     name: str
     aliases: list[str] = Field(default_factory=list)
-    options: dict[str, Any] = Field(default_factory=dict)
+    options: dict[str, str] = Field(default_factory=dict)
 
 
 class SchedulerItem(BaseModel):

@@ -51,9 +51,11 @@ def test_samplers_for_api_shape():
     by_name = {s["name"]: s for s in samplers_for_api()}
     assert list(by_name) == A1111_SAMPLERS
     assert by_name["Euler a"] == {"name": "Euler a", "aliases": ["k_euler_a", "k_euler_ancestral"],
-                                  "options": {"uses_ensd": True}}
+                                  "options": {"uses_ensd": "True"}}
     assert by_name["DPM++ 2M"]["options"] == {"scheduler": "karras"}
-    assert by_name["DPM2"]["options"]["discard_next_to_last_sigma"] is True
+    assert by_name["DPM2"]["options"]["discard_next_to_last_sigma"] == "True"
+    # A1111's SamplerItem.options is dict[str, str]: clients that check types (aaa1111) refuse anything else.
+    assert all(isinstance(v, str) for s in by_name.values() for v in s["options"].values())
     assert all(set(s) == {"name", "aliases", "options"} for s in by_name.values())
 
 
