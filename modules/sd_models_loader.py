@@ -28,6 +28,7 @@ import contextlib
 import json
 import os
 import re
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -69,6 +70,8 @@ _VOLATILE_TEXT_CONFIG_KEYS = {"transformers_version", "_name_or_path", "dtype", 
 
 
 META = torch.device("meta")
+# init_empty_weights patches torch.nn.Module process-wide: loads that overlap would restore each other's patch.
+_EMPTY_INIT_LOCK = threading.Lock()
 
 # safetensors dtype codes -> torch dtypes, for the meta tensors of an inspection. Only whether a dtype is floating
 # point matters to the checks, so a code missing here (a newer float format) is treated as float32.
@@ -433,8 +436,15 @@ def _instantiate(build, state_dict: dict[str, torch.Tensor], name: str, what: st
     """
     state_dict = {k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)
                   for k, v in state_dict.items()}
-    with init_empty_weights():
-        model = build()
+    if torch.device(device).type == "meta":
+        # An inspection runs in whatever thread validates a request. torch's device context is per thread, while
+        # init_empty_weights patches torch.nn.Module for every thread: two overlapping ones can leave it patched,
+        # and every model built afterwards, anywhere, has no weights.
+        with torch.device(META):
+            model = build()
+    else:
+        with _EMPTY_INIT_LOCK, init_empty_weights():
+            model = build()
     try:
         model.load_state_dict(state_dict, strict=True, assign=True)
     except RuntimeError as e:

@@ -124,6 +124,34 @@ def test_inspection_gives_what_the_model_can_do(made):
     assert model.facts == loader.inspect_checkpoint(made["deep"])
 
 
+def test_inspections_in_other_threads_never_leave_loads_without_weights():
+    """Requests validate checkpoints in their own threads while a job loads one. A process-wide empty-weights
+    patch (accelerate's init_empty_weights) in the inspection left torch patched when the two overlapped, and
+    every model built afterwards had meta tensors: the server could not load any checkpoint."""
+    import threading
+
+    register_parameter = torch.nn.Module.register_parameter
+    stop = threading.Event()
+
+    def inspect_forever():
+        while not stop.is_set():
+            loader.inspect_checkpoint(TINY)
+
+    threads = [threading.Thread(target=inspect_forever) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in range(8):
+            model = loader.load_checkpoint(sd_models.CheckpointInfo(TINY, "tiny.safetensors", "0" * 64))
+            tensors = [*model.unet.parameters(), *model.text_encoder.buffers(), *model.vae.parameters()]
+            assert all(t.device.type == "cpu" for t in tensors)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert torch.nn.Module.register_parameter is register_parameter
+
+
 def sparse_sd15(path) -> int:
     """An SD1.5-layout checkpoint (SD1.5's configs, 2.1 GB of fp16) whose data is a hole: a sparse file."""
     configs = loader.default_configs()
