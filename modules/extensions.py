@@ -52,6 +52,7 @@ import logging
 import os
 import re
 import sys
+import threading
 import traceback
 import types
 from dataclasses import dataclass, field
@@ -503,7 +504,7 @@ def _load_one(ext: Extension, host: plugins.Host, package: str) -> None:
     root = (getattr(ext.entry_point, "module", "") or "").split(".")[0] if ext.group == PACKAGE else package
     if root and root != "modules":  # a package rooted in Serena's own modules cannot be told apart from Serena
         _module_roots[root] = ext
-    _importing.add(ext.key)
+    _importing[ext.key] = threading.get_ident()
     try:
         if ext.group == PACKAGE:
             obj = ext.entry_point.load()
@@ -538,7 +539,7 @@ def _load_one(ext: Extension, host: plugins.Host, package: str) -> None:
         _forget_modules(ext)
         _fail(ext, f"not loaded: {type(e).__name__}: {e}", e)
     finally:
-        _importing.discard(ext.key)
+        _importing.pop(ext.key, None)
         sys.path[:] = saved_path
         if opts.stored() != stored_before:
             opts.restore_stored(stored_before)
@@ -554,7 +555,9 @@ def _load_one(ext: Extension, host: plugins.Host, package: str) -> None:
 
 _module_roots: dict[str, Extension] = {}  # "serena_ext.<pkg>" (folders) or a package's top module -> extension
 _option_owners: dict[str, str] = {}       # option key -> ``Extension.key`` of the extension that registered it
-_importing: set[str] = set()              # extensions being imported: their writes are put back afterwards
+# Extensions being imported -> the importing thread. Only that thread's writes are let through (and put back
+# afterwards): a thread the extension starts could finish a write after the put-back, and it would stay.
+_importing: dict[str, int] = {}
 
 
 def _writing_extension() -> Extension | None:
@@ -583,7 +586,7 @@ def _option_write_guard(opts, key: str, action: str) -> None:
             return
         message = (f"extension {ext.name!r} may not register option {key!r}: Serena or another extension "
                    f"registered it; refused")
-    elif (mine and key in opts.data_labels) or ext.key in _importing:
+    elif (mine and key in opts.data_labels) or _importing.get(ext.key) == threading.get_ident():
         return
     else:
         message = (f"extension {ext.name!r} may not change option {key!r}: extensions change only the options "

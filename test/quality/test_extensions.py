@@ -716,6 +716,31 @@ class TestOptionsAndRecords:
         shared.opts.save()  # the next unrelated save persists nothing of it
         assert (data_dir / "config.json").read_text() == saved
 
+    def test_thread_started_at_import_is_refused_while_the_import_runs(self, dirs, load, data_dir):
+        """Only the importing thread's writes are let through and put back: a write from a thread the extension
+        started could land after the put-back and stay (the hostile smoke test found it)."""
+        make_ext(dirs.user, "early", """
+            import threading
+            from modules.extensions_api import opts
+
+            errors = []
+
+            def write():
+                try:
+                    opts.CLIP_stop_at_last_layers = 2
+                except ValueError as e:
+                    errors.append(e)
+
+            thread = threading.Thread(target=write)
+            thread.start()
+            thread.join()  # still importing
+        """)
+        exts = load()
+        module = next(m for n, m in sys.modules.items() if n.startswith("serena_ext.early") and hasattr(m, "errors"))
+        [error] = module.errors
+        assert error.key == "CLIP_stop_at_last_layers" and "extension 'early' may not change" in error.reason
+        assert exts["early"].loaded and not shared.opts.is_stored("CLIP_stop_at_last_layers")
+
     def test_extension_changes_its_own_option_from_its_thread(self, guarded, data_dir):
         ext, module = guarded
         assert module.in_thread("own") == []
