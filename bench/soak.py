@@ -425,9 +425,12 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=float, default=900.0, help="overall limit in seconds, startup included")
     parser.add_argument("--model", choices=sorted(MODELS), default="tiny")
     args = parser.parse_args(argv)
+    load_before = os.getloadavg()[0]
     report = run_soak(args.requests, args.seed, args.timeout, args.model)
+    # Other processes on a shared machine slow requests down (latencies) but must not change any check.
     print(f"\n{args.requests} requests, seed {args.seed}, model {args.model}, {THREADS} threads, "
-          f"{report.elapsed:.1f} s ({args.requests / max(report.elapsed, 1e-9):.1f} req/s)\n")
+          f"{report.elapsed:.1f} s ({args.requests / max(report.elapsed, 1e-9):.1f} req/s), "
+          f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after, {os.cpu_count()} CPUs\n")
     print(report.table())
     if not report.ok:
         print("\nserver log (tail):\n" + report.log_tail)
