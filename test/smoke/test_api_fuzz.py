@@ -9,6 +9,9 @@ differ only where an accepted request set them.
 
 from __future__ import annotations
 
+import base64
+import functools
+import io
 import json
 import time
 
@@ -16,7 +19,10 @@ import httpx
 import pytest
 import requests
 import schemathesis
+from PIL import Image, PngImagePlugin
 from schemathesis import GenerationMode
+
+from modules.api.api import MAX_UPSCALED_SIDE
 
 # As low as each limit goes (api_max_infotext_chars has a floor of 1024). A client cannot lift them through POST
 # /options or override_settings (restrict_api), so they hold for the whole run.
@@ -40,8 +46,8 @@ def fuzz_server(serena_server, embedded_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stored_changes():
-    """Option keys that accepted requests were allowed to store (POST /options, or overrides kept afterwards)."""
-    return set()
+    """Option values accepted requests stored, last one wins (POST /options, or overrides kept afterwards)."""
+    return {}
 
 
 @pytest.fixture(scope="module")
@@ -49,18 +55,86 @@ def options_before(fuzz_server):
     return httpx.get(fuzz_server.url + OPTIONS_PATH, timeout=REQUEST_TIMEOUT).json()
 
 
+def _png(size: int, colour: str, parameters: str | None = None) -> str:
+    info = PngImagePlugin.PngInfo()
+    if parameters is not None:
+        info.add_text("parameters", parameters)
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), colour).save(buffer, "PNG", pnginfo=info)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _narrow(raw: dict, options: dict, samplers: list[str], schedulers: list[str], upscalers: list[str]) -> dict:
+    """The server's schema, with what its handlers check beyond it written in, so positive cases get past
+    validation and reach the code behind it; negative cases then break exactly these bounds.
+
+    Only narrowing: every positive case here is schema-valid for the published schema too. The schema says
+    ``integer`` and ``string`` where the server needs steps within this run's limits, a real sampler, a decodable
+    image, an option key; fuzzed at random those would be refused before anything else ran.
+    """
+    models = raw["components"]["schemas"]
+    # Option keys with the JSON type of their current value: POST /options, overrides/validate, override_settings.
+    json_types = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", type(None): "null"}
+    option_body = {"type": "object", "additionalProperties": False,
+                   "properties": {key: {"type": json_types[type(value)]} for key, value in options.items()}}
+    for path in (OPTIONS_PATH, "/serena/v1/overrides/validate"):
+        raw["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"] = option_body
+    image = _png(64, "red")
+    for name in ("StableDiffusionTxt2ImgProcessingAPI", "StableDiffusionImg2ImgProcessingAPI"):
+        fields = models[name]["properties"]
+        models[name]["required"] = ["steps"]  # the default (50) is above this run's api_max_steps
+        fields["steps"].update(minimum=1, maximum=LIMITS["api_max_steps"])
+        for side in ("width", "height"):
+            fields[side]["anyOf"][0].update(minimum=8, maximum=LIMITS[f"api_max_{side}"], multipleOf=8)
+        fields["batch_size"].update(minimum=1, maximum=LIMITS["api_max_images"])
+        fields["n_iter"].update(minimum=1, maximum=1)
+        fields["sampler_name"]["anyOf"][0]["enum"] = samplers
+        fields["sampler_index"]["enum"] = samplers
+        fields["scheduler"]["anyOf"][0]["enum"] = schedulers
+        fields["styles"]["anyOf"][0]["maxItems"] = 0  # Serena has no styles, scripts or extra networks
+        fields["script_name"] = {"type": "null"}
+        fields["script_args"]["maxItems"] = 0
+        fields["alwayson_scripts"]["maxProperties"] = 0
+        fields["override_settings"]["anyOf"][0] = option_body
+        fields["infotext"]["anyOf"][0]["maxLength"] = LIMITS["api_max_infotext_chars"]
+    models["StableDiffusionImg2ImgProcessingAPI"]["required"].append("init_images")
+    models["ExtrasSingleImageRequest"]["required"] = ["image"]
+    img2img = models["StableDiffusionImg2ImgProcessingAPI"]["properties"]
+    img2img["init_images"]["anyOf"][0].update(items={"enum": [image, "data:image/png;base64," + image]},
+                                              minItems=1)
+    img2img["mask"]["anyOf"][0]["enum"] = [_png(64, "white")]
+    img2img["resize_mode"].update(minimum=0, maximum=0)
+    models["ExtrasSingleImageRequest"]["properties"]["image"]["enum"] = [_png(8, "blue")]
+    models["FileData"]["properties"]["data"]["enum"] = [_png(8, "green")]
+    models["PNGInfoRequest"]["properties"]["image"]["enum"] = [
+        _png(8, "black", "a cat\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 64x64"), _png(8, "black")]
+    for name in ("ExtrasSingleImageRequest", "ExtrasBatchImagesRequest"):
+        fields = models[name]["properties"]
+        for side in ("upscaling_resize_w", "upscaling_resize_h"):
+            fields[side]["maximum"] = MAX_UPSCALED_SIDE
+        fields["upscaler_1"]["enum"] = fields["upscaler_2"]["enum"] = upscalers
+    return raw
+
+
 @pytest.fixture(scope="module")
 def api_schema(fuzz_server, options_before):
-    config = schemathesis.Config(seed=SEED)  # no schemathesis.toml discovery: the run is defined here alone
-    project = config.projects.get_default()
-    project.update(base_url=fuzz_server.url, request_timeout=REQUEST_TIMEOUT)
-    project.generation.update(modes=list(GenerationMode), max_examples=MAX_EXAMPLES, deterministic=True,
-                              database="none")
-    schema = schemathesis.openapi.from_url(fuzz_server.url + "/openapi.json", config=config,
-                                           timeout=REQUEST_TIMEOUT)
+    get = functools.partial(_get_json, fuzz_server)
+    raw = _narrow(get("/openapi.json"), options_before, [s["name"] for s in get("/sdapi/v1/samplers")],
+                  [s["label"] for s in get("/sdapi/v1/schedulers")], [u["name"] for u in get("/sdapi/v1/upscalers")])
+    # An explicit config: no schemathesis.toml discovery, so the run is defined here alone.
+    schema = schemathesis.openapi.from_dict(raw, config=schemathesis.Config(seed=SEED))
+    schema.config.update(base_url=fuzz_server.url)
+    schema.config.generation.update(modes=list(GenerationMode), max_examples=MAX_EXAMPLES, deterministic=True,
+                                    database="none")
     paths = {operation.ok().path for operation in schema.get_all_operations()}
     assert paths and all(path.startswith(("/sdapi/v1/", "/serena/v1/")) for path in paths), paths
     return schema
+
+
+def _get_json(server, path: str):
+    response = httpx.get(server.url + path, timeout=REQUEST_TIMEOUT)
+    response.raise_for_status()
+    return response.json()
 
 
 schema = schemathesis.pytest.from_fixture("api_schema")
@@ -72,22 +146,25 @@ def _schemathesis_node_id(request):
     request.node._nodeid = request.node.nodeid
 
 
-def _is_json(response) -> bool:
+def _is_error_json(response) -> bool:
+    """A1111's error shape (``{"error", "detail", "body", "errors"}``) or FastAPI's (``{"detail": ...}``)."""
     try:
-        response.json()
+        body = response.json()
     except ValueError:
         return False
-    return True
+    return isinstance(body, dict) and "detail" in body
 
 
-def _record_stored_change(case, response, stored_changes: set) -> None:
-    if response.status_code != 200 or not isinstance(case.body, dict):
+def _record_stored_change(case, response, stored_changes: dict) -> None:
+    if response.status_code != 200:
         return
     if case.method.upper() == "POST" and case.path == OPTIONS_PATH:
         stored_changes.update(case.body)
-    elif case.body.get("override_settings_restore_afterwards") is False and isinstance(
-            case.body.get("override_settings"), dict):
-        stored_changes.update(case.body["override_settings"])
+    elif case.path.endswith("2img"):
+        # The echoed request holds the overrides as applied, those read from an ``infotext`` included.
+        parameters = response.json()["parameters"]
+        if parameters["override_settings_restore_afterwards"] is False:
+            stored_changes.update(parameters["override_settings"])
 
 
 @schema.parametrize()
@@ -97,12 +174,13 @@ def test_api_fuzz(case, fuzz_server, stored_changes):
     try:
         response = case.call(timeout=REQUEST_TIMEOUT)
     except requests.Timeout:
-        pytest.fail(f"no response in {REQUEST_TIMEOUT} s:\n{case.as_curl_command()}\n{_log_since(fuzz_server, log_offset)}")
+        pytest.fail(f"no response in {REQUEST_TIMEOUT} s:\n{case.as_curl_command()}\n"
+                    f"server log:\n{_log_since(fuzz_server, log_offset)}")
     elapsed = time.monotonic() - started
     assert response.status_code < 500, (f"{response.status_code} after {elapsed:.1f} s:\n{case.as_curl_command()}\n"
                                         f"{response.text[:2000]}\nserver log:\n{_log_since(fuzz_server, log_offset)}")
     if 400 <= response.status_code < 500:
-        assert _is_json(response), (f"{response.status_code} without a JSON body:\n{case.as_curl_command()}\n"
+        assert _is_error_json(response), (f"{response.status_code} without a JSON error body:\n{case.as_curl_command()}\n"
                                     f"{response.text[:500]}")
     _record_stored_change(case, response, stored_changes)
 
@@ -119,7 +197,7 @@ def test_server_sound_after_fuzzing(fuzz_server, options_before, stored_changes)
     progress = httpx.get(fuzz_server.url + "/sdapi/v1/progress", timeout=REQUEST_TIMEOUT)
     assert progress.status_code == 200 and time.monotonic() - started < 2
     after = httpx.get(fuzz_server.url + OPTIONS_PATH, timeout=REQUEST_TIMEOUT).json()
-    before = options_before
-    changed = {key for key in set(before) | set(after) if before.get(key) != after.get(key)}
-    assert changed <= stored_changes, {key: (before.get(key), after.get(key)) for key in changed - stored_changes}
+    expected = dict(options_before, **stored_changes)
+    assert after == expected, {key: (options_before.get(key), expected.get(key), after.get(key))
+                               for key in set(expected) | set(after) if expected.get(key) != after.get(key)}
     assert {key: after[key] for key in LIMITS} == LIMITS
