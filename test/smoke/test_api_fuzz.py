@@ -28,7 +28,7 @@ from modules.api.api import MAX_UPSCALED_SIDE
 # /options or override_settings (restrict_api), so they hold for the whole run.
 LIMITS = {"api_max_width": 64, "api_max_height": 64, "api_max_steps": 2, "api_max_images": 2,
           "api_max_infotext_chars": 1024}
-MAX_EXAMPLES = 15  # fuzzing-phase cases per operation and mode; the examples and coverage phases add their own
+MAX_EXAMPLES = 25  # fuzzing-phase cases per operation and mode; the examples and coverage phases add their own
 SEED = 20261202  # fixed, and derandomized: CI sees the same cases on every run
 REQUEST_TIMEOUT = 30  # seconds; any single request slower than this counts as a hang
 OPTIONS_PATH = "/sdapi/v1/options"
@@ -164,7 +164,7 @@ def _record_stored_change(case, response, stored_changes: dict) -> None:
         # The echoed request holds the overrides as applied, those read from an ``infotext`` included.
         parameters = response.json()["parameters"]
         if parameters["override_settings_restore_afterwards"] is False:
-            stored_changes.update(parameters["override_settings"])
+            stored_changes.update(parameters["override_settings"] or {})
 
 
 @schema.parametrize()
