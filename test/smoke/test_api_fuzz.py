@@ -4,7 +4,13 @@ Every operation the server publishes (all of ``/sdapi/v1`` and ``/serena/v1``) g
 positive (schema-valid) and negative (schema-violating) cases. The server starts with its ``api_max_*`` limits set
 as low as they go, so whatever generation the fuzzer gets accepted is a 64x64, 2-step, 1-2 image job on the
 embedded model (well under a second). Afterwards the server must still answer promptly, and its stored options may
-differ only where an accepted request set them.
+differ only where an accepted request set them (POST /options, or overrides kept with
+``override_settings_restore_afterwards: false``).
+
+The schema the fuzzer reads is the server's own (``GET /openapi.json``), narrowed to what the handlers check on top
+of it (``_narrow``) so that positive cases reach generation, upscaling and option storage instead of all being
+refused at validation. No operation is left out and every mode runs on every one, long ones (reload-checkpoint,
+refresh-checkpoints) included: the limits bound them.
 """
 
 from __future__ import annotations
@@ -66,7 +72,7 @@ def _png(size: int, colour: str, parameters: str | None = None) -> str:
 
 def _narrow(raw: dict, options: dict, samplers: list[str], schedulers: list[str], upscalers: list[str]) -> dict:
     """The server's schema, with what its handlers check beyond it written in, so positive cases get past
-    validation and reach the code behind it; negative cases then break exactly these bounds.
+    validation and reach the code behind it; negative cases break these bounds as well as the published ones.
 
     Only narrowing: every positive case here is schema-valid for the published schema too. The schema says
     ``integer`` and ``string`` where the server needs steps within this run's limits, a real sampler, a decodable
@@ -74,6 +80,8 @@ def _narrow(raw: dict, options: dict, samplers: list[str], schedulers: list[str]
     """
     models = raw["components"]["schemas"]
     # Option keys with the JSON type of their current value: POST /options, overrides/validate, override_settings.
+    # What a valid case stores stays cheap for the cases after it (the api_max_* limits and outdir_* cannot be set
+    # by a client), so no operation needs its positive cases left out or the config reset between operations.
     json_types = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", type(None): "null"}
     option_body = {"type": "object", "additionalProperties": False,
                    "properties": {key: {"type": json_types[type(value)]} for key, value in options.items()}}
@@ -180,8 +188,8 @@ def test_api_fuzz(case, fuzz_server, stored_changes):
     assert response.status_code < 500, (f"{response.status_code} after {elapsed:.1f} s:\n{case.as_curl_command()}\n"
                                         f"{response.text[:2000]}\nserver log:\n{_log_since(fuzz_server, log_offset)}")
     if 400 <= response.status_code < 500:
-        assert _is_error_json(response), (f"{response.status_code} without a JSON error body:\n{case.as_curl_command()}\n"
-                                    f"{response.text[:500]}")
+        assert _is_error_json(response), (f"{response.status_code} without a JSON error body:\n"
+                                          f"{case.as_curl_command()}\n{response.text[:500]}")
     _record_stored_change(case, response, stored_changes)
 
 
