@@ -30,6 +30,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from PIL import Image, UnidentifiedImageError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modules import (extensions, images, infotext, jobs, native_size, plugins, processing, runtime_utils, sd_models,
@@ -65,6 +66,10 @@ _LIMIT_OPTIONS = {
     "api_max_request_bytes": OptionInfo(128 * 1024 * 1024, "Largest API request body, in bytes", "Number",
                                         {"minimum": 1024 * 1024, "maximum": 2**40, "precision": 0},
                                         restrict_api=True),
+    # A million wrongly typed list items are a million validation errors: seconds and a gigabyte for a 2 MB body.
+    "api_max_json_values": OptionInfo(200_000, "Most JSON values (numbers, strings, lists, objects) in one API "
+                                      "request body", "Number", {"minimum": 1000, "maximum": 2**40, "precision": 0},
+                                      restrict_api=True),
 }
 for _key, _info in _LIMIT_OPTIONS.items():
     _info.section = ("api", "API")
@@ -126,8 +131,8 @@ def error_response(e: Exception) -> JSONResponse:
 
 # What a 422 echoes of the input is cut to this: an error about a 100 MB field must not send it back.
 _ECHO_CHARS, _ECHO_ITEMS, _ECHO_DEPTH = 200, 50, 8
-# At most this many non-finite numbers / lone surrogates are listed in one 422.
-_MAX_LISTED = 20
+# Errors listed in one 422: a list of a million wrong items is a million errors, and their JSON 50 times the body.
+_MAX_LISTED = 100
 
 
 def _json_safe(value, depth: int = 0):
@@ -155,45 +160,69 @@ def _json_safe(value, depth: int = 0):
 
 
 def validation_error_response(request, exc: RequestValidationError) -> JSONResponse:
-    """FastAPI's ``422 {"detail": [...]}``, with every error made JSON-safe (``_json_safe``)."""
-    return JSONResponse({"detail": [_json_safe(error, -1) for error in exc.errors()]}, status_code=422)
+    """FastAPI's ``422 {"detail": [...]}``: the first ``_MAX_LISTED`` errors, each made JSON-safe (``_json_safe``),
+    and one ``too_many_errors`` entry counting the rest."""
+    errors = exc.errors()
+    detail = [_json_safe(error, -1) for error in errors[:_MAX_LISTED]]
+    if len(errors) > _MAX_LISTED:
+        detail.append({"type": "too_many_errors", "loc": ["body"], "input": None,
+                       "msg": f"{len(errors) - _MAX_LISTED} more errors not listed"})
+    return JSONResponse({"detail": detail}, status_code=422)
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _body_problems(body) -> list[dict]:
+def _body_problems(body, max_values: int) -> list[dict]:
     """Where a parsed JSON body holds what is not JSON text: ``NaN``/``Infinity`` (Python's and JavaScript's
     encoders write them; RFC 8259 has no such numbers) and lone surrogates (``"\\ud800"``: valid JSON syntax, but no
-    Unicode character). Each as a FastAPI validation error whose ``loc`` is its place in the body.
+    Unicode character), in values or keys. Each as a FastAPI validation error whose ``loc`` is its place in the
+    body; the first ``_MAX_LISTED``, in document order.
 
     Anywhere in the body, not only in typed fields: ``override_settings``, ``comments`` or an option value would
-    otherwise carry them into options, the tokenizer or the response. Iterative: the JSON parser's own recursion
-    limit is the only bound on depth.
+    otherwise carry them into options, the tokenizer or the response. A body of more than ``max_values`` values is
+    ``RequestTooLarge``. Depth first with a stack of iterators and
+    paths as linked ``(parent, key)`` pairs: memory grows with the depth only, and a container costs the same at
+    any depth.
     """
     problems: list[dict] = []
-    stack = [(("body",), body)]
-    while stack and len(problems) < _MAX_LISTED:
-        loc, item = stack.pop()
-        if isinstance(item, float) and not math.isfinite(item):
-            problems.append({"type": "finite_number", "loc": loc, "msg": "Input should be a finite number",
-                             "input": item})
-        elif isinstance(item, str) and _has_surrogate(item):
-            problems.append({"type": "string_unicode", "loc": loc, "input": item,
-                             "msg": "Input should be Unicode text; it holds a lone surrogate"})
-        elif isinstance(item, dict):
-            for key, value in reversed(item.items()):
-                if _has_surrogate(key):  # loc names the key (escaped, as the response shows it)
-                    stack.append((loc + (key,), key))
-                else:
-                    stack.append((loc + (key,), value))
-        elif isinstance(item, list):
-            stack.extend((loc + (i,), value) for i, value in reversed(list(enumerate(item))))
+
+    def report(path, key, kind, value) -> bool:
+        loc = [key]
+        while path is not None:
+            path, step = path
+            loc.append(step)
+        message = ("Input should be a finite number" if kind == "finite_number"
+                   else "Input should be Unicode text; it holds a lone surrogate")
+        problems.append({"type": kind, "loc": tuple(reversed(loc)), "msg": message, "input": value})
+        return len(problems) >= _MAX_LISTED
+
+    stack = [(None, iter((("body", body),)))]
+    count = 0
+    while stack:
+        path, children = stack[-1]
+        for key, value in children:
+            count += 1
+            if count > max_values:
+                raise RequestTooLarge({"body": f"more than {max_values} JSON values are above this server's limit "
+                                               f"(option api_max_json_values)"})
+            if type(key) is str and not key.isascii() and _SURROGATE.search(key):  # the key is the bad text
+                if report(path, key, "string_unicode", key):
+                    return problems
+                continue
+            kind = type(value)
+            if kind is str:
+                if not value.isascii() and _SURROGATE.search(value) and report(path, key, "string_unicode", value):
+                    return problems
+            elif kind is float:
+                if not math.isfinite(value) and report(path, key, "finite_number", value):
+                    return problems
+            elif kind is dict or kind is list:
+                stack.append(((path, key), iter(value.items()) if kind is dict else enumerate(value)))
+                break
+        else:
+            stack.pop()
     return problems
-
-
-def _has_surrogate(text: str) -> bool:
-    return not text.isascii() and _SURROGATE.search(text) is not None
 
 
 def _is_json(request) -> bool:
@@ -207,7 +236,8 @@ async def read_request(request, has_body: bool) -> None:
     parse it and check it (``RequestValidationError``); the route then uses what was read here.
 
     A body that is not JSON text (invalid UTF-8, nested too deep for the parser, an integer of more digits than
-    Python converts, a syntax error) is FastAPI's ``422 json_invalid``; so are ``_body_problems``.
+    Python converts, a syntax error) is FastAPI's ``422 json_invalid``, as FastAPI answers a syntax error; what
+    ``_body_problems`` finds is a 422 naming each place.
     """
     limit = shared.opts.api_max_request_bytes
 
@@ -218,12 +248,13 @@ async def read_request(request, has_body: bool) -> None:
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
         raise too_large(f"a body of {int(length)} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large(f"a body of more than {len(body) - len(chunk)} bytes")
-    request._body = bytes(body)  # Starlette's cache of the body: the route reads it from here, not the socket
+    chunks, size = [], 0
+    async for chunk in request.stream():  # a chunked body has no Content-Length: counted as it arrives
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise too_large(f"a body of at least {size} bytes")
+    body = request._body = b"".join(chunks)  # Starlette's cache of the body: the route reads it from there
     if not (has_body and body and _is_json(request)):
         return
     try:
@@ -233,7 +264,8 @@ async def read_request(request, has_body: bool) -> None:
         reason = "nested too deeply" if isinstance(e, RecursionError) else getattr(e, "msg", None) or str(e)
         raise RequestValidationError([{"type": "json_invalid", "loc": ("body", position), "msg": "JSON decode error",
                                        "input": {}, "ctx": {"error": reason}}]) from None
-    problems = _body_problems(parsed)
+    # In a worker thread: walking a big body must not stall /progress and /interrupt on the event loop.
+    problems = await run_in_threadpool(_body_problems, parsed, shared.opts.api_max_json_values)
     if problems:
         raise RequestValidationError(problems)
 
