@@ -101,7 +101,8 @@ class RequestFieldError(ValueError):
 
 
 class RequestTooLarge(RequestFieldError):
-    """A request body above ``api_max_request_bytes``: 413, before any of it is parsed."""
+    """A request body above ``api_max_request_bytes`` (before any of it is parsed) or holding more JSON values than
+    ``api_max_json_values`` (before it is validated): 413."""
 
     status_code = 413
 
@@ -163,7 +164,7 @@ def validation_error_response(request, exc: RequestValidationError) -> JSONRespo
     """FastAPI's ``422 {"detail": [...]}``: the first ``_MAX_LISTED`` errors, each made JSON-safe (``_json_safe``),
     and one ``too_many_errors`` entry counting the rest."""
     errors = exc.errors()
-    detail = [_json_safe(error, -1) for error in errors[:_MAX_LISTED]]
+    detail = [_json_safe(error, -1) for error in errors[:_MAX_LISTED]]  # -1: the input's depth counts from 0
     if len(errors) > _MAX_LISTED:
         detail.append({"type": "too_many_errors", "loc": ["body"], "input": None,
                        "msg": f"{len(errors) - _MAX_LISTED} more errors not listed"})
@@ -181,9 +182,8 @@ def _body_problems(body, max_values: int) -> list[dict]:
 
     Anywhere in the body, not only in typed fields: ``override_settings``, ``comments`` or an option value would
     otherwise carry them into options, the tokenizer or the response. A body of more than ``max_values`` values is
-    ``RequestTooLarge``. Depth first with a stack of iterators and
-    paths as linked ``(parent, key)`` pairs: memory grows with the depth only, and a container costs the same at
-    any depth.
+    ``RequestTooLarge``. Depth first with a stack of iterators and paths as linked ``(parent, key)`` pairs: memory
+    grows with the depth only, and a value costs the same at any depth.
     """
     problems: list[dict] = []
 

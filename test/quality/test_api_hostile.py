@@ -23,11 +23,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from modules import shared
 from modules.api import models
+from modules.api.api import Api
 from modules.options import OptionInfo
 # Fixtures shared with the API's main tests (importing them is how pytest shares fixtures between modules here).
 from test_api import TXT, client, fake_sampling, gate, png_b64  # noqa: F401
@@ -173,6 +176,19 @@ def test_validation_error_about_deeply_nested_input_is_encodable(client):
     assert locs(r) == [["body", "width"]]
     r = client.post("/sdapi/v1/txt2img", json={"steps": "x" * 1_000_000})  # and does not echo a megabyte
     assert locs(r) == [["body", "steps"]] and len(r.content) < 2000
+
+
+def test_extension_routes_get_the_json_safe_422_too(data_dir):
+    app = FastAPI()
+    Api(app)
+
+    @app.post("/my-extension/run")  # a plain FastAPI route, as an extension adds in on_app_started
+    def run(body: dict[str, int]):
+        return body
+
+    with TestClient(app) as c:
+        r = post_raw(c, "/my-extension/run", '{"steps": NaN}')
+    assert locs(r) == [["body", "steps"]] and r.json()["detail"][0]["input"] == "NaN"
 
 
 # -- 3. unparseable bodies -------------------------------------------------------------------------------------
