@@ -34,14 +34,15 @@ from modules.api.api import Api
 from modules.options import OptionInfo
 # Fixtures shared with the API's main tests (importing them is how pytest shares fixtures between modules here).
 from test_api import TXT, client, fake_sampling, gate, png_b64  # noqa: F401
-from test_infotext_api_limits import live_server  # noqa: F401
+from test_infotext_api_limits import _free_port, live_server  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 HYPOTHESIS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-def post_raw(client, path: str, body: bytes | str, content_type: str = "application/json"):
-    return client.post(path, content=body, headers={"content-type": content_type})
+def post_raw(client, path: str, body: bytes | str):
+    """POST ``body`` as it is (no encoder in between), as JSON."""
+    return client.post(path, content=body, headers={"content-type": "application/json"})
 
 
 def locs(response) -> list[list]:
@@ -490,6 +491,7 @@ def test_no_route_and_no_log_line_shows_a_password(tmp_path):
                 assert r.status_code == 200, (path, r.text)
                 seen[path] = r.text
             assert json.loads(seen["/sdapi/v1/cmd-flags"])["gradio_auth"] == "<hidden>"
+            assert api.get("/sdapi/v1/options", auth=("alice", UI_PASSWORD)).status_code == 401  # a wrong one
         with httpx.Client(base_url=url, timeout=60) as ui:
             assert ui.post("/login", data={"username": "bob", "password": UI_PASSWORD}).status_code == 200
             for path in gradio_get_routes():
@@ -497,17 +499,15 @@ def test_no_route_and_no_log_line_shows_a_password(tmp_path):
             assert "Serena" in seen["ui /config"]  # logged in: the UI's config was served
     finally:
         process.terminate()
-        process.wait(20)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
     seen["server log"] = log_path.read_text(encoding="utf8", errors="replace")
     assert "Serena ready" in seen["server log"]
     leaks = [where for where, text in seen.items() if API_PASSWORD in text or UI_PASSWORD in text]
     assert not leaks, leaks
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_until_answering(url, process, log_path, timeout=180):
@@ -515,8 +515,9 @@ def _wait_until_answering(url, process, log_path, timeout=180):
     while time.monotonic() < deadline:
         assert process.poll() is None, log_path.read_text(errors="replace")[-4000:]
         try:
-            if httpx.get(f"{url}/sdapi/v1/progress", timeout=2).status_code == 401:
+            if httpx.get(f"{url}/sdapi/v1/progress", timeout=2).status_code == 401:  # up, behind --api-auth
                 return
         except httpx.TransportError:
-            time.sleep(0.25)
+            pass
+        time.sleep(0.25)
     pytest.fail(f"server not ready after {timeout} s:\n{log_path.read_text(errors='replace')[-4000:]}")
