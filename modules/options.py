@@ -392,10 +392,13 @@ class Options:
     def check(self, values: Mapping[str, Any] | None, *, is_api=False, for_override=False) -> CheckResult:
         """Validate a whole mapping without changing anything; every bad key is reported, not just the first."""
         result = CheckResult()
+        unknown = 0
         for key, value in (values or {}).items():
             name = self.canonical_key(key) if isinstance(key, str) else None
             if name is None:
-                close = difflib.get_close_matches(str(key), list(self.data_labels), n=3)
+                # Hints for the first few only: difflib against every option, for each of 100k keys, took minutes.
+                unknown += 1
+                close = difflib.get_close_matches(str(key), list(self.data_labels), n=3) if unknown <= 20 else []
                 hint = f"; did you mean {', '.join(close)}?" if close else ""
                 result.errors[key] = f"unknown option{hint}"
                 continue

@@ -15,7 +15,9 @@ import base64
 import binascii
 import dataclasses
 import io
+import json
 import logging
+import math
 import re
 import secrets
 import sys
@@ -28,6 +30,8 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from PIL import Image, UnidentifiedImageError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modules import (extensions, images, infotext, jobs, native_size, plugins, processing, runtime_utils, sd_models,
                      sd_samplers, sd_vae, shared, upscalers)
@@ -52,6 +56,20 @@ _LIMIT_OPTIONS = {
     "api_max_infotext_chars": OptionInfo(65536, "Longest infotext (request field or PNG parameters) the API reads",
                                          "Number", {"minimum": 1024, "maximum": 10_000_000, "precision": 0},
                                          restrict_api=True),
+    "api_max_prompt_chars": OptionInfo(20000, "Longest prompt (each prompt field) an API request may send", "Number",
+                                       {"minimum": 1000, "maximum": 10_000_000, "precision": 0}, restrict_api=True),
+    "api_max_input_images": OptionInfo(16, "Most images one API request may send (init_images, imageList)",
+                                       "Number", {"minimum": 1, "maximum": 10000, "precision": 0}, restrict_api=True),
+    "api_max_input_pixels": OptionInfo(64 * 1024 * 1024, "Most pixels of all the images one API request sends, "
+                                       "together", "Number", {"minimum": 1024 * 1024, "maximum": 2**40,
+                                                              "precision": 0}, restrict_api=True),
+    "api_max_request_bytes": OptionInfo(128 * 1024 * 1024, "Largest API request body, in bytes", "Number",
+                                        {"minimum": 1024 * 1024, "maximum": 2**40, "precision": 0},
+                                        restrict_api=True),
+    # A million wrongly typed list items are a million validation errors: seconds and a gigabyte for a 2 MB body.
+    "api_max_json_values": OptionInfo(200_000, "Most JSON values (numbers, strings, lists, objects) in one API "
+                                      "request body", "Number", {"minimum": 1000, "maximum": 2**40, "precision": 0},
+                                      restrict_api=True),
 }
 for _key, _info in _LIMIT_OPTIONS.items():
     _info.section = ("api", "API")
@@ -75,9 +93,18 @@ _INFOTEXT_FIELDS = {
 class RequestFieldError(ValueError):
     """Request fields Serena cannot act on (unknown sampler, too large, bad image...): ``errors`` maps each to why."""
 
+    status_code = 422
+
     def __init__(self, errors: Mapping[str, str]):
         self.errors = dict(errors)
         super().__init__("; ".join(f"{k}: {v}" for k, v in self.errors.items()))
+
+
+class RequestTooLarge(RequestFieldError):
+    """A request body above ``api_max_request_bytes`` (before any of it is parsed) or holding more JSON values than
+    ``api_max_json_values`` (before it is validated): 413."""
+
+    status_code = 413
 
 
 def _error_body(error: str, detail: str, errors: Any = "") -> dict:
@@ -86,13 +113,14 @@ def _error_body(error: str, detail: str, errors: Any = "") -> dict:
 
 def error_response(e: Exception) -> JSONResponse:
     """A1111's error JSON for ``e``; 4xx for what the client can fix, 500 (traceback logged) for the rest."""
-    if isinstance(e, HTTPException):
+    if isinstance(e, StarletteHTTPException):  # FastAPI's HTTPException is one
         return JSONResponse(_error_body(type(e).__name__, str(e.detail or ""), str(e)), status_code=e.status_code,
                             headers=e.headers)
     if isinstance(e, SettingsFrozenError):
         return JSONResponse(_error_body(type(e).__name__, str(e), {e.key: e.reason}), status_code=403)
     if isinstance(e, (OptionsRejected, RequestFieldError)):  # OverrideError is an OptionsRejected
-        return JSONResponse(_error_body(type(e).__name__, str(e), e.errors), status_code=422)
+        return JSONResponse(_error_body(type(e).__name__, str(e), e.errors),
+                            status_code=getattr(e, "status_code", 422))
     if isinstance(e, OptionError):
         return JSONResponse(_error_body(type(e).__name__, str(e), {e.key: e.reason}), status_code=422)
     if isinstance(e, SettingsSaveError):  # the server's disk, not the client: a 5xx; nothing was changed
@@ -102,17 +130,159 @@ def error_response(e: Exception) -> JSONResponse:
     return JSONResponse(_error_body(type(e).__name__, "", str(e)), status_code=500)
 
 
+# What a 422 echoes of the input is cut to this: an error about a 100 MB field must not send it back.
+_ECHO_CHARS, _ECHO_ITEMS, _ECHO_DEPTH = 200, 50, 8
+# Errors listed in one 422: a list of a million wrong items is a million errors, and their JSON 50 times the body.
+_MAX_LISTED = 100
+
+
+def _json_safe(value, depth: int = 0):
+    """``value`` as JSON can always carry it (no NaN, no lone surrogate, no unencodable object), cut short.
+
+    FastAPI's own handler echoes the input as it came, so ``NaN`` in an int field, a lone surrogate or nesting
+    deeper than the encoder's recursion limit made the 422 itself fail with a 500.
+    """
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else json.dumps(value)  # "NaN", "Infinity": what the client sent
+    if isinstance(value, bytes):
+        value = value[:_ECHO_CHARS * 4].decode("utf-8", "backslashreplace")
+    if isinstance(value, str):
+        text = value if len(value) <= _ECHO_CHARS else value[:_ECHO_CHARS] + "..."
+        return text if text.isascii() else text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, (dict, list, tuple)) and depth >= _ECHO_DEPTH:
+        return "..."
+    if isinstance(value, dict):
+        return {_json_safe(str(k)): _json_safe(v, depth + 1) for k, v in list(value.items())[:_ECHO_ITEMS]}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v, depth + 1) for v in value[:_ECHO_ITEMS]]
+    return _json_safe(str(value))
+
+
+def validation_error_response(request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's ``422 {"detail": [...]}``: the first ``_MAX_LISTED`` errors, each made JSON-safe (``_json_safe``),
+    and one ``too_many_errors`` entry counting the rest."""
+    errors = exc.errors()
+    detail = [_json_safe(error, -1) for error in errors[:_MAX_LISTED]]  # -1: the input's depth counts from 0
+    if len(errors) > _MAX_LISTED:
+        detail.append({"type": "too_many_errors", "loc": ["body"], "input": None,
+                       "msg": f"{len(errors) - _MAX_LISTED} more errors not listed"})
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _body_problems(body, max_values: int) -> list[dict]:
+    """Where a parsed JSON body holds what is not JSON text: ``NaN``/``Infinity`` (Python's and JavaScript's
+    encoders write them; RFC 8259 has no such numbers) and lone surrogates (``"\\ud800"``: valid JSON syntax, but no
+    Unicode character), in values or keys. Each as a FastAPI validation error whose ``loc`` is its place in the
+    body; the first ``_MAX_LISTED``, in document order.
+
+    Anywhere in the body, not only in typed fields: ``override_settings``, ``comments`` or an option value would
+    otherwise carry them into options, the tokenizer or the response. A body of more than ``max_values`` values is
+    ``RequestTooLarge``. Depth first with a stack of iterators and paths as linked ``(parent, key)`` pairs: memory
+    grows with the depth only, and a value costs the same at any depth.
+    """
+    problems: list[dict] = []
+
+    def report(path, key, kind, value) -> bool:
+        loc = [key]
+        while path is not None:
+            path, step = path
+            loc.append(step)
+        message = ("Input should be a finite number" if kind == "finite_number"
+                   else "Input should be Unicode text; it holds a lone surrogate")
+        problems.append({"type": kind, "loc": tuple(reversed(loc)), "msg": message, "input": value})
+        return len(problems) >= _MAX_LISTED
+
+    stack = [(None, iter((("body", body),)))]
+    count = 0
+    while stack:
+        path, children = stack[-1]
+        for key, value in children:
+            count += 1
+            if count > max_values:
+                raise RequestTooLarge({"body": f"more than {max_values} JSON values are above this server's limit "
+                                               f"(option api_max_json_values)"})
+            if type(key) is str and not key.isascii() and _SURROGATE.search(key):  # the key is the bad text
+                if report(path, key, "string_unicode", key):
+                    return problems
+                continue
+            kind = type(value)
+            if kind is str:
+                if not value.isascii() and _SURROGATE.search(value) and report(path, key, "string_unicode", value):
+                    return problems
+            elif kind is float:
+                if not math.isfinite(value) and report(path, key, "finite_number", value):
+                    return problems
+            elif kind is dict or kind is list:
+                stack.append(((path, key), iter(value.items()) if kind is dict else enumerate(value)))
+                break
+        else:
+            stack.pop()
+    return problems
+
+
+def _is_json(request) -> bool:
+    # FastAPI's rule: a body is parsed as JSON when its content type is application/json or application/*+json.
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
+
+
+async def read_request(request, has_body: bool) -> None:
+    """Read the body within ``api_max_request_bytes`` (``RequestTooLarge``) and, for a route with a JSON body,
+    parse it and check it (``RequestValidationError``); the route then uses what was read here.
+
+    A body that is not JSON text (invalid UTF-8, nested too deep for the parser, an integer of more digits than
+    Python converts, a syntax error) is FastAPI's ``422 json_invalid``, as FastAPI answers a syntax error; what
+    ``_body_problems`` finds is a 422 naming each place.
+    """
+    limit = shared.opts.api_max_request_bytes
+
+    def too_large(size: str) -> RequestTooLarge:
+        return RequestTooLarge({"body": f"{size} is above this server's limit of {limit} bytes "
+                                        f"(option api_max_request_bytes)"})
+
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise too_large(f"a body of {int(length)} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():  # a chunked body has no Content-Length: counted as it arrives
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise too_large(f"a body of at least {size} bytes")
+    body = request._body = b"".join(chunks)  # Starlette's cache of the body: the route reads it from there
+    if not (has_body and body and _is_json(request)):
+        return
+    try:
+        parsed = await request.json()  # cached too, for the route
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        position = getattr(e, "pos", None) or getattr(e, "start", None) or 0
+        reason = "nested too deeply" if isinstance(e, RecursionError) else getattr(e, "msg", None) or str(e)
+        raise RequestValidationError([{"type": "json_invalid", "loc": ("body", position), "msg": "JSON decode error",
+                                       "input": {}, "ctx": {"error": reason}}]) from None
+    # In a worker thread: walking a big body must not stall /progress and /interrupt on the event loop.
+    problems = await run_in_threadpool(_body_problems, parsed, shared.opts.api_max_json_values)
+    if problems:
+        raise RequestValidationError(problems)
+
+
 class ApiRoute(APIRoute):
     """A route whose errors come back in A1111's shape. Scoped to the API's routes: the UI's stay untouched."""
 
     def get_route_handler(self):
         handler = super().get_route_handler()
+        has_body = self.body_field is not None
 
         async def shaped_handler(request):
             try:
+                await read_request(request, has_body)
                 return await handler(request)
             except RequestValidationError:
-                raise  # FastAPI's own 422 {"detail": [...]}, which A1111 clients already get
+                raise  # FastAPI's 422 {"detail": [...]} (made JSON-safe by ``validation_error_response``)
             except Exception as e:  # noqa: BLE001 - every failure becomes a response; none may hang the client
                 return error_response(e)
 
@@ -125,8 +295,9 @@ _DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
 _ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
 
 
-def decode_image(data: str, field: str) -> Image.Image:
-    """A PIL image from base64 or a data URL; ``RequestFieldError`` naming ``field`` when it is not one.
+def _open_image(data: str, field: str) -> Image.Image:
+    """A PIL image from base64 or a data URL, its header read but not its pixels; ``RequestFieldError`` naming
+    ``field`` when it is not one.
 
     URLs are refused: the server never fetches what a request points at.
     """
@@ -141,12 +312,43 @@ def decode_image(data: str, field: str) -> Image.Image:
         raise RequestFieldError({field: "not valid base64"}) from None
     try:
         image = Image.open(io.BytesIO(raw))
-        image.load()
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         raise RequestFieldError({field: f"not a readable image ({e})"}) from None
     if image.format not in _ACCEPTED_FORMATS:
         raise RequestFieldError({field: f"{image.format} images are not accepted; send PNG, JPEG or WEBP"})
     return image
+
+
+def check_image_count(images: list, field: str) -> None:
+    """``RequestFieldError`` naming ``field`` when a request sends more images than ``api_max_input_images``."""
+    limit = shared.opts.api_max_input_images
+    if len(images) > limit:
+        raise RequestFieldError({field: f"{len(images)} images are above this server's limit of {limit} "
+                                        f"(option api_max_input_images)"})
+
+
+def decode_images(items: list[tuple[str, str]]) -> list[Image.Image]:
+    """The images of ``(field, base64)`` pairs, decoded; ``RequestFieldError`` naming the field when one is not an
+    image, or when together they hold more pixels than ``api_max_input_pixels``.
+
+    The pixel limit is checked from the headers, before any pixel is decoded: a 13,000 x 13,000 PNG of one colour
+    is 27 KB of base64 and 565 MB once decoded.
+    """
+    opts = shared.opts
+    opened = [(field, _open_image(data, field)) for field, data in items]
+    total = 0
+    for field, image in opened:
+        total += image.width * image.height
+        if total > opts.api_max_input_pixels:
+            raise RequestFieldError({field: f"the images up to this one hold {total} pixels, above this server's "
+                                            f"limit of {opts.api_max_input_pixels} for one request (option "
+                                            f"api_max_input_pixels)"})
+    for field, image in opened:
+        try:
+            image.load()
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            raise RequestFieldError({field: f"not a readable image ({e})"}) from None
+    return [image for _, image in opened]
 
 
 # EXIF segments hold at most 64 KiB; longer parameters only fit in a PNG text chunk.
@@ -197,6 +399,10 @@ def _exif_text(value) -> str:
 # -- from request to processing object --------------------------------------------------------------------------
 
 
+# Every prompt a generation request may carry, hires fix ones too (ignored, but still parsed and echoed).
+_PROMPT_FIELDS = ("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt")
+
+
 def _check_limits(req) -> dict:
     opts = shared.opts
     errors = {}
@@ -208,6 +414,11 @@ def _check_limits(req) -> dict:
     if count > opts.api_max_images:
         errors["batch_size"] = (f"batch_size x n_iter = {count} images is above this server's limit of "
                                 f"{opts.api_max_images} (option api_max_images)")
+    for field in _PROMPT_FIELDS:
+        text = getattr(req, field, None) or ""
+        if len(text) > opts.api_max_prompt_chars:
+            errors[field] = (f"{len(text)} characters are above this server's limit of {opts.api_max_prompt_chars} "
+                             f"(option api_max_prompt_chars)")
     return errors
 
 
@@ -377,6 +588,10 @@ def parse_credentials(auth: str | None, flag: str = "--api-auth") -> dict[str, s
 # -- the routes ------------------------------------------------------------------------------------------------
 
 
+# Flags that hold credentials: never shown by the API or logged.
+SECRET_FLAGS = ("api_auth", "gradio_auth")
+
+
 class Api:
     """Registers every API route on ``app``. ``auth`` is ``--api-auth``: HTTP Basic on every route when given."""
 
@@ -423,11 +638,13 @@ class Api:
         ]
         for path, endpoint, methods, response_model in routes:
             self.add_api_route(path, endpoint, methods=methods, response_model=response_model)
+        # For the whole app (extension routes too): FastAPI's own handler fails on input it cannot encode.
+        app.add_exception_handler(RequestValidationError, validation_error_response)
 
     def add_api_route(self, path: str, endpoint, **kwargs):
         """Add a route with the API's error shape and, with ``--api-auth``, its credentials check."""
         dependencies = [Depends(self.auth)] if self.credentials else []
-        error_responses = {code: {"model": models.ErrorResponse} for code in (401, 403, 422, 500)}
+        error_responses = {code: {"model": models.ErrorResponse} for code in (401, 403, 413, 422, 500)}
         self.app.router.add_api_route(path, endpoint, dependencies=dependencies, route_class_override=ApiRoute,
                                       responses=error_responses, **kwargs)
 
@@ -460,8 +677,10 @@ class Api:
         req = fill_native_size(req)
         if not req.init_images:
             raise RequestFieldError({"init_images": "img2img needs at least one init image"})
-        init_images = [decode_image(data, f"init_images[{i}]") for i, data in enumerate(req.init_images)]
-        mask = decode_image(req.mask, "mask") if req.mask else None
+        check_image_count(req.init_images, "init_images")
+        items = [(f"init_images[{i}]", data) for i, data in enumerate(req.init_images)]
+        decoded = decode_images(items + [("mask", req.mask)] if req.mask else items)
+        init_images, mask = decoded[:len(items)], (decoded[-1] if req.mask else None)
         p = build_processing(req, processing.StableDiffusionProcessingImg2Img, init_images=init_images, mask=mask)
         p.warnings.extend(warnings)
         processed = jobs.run_job("img2img", processing.process_images, p)
@@ -472,19 +691,21 @@ class Api:
 
     # -- extras --------------------------------------------------------------------------------------------------
     def extras_single_image_api(self, req: models.ExtrasSingleImageRequest):
-        image = decode_image(req.image, "image")
+        [image] = decode_images([("image", req.image)])
         plan = _upscale_plan(req, [image])
         [result] = jobs.run_job("extras", upscalers.run_plan, plan, [image])
         return models.ExtrasSingleImageResponse(html_info=plan.describe(), image=encode_image(result))
 
     def extras_batch_images_api(self, req: models.ExtrasBatchImagesRequest):
-        batch = [decode_image(item.data, f"imageList[{i}].data") for i, item in enumerate(req.imageList)]
+        check_image_count(req.imageList, "imageList")
+        batch = decode_images([(f"imageList[{i}].data", item.data) for i, item in enumerate(req.imageList)])
         plan = _upscale_plan(req, batch)
         results = jobs.run_job("extras", upscalers.run_plan, plan, batch)
         return models.ExtrasBatchImagesResponse(html_info=plan.describe(), images=[encode_image(r) for r in results])
 
     def pnginfoapi(self, req: models.PNGInfoRequest):
-        text, items = read_parameters(decode_image(req.image, "image"))
+        [image] = decode_images([("image", req.image)])
+        text, items = read_parameters(image)
         _check_infotext_size(text, "image")
         return models.PNGInfoResponse(info=text, items=items,
                                       parameters=infotext.parse_generation_parameters(text) if text else {})
@@ -543,8 +764,9 @@ class Api:
         # A1111 shows the resolved folders (its defaults are paths, never null).
         flags["data_dir"] = flags.get("data_dir") or shared.data_paths.data_dir
         flags["ui_settings_file"] = flags.get("ui_settings_file") or shared.data_paths.config_file
-        if flags.get("api_auth"):
-            flags["api_auth"] = "<hidden>"  # A1111 shows the passwords to anyone who can call the API
+        for flag in SECRET_FLAGS:  # A1111 shows the passwords to anyone who can call the API
+            if flags.get(flag):
+                flags[flag] = "<hidden>"
         return flags
 
     # -- lists ---------------------------------------------------------------------------------------------------

@@ -26,8 +26,9 @@ class _GenerationRequest(BaseModel):
     """Fields shared by txt2img and img2img (A1111's ``StableDiffusionProcessing`` plus the API's own)."""
 
     # Unknown fields are kept so the handler can report them as ignored (a typo such as ``sampler`` for
-    # ``sampler_name`` would otherwise vanish without a word).
-    model_config = ConfigDict(extra="allow", protected_namespaces=())
+    # ``sampler_name`` would otherwise vanish without a word). No float is NaN or infinite: a body cannot send one
+    # (the API refuses them), but an infotext's "CFG scale: nan" reaches these fields as text.
+    model_config = ConfigDict(extra="allow", protected_namespaces=(), allow_inf_nan=False)
 
     prompt: str = Field("", description="The prompt.")
     negative_prompt: str = Field("", description="The negative prompt.")
@@ -144,7 +145,7 @@ UNSUPPORTED_FIELDS: dict[str, tuple[tuple, str | None]] = {
     "s_min_uncond": ((0,), None),
     # webuiapi sends s_tmax=0, s_tmin=0, s_churn=0, s_noise=1 by default: A1111 treats those as "off".
     "s_churn": ((0,), None),
-    "s_tmax": ((0, float("inf")), None),
+    "s_tmax": ((0,), None),
     "s_tmin": ((0,), None),
     "s_noise": ((1,), None),
     "refiner_checkpoint": (("", "None"), None),
@@ -192,6 +193,8 @@ class ImageToImageResponse(_GenerationResponse):
 
 class _ExtrasBase(BaseModel):
     """Fields shared by the extras requests (A1111's ``ExtrasBaseRequest``)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
 
     resize_mode: int = Field(
         0, ge=0, le=1, description="0: scale by `upscaling_resize`; 1: to `upscaling_resize_w`x`upscaling_resize_h`.")
