@@ -63,6 +63,10 @@ _LIMIT_OPTIONS = {
     "api_max_input_pixels": OptionInfo(64 * 1024 * 1024, "Most pixels of all the images one API request sends, "
                                        "together", "Number", {"minimum": 1024 * 1024, "maximum": 2**40,
                                                               "precision": 0}, restrict_api=True),
+    # Extras can turn 16 small images into 16 of 8192 x 8192: half a minute of Lanczos on a CPU, 4 GB of memory.
+    "api_max_output_pixels": OptionInfo(64 * 1024 * 1024, "Most pixels of all the images one extras request "
+                                        "produces, together", "Number", {"minimum": 1024 * 1024, "maximum": 2**40,
+                                                                         "precision": 0}, restrict_api=True),
     "api_max_request_bytes": OptionInfo(128 * 1024 * 1024, "Largest API request body, in bytes", "Number",
                                         {"minimum": 1024 * 1024, "maximum": 2**40, "precision": 0},
                                         restrict_api=True),
@@ -902,4 +906,10 @@ def _upscale_plan(req, batch: list) -> upscalers.Plan:
             field = "upscaling_resize" if req.resize_mode == 0 else "upscaling_resize_w"
             raise RequestFieldError({field: f"the result would be {largest} pixels wide or high; the limit is "
                                             f"{MAX_UPSCALED_SIDE}"})
+        total = sum(w * h for w, h in map(plan.scaled_size, batch))
+        limit = shared.opts.api_max_output_pixels
+        if total > limit:
+            field = "upscaling_resize" if req.resize_mode == 0 else "upscaling_resize_w"
+            raise RequestFieldError({field: f"the results would hold {total} pixels together, above this server's "
+                                            f"limit of {limit} for one request (option api_max_output_pixels)"})
     return plan

@@ -350,6 +350,28 @@ def test_pixel_limit_is_for_all_images_of_a_request_together(client):
     assert list(r.json()["errors"]) == ["imageList[2].data"]
 
 
+def test_extras_output_pixels_are_bounded_for_the_whole_request(client):
+    """16 tiny images each upscaled to 8192 x 8192 took half a minute of Lanczos (found by the API fuzz test)."""
+    tiny = [{"data": png_b64((8, 8)), "name": str(i)} for i in range(16)]
+    body = {"imageList": tiny, "resize_mode": 1, "upscaling_resize_w": 8192, "upscaling_resize_h": 8192,
+            "upscaler_1": "Lanczos"}
+    started = time.perf_counter()
+    r = client.post("/sdapi/v1/extra-batch-images", json=body)
+    assert r.status_code == 422 and r.json()["errors"] == {"upscaling_resize_w": (
+        f"the results would hold {16 * 8192 * 8192} pixels together, above this server's limit of "
+        f"{64 * 1024 * 1024} for one request (option api_max_output_pixels)")}
+    assert time.perf_counter() - started < 5  # refused before any upscaling
+    r = client.post("/sdapi/v1/extra-batch-images", json=dict(body, imageList=tiny[:1]))  # one is within it
+    assert r.status_code == 200 and len(r.json()["images"]) == 1
+    shared.opts.set("api_max_output_pixels", 1024 * 1024)
+    r = client.post("/sdapi/v1/extra-single-image", json={"image": png_b64((8, 8)), "upscaling_resize": 8,
+                                                           "upscaler_1": "Nearest"})
+    assert r.status_code == 200  # 64 x 64
+    r = client.post("/sdapi/v1/extra-single-image", json={"image": png_b64((512, 512)), "upscaling_resize": 4,
+                                                           "upscaler_1": "Nearest"})
+    assert r.status_code == 422 and "api_max_output_pixels" in r.json()["errors"]["upscaling_resize"]
+
+
 def test_body_over_the_limit_is_413_naming_it(client):
     shared.opts.set("api_max_request_bytes", 1024 * 1024)
     body = json.dumps(dict(TXT, prompt="x"))

@@ -33,7 +33,9 @@ from modules.api.api import MAX_UPSCALED_SIDE
 # As low as each limit goes (api_max_infotext_chars has a floor of 1024). A client cannot lift them through POST
 # /options or override_settings (restrict_api), so they hold for the whole run.
 LIMITS = {"api_max_width": 64, "api_max_height": 64, "api_max_steps": 2, "api_max_images": 2,
-          "api_max_infotext_chars": 1024}
+          "api_max_infotext_chars": 1024, "api_max_prompt_chars": 1000, "api_max_input_images": 2,
+          "api_max_input_pixels": 1024 * 1024, "api_max_output_pixels": 1024 * 1024,
+          "api_max_request_bytes": 1024 * 1024, "api_max_json_values": 1000}
 MAX_EXAMPLES = 25  # fuzzing-phase cases per operation and mode; the examples and coverage phases add their own
 SEED = 20261202  # fixed, and derandomized: CI sees the same cases on every run
 REQUEST_TIMEOUT = 30  # seconds; any single request slower than this counts as a hang
@@ -47,6 +49,7 @@ def fuzz_server(serena_server, embedded_model, tmp_path_factory):
     server = serena_server(data)
     options = httpx.get(server.url + OPTIONS_PATH, timeout=REQUEST_TIMEOUT).json()
     assert {key: options[key] for key in LIMITS} == LIMITS  # the limits took before the first fuzzed request
+    assert {key for key in options if key.startswith("api_max_")} == set(LIMITS)  # a new limit is set low here too
     return server
 
 
