@@ -109,3 +109,18 @@ def lenient_hooks(monkeypatch):
 
 
 plugins.register_core_plugins()
+
+
+@pytest.fixture
+def api_client():
+    """A ``TestClient`` on a bare app with only Serena's API routes; request it after the fixtures that prepare the
+    models and data folder it should see."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from modules.api.api import Api
+
+    app = FastAPI()
+    Api(app)
+    with TestClient(app) as client:
+        yield client

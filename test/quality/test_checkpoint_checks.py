@@ -18,14 +18,11 @@ import pytest
 import torch
 from accelerate import init_empty_weights
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from fastapi import FastAPI
-from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from modules import jobs, paths, processing, sd_models, sd_models_loader as loader, shared
-from modules.api.api import Api
 from modules.hookspecs import hookimpl
 from modules.runtime_utils import OverrideError, temporary_opts
 
@@ -97,11 +94,8 @@ def truncate(path, keep: float = 0.5):
 
 
 @pytest.fixture
-def client(models):
-    app = FastAPI()
-    Api(app)
-    with TestClient(app) as c:
-        yield c
+def client(models, api_client):
+    yield api_client
     assert not jobs.queue_lock.locked() and not jobs.state.busy
 
 

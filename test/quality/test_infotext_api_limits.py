@@ -17,7 +17,6 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
-from fastapi.testclient import TestClient
 from PIL import Image, PngImagePlugin
 
 from modules import infotext, shared
@@ -35,11 +34,8 @@ def png_with_parameters(text: str) -> str:
 
 
 @pytest.fixture
-def client(data_dir):
-    app = FastAPI()
-    Api(app)
-    with TestClient(app) as c:
-        yield c
+def client(data_dir, api_client):
+    return api_client
 
 
 def test_limit_is_a_restricted_api_option(client):

@@ -11,12 +11,9 @@ import json
 
 import numpy as np
 import pytest
-from fastapi import FastAPI
-from fastapi.testclient import TestClient
 from PIL import Image
 
 from modules import jobs, processing, sd_samplers
-from modules.api.api import Api
 
 SAMPLERS = [s["name"] for s in sd_samplers.samplers_for_api()]
 SCHEDULERS = [s["label"] for s in sd_samplers.schedulers_for_api()]
@@ -96,11 +93,8 @@ def test_img2img_at_low_strength_stays_near_the_init(real_env):
 
 
 @pytest.fixture
-def http(real_env):
-    app = FastAPI()
-    Api(app)
-    with TestClient(app) as client:
-        yield client
+def http(real_env, api_client):
+    return api_client
 
 
 @pytest.mark.parametrize("payload", [
