@@ -49,7 +49,7 @@ GENERATE_TIMEOUT = 120_000  # ms
 # In-process: the logic behind the events
 # ---------------------------------------------------------------------------------------------------------------
 
-def test_paste_fills_fields_and_lists_only_differing_settings(data_dir):
+def test_paste_fills_fields_and_lists_only_differing_settings(data_dir, fake_models):
     from modules import sd_models
     from modules.ui import paste
 
@@ -116,7 +116,7 @@ def test_settings_frozen(data_dir, monkeypatch):
     assert shown == "Automatic" and "frozen" in message
 
 
-def test_quick_setting_is_validated_and_saved(data_dir):
+def test_quick_setting_is_validated_and_saved(data_dir, fake_models):
     from modules.ui import settings
 
     shown, message = settings.set_quick("sd_vae", "no-such-vae")
@@ -604,14 +604,20 @@ def test_png_info_sends_parameters_to_txt2img(page, server):
 def test_settings_apply_writes_config(page, server):
     open_tab(page, "Settings")
     page.locator("#setting_CLIP_stop_at_last_layers").wait_for(state="visible")
+    # The embedded model's text encoder has 2 layers: a deeper clip skip is refused naming that limit.
     set_number(page, "setting_CLIP_stop_at_last_layers", 3)
+    page.click("#settings_submit")
+    page.wait_for_function("() => document.querySelector('#settings_result').innerText.includes('Not applied')")
+    assert "2 layers" in page.locator("#settings_result").inner_text()
+    assert "CLIP_stop_at_last_layers" not in server.config()
+    set_number(page, "setting_CLIP_stop_at_last_layers", 2)
     set_number(page, "setting_eta_noise_seed_delta", 31337)
     page.click("#settings_submit")
     page.wait_for_function("() => document.querySelector('#settings_result').innerText.includes('Saved')")
     result = page.locator("#settings_result").inner_text()
     assert "Saved 2 changes" in result, result
     config = server.config()
-    assert config["CLIP_stop_at_last_layers"] == 3 and config["eta_noise_seed_delta"] == 31337, config
+    assert config["CLIP_stop_at_last_layers"] == 2 and config["eta_noise_seed_delta"] == 31337, config
     # A value out of range is refused with its reason, and nothing is stored.
     set_number(page, "setting_eta_noise_seed_delta", -5)
     page.click("#settings_submit")
