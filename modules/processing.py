@@ -22,7 +22,6 @@ from modules.runtime_utils import temporary_opts, with_overrides
 log = logging.getLogger("serena.processing")
 
 SEED_MAX = 2**32 - 1
-log = logging.getLogger("serena.processing")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ from hypothesis import given, settings, strategies as st
 
 from modules.sd_samplers import (
     ModelSchedule,
-    all_samplers,
     all_schedulers,
     resolve_sampler,
     resolve_sampler_and_scheduler,
