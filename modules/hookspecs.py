@@ -8,7 +8,8 @@ test keeps the two in step.
 Ordering, for every hook: implementations run in extension load order (the core's own first, then
 ``extensions-builtin/``, then user extensions, each group ordered by name and ``metadata.ini`` Before/After),
 with ``tryfirst``/``trylast`` moving an implementation to the front or back. ``on_opts_override_exit`` runs in
-exactly the reverse order. ``modules.plugins.resolved_order(hook_name)`` and ``launch.py --list-hooks`` show it.
+exactly the reverse order (``EXIT_HOOKS``). ``modules.plugins.resolved_order(hook_name)`` and ``launch.py --list-hooks``
+show it.
 
 Errors, for every hook: Serena calls implementations one at a time. An exception is reported with the
 extension's name and traceback (log, and the generation's warnings where there is a generation) and the other
@@ -28,6 +29,12 @@ PROJECT = "serena"
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
+
+#: The hooks that are fired as a stack, like nested ``with`` blocks: ``{enter hook: exit hook}``. The exit hook
+#: is owed once to each module whose enter implementation was called (also if it raised), in exactly the reverse
+#: of the enter order; an exit implementation in a module without the enter one is never called.
+#: ``plugins.Host.owed_exits`` is the one place that applies it.
+EXIT_HOOKS = {"on_opts_override_enter": "on_opts_override_exit"}
 
 
 # ---------------------------------------------------------------------------------------------------------------

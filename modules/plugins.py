@@ -3,8 +3,10 @@
 pluggy calls implementations last-registered-first and stops at the first exception. Serena needs the opposite
 on both counts: load order (core, built-in, user) so extension authors can predict it, and every implementation
 called even when one fails (exit hooks undo state). So the host resolves the order in ``resolved_order`` and
-calls implementations one at a time through ``call_each``; each call still goes through pluggy's hook executor,
-so argument pruning and ``pm.add_hookcall_monitoring`` tracing keep working.
+calls implementations one at a time through ``call_each``, with pluggy's public API only: an implementation's
+``function`` gets the arguments its ``argnames`` ask for (pluggy's pruning rule). While a tracer added with
+``pm.add_hookcall_monitoring`` (or ``pm.enable_tracing``) listens, each call goes through a
+``pm.subset_hook_caller`` instead, so the tracer sees every call; that path is slower, so it is used only then.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from modules import hookspecs
 log = logging.getLogger("serena.plugins")
 
 CORE_GROUP, BUILTIN_GROUP, USER_GROUP = "core", "builtin", "user"
-ENTER_HOOK, EXIT_HOOK = "on_opts_override_enter", "on_opts_override_exit"
 
 
 class PluginRegistrationError(ValueError):
@@ -83,9 +84,24 @@ class _Registration:
     plugin: Any = field(repr=False)
 
 
+class _PluginManager(pluggy.PluginManager):
+    """A ``PluginManager`` that counts its active hook-call monitors, so the host knows when a tracer listens."""
+
+    monitors = 0
+
+    def add_hookcall_monitoring(self, before, after):
+        undo = super().add_hookcall_monitoring(before, after)
+        self.monitors += 1
+
+        def undo_and_count() -> None:
+            undo()
+            self.monitors -= 1
+        return undo_and_count
+
+
 def create_plugin_manager() -> pluggy.PluginManager:
     """A fresh manager with Serena's hook specs (tests build their own with this)."""
-    manager = pluggy.PluginManager(hookspecs.PROJECT)
+    manager = _PluginManager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs)
     return manager
 
@@ -174,20 +190,26 @@ class Host:
         self._order_cache[hook_name] = (cache_key, ordered)
         return ordered
 
+    def owed_exits(self, enter_hook: str, entered: Iterable) -> list:
+        """The implementations of ``enter_hook``'s exit hook (``hookspecs.EXIT_HOOKS``) owed after the enter
+        implementations ``entered`` were called (in call order, also those that raised): one for each of their
+        modules that implements the exit hook, in exactly the reverse order."""
+        exits = {id(i.plugin): i for i in self._impls_in_order(hookspecs.EXIT_HOOKS[enter_hook])}
+        return [exits[id(i.plugin)] for i in reversed(list(entered)) if id(i.plugin) in exits]
+
     def describe_hooks(self) -> dict[str, dict]:
-        """The one description of hook order that ``--list-hooks``, the API and the UI show.
+        """The one description of hook order: ``--list-hooks``, the API, the UI and ``hook_order`` show it.
 
-        ``{hook: {"order": [row, ...], "dropped": [DroppedCycle, ...]}}`` for every hook spec, rows in call
-        order: ``{"name", "group", "tryfirst", "trylast", "called"}``. ``on_opts_override_exit`` is called as a
-        stack, in exactly the reverse of the enter order and only for modules whose enter hook ran; an exit
-        implementation in a module without an enter implementation is listed last with ``called: False``.
-        ``dropped`` holds the ``[hooks/<hook>]`` cycles of that hook (``self.dropped`` also has the load-order
-        ones, ``hook=None``).
+        ``{hook: {"order": [row, ...], "reverse_of": enter hook or None, "dropped": [DroppedCycle, ...]}}`` for
+        every hook spec, rows in call order: ``{"name", "group", "tryfirst", "trylast", "called"}``. An exit hook
+        (``reverse_of`` names its enter hook) is called as a stack (``owed_exits``): its rows are the owed exits
+        of a call of every enter implementation, then — ``called: False`` — exit implementations in modules
+        without the enter one, which are never called. ``dropped`` holds the ``[hooks/<hook>]`` cycles of that
+        hook (``self.dropped`` also has the load-order ones, ``hook=None``).
         """
-        return {name: {"order": self._rows(name), "dropped": [d for d in self.dropped if d.hook == name]}
-                for name in hook_names(self.pm)}
+        return {name: self._describe(name) for name in hook_names(self.pm)}
 
-    def _rows(self, hook_name: str) -> list[dict]:
+    def _describe(self, hook_name: str) -> dict:
         groups = {r.name: r.group for r in self._registrations.values()}
 
         def row(impl, called=True) -> dict:
@@ -196,22 +218,22 @@ class Host:
                     "trylast": bool(impl.trylast), "called": called}
 
         impls = self._impls_in_order(hook_name)
-        if hook_name != EXIT_HOOK:
-            return [row(i) for i in impls]
-        with_exit = {id(i.plugin): i for i in impls}
-        entered = [with_exit[id(i.plugin)] for i in reversed(self._impls_in_order(ENTER_HOOK))
-                   if id(i.plugin) in with_exit]
-        called = {id(i) for i in entered}
-        never = [i for i in impls if id(i) not in called]
-        return [row(i) for i in entered] + [row(i, called=False) for i in never]
+        enter_hook = next((enter for enter, exit_ in hookspecs.EXIT_HOOKS.items() if exit_ == hook_name), None)
+        if enter_hook is None:
+            rows = [row(i) for i in impls]
+        else:
+            owed = self.owed_exits(enter_hook, self._impls_in_order(enter_hook))
+            called = {id(i) for i in owed}
+            rows = [row(i) for i in owed] + [row(i, called=False) for i in impls if id(i) not in called]
+        return {"order": rows, "reverse_of": enter_hook, "dropped": [d for d in self.dropped if d.hook == hook_name]}
 
     def resolved_order(self, hook_name: str) -> list[str]:
         """The extension names whose implementations of ``hook_name`` run, in call order (``describe_hooks``)."""
-        return [r["name"] for r in self._rows(hook_name) if r["called"]]
+        return [r["name"] for r in self._describe(hook_name)["order"] if r["called"]]
 
     def hook_order(self) -> dict[str, list[str]]:
         """``{hook: [extension, ...]}`` for every hook spec, in call order (``describe_hooks``, names only)."""
-        return {name: self.resolved_order(name) for name in hook_names(self.pm)}
+        return {hook: [r["name"] for r in view["order"] if r["called"]] for hook, view in self.describe_hooks().items()}
 
     def plugin_name(self, plugin) -> str:
         return self.pm.get_name(plugin) or repr(plugin)
@@ -239,7 +261,7 @@ class Host:
             if on_called is not None:
                 on_called(impl)
             try:
-                res = self.pm._hookexec(hook_name, [impl], kwargs, False)
+                res = self._call_one(hook_name, impl, kwargs)
             except (Exception, KeyboardInterrupt, SystemExit) as e:
                 failure = HookFailure(hook_name, self.plugin_name(impl.plugin), e, traceback.format_exc())
                 log.error("%s\n%s", failure.message(), failure.traceback)
@@ -256,6 +278,16 @@ class Host:
         if first_error is not None:
             raise first_error
         return results
+
+    def _call_one(self, hook_name: str, impl, kwargs: dict) -> list:
+        if getattr(self.pm, "monitors", 1):  # a tracer listens (or a foreign manager): through pluggy's executor
+            others = [i.plugin for i in getattr(self.pm.hook, hook_name).get_hookimpls() if i is not impl]
+            return self.pm.subset_hook_caller(hook_name, others)(**kwargs)
+        try:
+            args = [kwargs[name] for name in impl.argnames]
+        except KeyError as e:  # pluggy's own message
+            raise pluggy.HookCallError(f"hook call must provide argument {e.args[0]!r}") from None
+        return [impl.function(*args)]
 
     def call_reporting(self, hook_name: str, warnings: list, /, **kwargs) -> list:
         """``call``, with each contained failure also added to ``warnings`` (a generation's) as a message."""
@@ -278,13 +310,6 @@ def hook_names(manager: pluggy.PluginManager) -> list[str]:
 
 host = Host(strict=os.environ.get("SERENA_STRICT_HOOKS") == "1")
 pm = host.pm
-
-
-def register_core_plugins() -> None:
-    """Register the core's own implementations first (seam rule 12), once."""
-    from modules import core_hooks
-    if not host.is_registered("serena.core"):
-        host.register(core_hooks, "serena.core", CORE_GROUP)
 
 
 def resolved_order(hook_name: str) -> list[str]:

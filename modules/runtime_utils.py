@@ -153,11 +153,10 @@ class temporary_opts:  # noqa: N801 - named as a function: it is used like conte
     def _exit_hooks(self, error):
         """Every owed exit hook, in exactly the reverse order (rule 5), each guarded (rule 7)."""
         kwargs = dict(self._hook_kwargs(), error=error, restored=self.restore)
-        exit_impls = {id(i.plugin): i for i in self.host.impls("on_opts_override_exit")}
-        entered = [exit_impls[id(i.plugin)] for i in reversed(self._entered) if id(i.plugin) in exit_impls]
+        owed = self.host.owed_exits("on_opts_override_enter", self._entered)
         self._entered = []
         try:
-            self.host.call_each("on_opts_override_exit", kwargs, impls=entered, failures=self.failures, run_all=True)
+            self.host.call_each("on_opts_override_exit", kwargs, impls=owed, failures=self.failures, run_all=True)
         except plugins.HookError:
             if error is None:  # the block's own exception, if any, is the one the caller must see
                 raise
