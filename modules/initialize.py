@@ -8,10 +8,19 @@ from __future__ import annotations
 import logging
 import os
 
-from modules import cmd_args, paths, plugins, sd_models, shared
+from modules import cmd_args, core_hooks, paths, plugins, sd_models, shared
 from modules.options import OptionError
 
 log = logging.getLogger("serena.initialize")
+
+CORE_PLUGIN = "serena.core"
+
+
+def register_core_plugin(host: plugins.Host | None = None) -> None:
+    """Register the core's own implementations (``core_hooks``) first, once (seam rule 12)."""
+    host = host if host is not None else plugins.host
+    if not host.is_registered(CORE_PLUGIN):
+        host.register(core_hooks, CORE_PLUGIN, plugins.CORE_GROUP)
 
 
 def initialize(cmd_opts=None, *, load_extensions: bool = True):
@@ -29,20 +38,14 @@ def initialize(cmd_opts=None, *, load_extensions: bool = True):
     opts.filename = shared.data_paths.config_file
     opts.frozen = bool(cmd_opts.freeze_settings)
     plugins.host.strict = bool(cmd_opts.strict_hooks) or os.environ.get("SERENA_STRICT_HOOKS") == "1"
-    plugins.register_core_plugins()
+    register_core_plugin()
     opts.load()
     if cmd_opts.ckpt:
         if not os.path.exists(cmd_opts.ckpt):
             raise SystemExit(f"serena: error: --ckpt {cmd_opts.ckpt}: no such file")
         sd_models.extra_checkpoints.append(os.path.abspath(cmd_opts.ckpt))
     if load_extensions:
-        extensions.load_all(
-            builtin_dir=shared.data_paths.extensions_builtin_dir,
-            user_dir=shared.data_paths.extensions_dir,
-            disabled=list(opts.disabled_extensions),
-            disable_all=cmd_opts.disable_all_extensions or opts.disable_all_extensions == "all",
-            disable_extra=cmd_opts.disable_extra_extensions or opts.disable_all_extensions == "extra",
-        )
+        extensions.load_configured()
         extensions.register_extension_options()
     sd_models.refresh_checkpoints()
     if cmd_opts.ckpt and not opts.frozen:

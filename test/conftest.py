@@ -15,7 +15,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 
-from modules import paths, plugins, sd_models, shared  # noqa: E402
+from modules import initialize, paths, plugins, sd_models, shared  # noqa: E402
 from modules.hookspecs import hookimpl  # noqa: E402
 
 
@@ -108,7 +108,7 @@ def lenient_hooks(monkeypatch):
     monkeypatch.setattr(plugins.host, "strict", False)
 
 
-plugins.register_core_plugins()
+initialize.register_core_plugin()
 
 
 @pytest.fixture
