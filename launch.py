@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from modules import cmd_args, paths
-from modules.extension_metadata import extension_name
+from modules.extension_discovery import Enablement, find
 from scripts import verify_pinned_deps
 
 ROOT = Path(__file__).resolve().parent
@@ -131,26 +131,13 @@ def _raw_settings(args) -> dict:
 def extension_installers(args) -> list[Path]:
     """``install.py`` of each enabled extension: built-in ones, then ``<data-dir>/extensions/``, in folder order.
 
-    ``disabled_extensions`` matches an extension's ``metadata.ini`` name or its folder name, case-insensitively,
-    as the extension loader does, so a disabled extension's installer never runs.
+    Enabled by the loader's own rule (``extension_discovery.find`` with ``Enablement.configured``), so a disabled
+    extension's installer never runs.
     """
-    settings = _raw_settings(args)
-    mode = settings.get("disable_all_extensions", "none")
-    if args.disable_all_extensions or mode == "all":
-        return []
     data_paths = paths.from_cmd_opts(args)
-    folders = [Path(data_paths.extensions_builtin_dir)]
-    if not args.disable_extra_extensions and mode != "extra":
-        folders.append(Path(data_paths.extensions_dir))
-    disabled = {str(name).casefold() for name in settings.get("disabled_extensions") or []}
-    installers = []
-    for folder in folders:
-        for entry in sorted(os.listdir(folder)) if folder.is_dir() else []:
-            path = folder / entry
-            if (path / "install.py").is_file() and not {entry.casefold(),
-                                                         extension_name(str(path)).casefold()} & disabled:
-                installers.append(path / "install.py")
-    return installers
+    found = find(data_paths.extensions_builtin_dir, data_paths.extensions_dir,
+                 Enablement.configured(args, _raw_settings(args)), entry_points=False)
+    return [Path(ext.path) / "install.py" for ext in found if ext.enabled and Path(ext.path, "install.py").is_file()]
 
 
 def run_extension_installers(python: Path, installers: list[Path], constraints: Path) -> list[Path]:

@@ -1,5 +1,6 @@
-"""modules/extensions.py: discovery, metadata.ini, order, enable/disable, Requires, failure containment, entry
-points, per-hook order and the printed order. Extension folders are built in ``tmp_path``; each test loads them
+"""The extension loader (``modules.extensions``, ``extension_discovery``, ``extension_order``): discovery,
+metadata.ini, order, enable/disable, Requires, failure containment, entry points, per-hook order and the printed
+order. Extension folders are built in ``tmp_path``; each test loads them
 into its own ``plugins.Host`` (strict, as the suite), so the process-wide host is untouched.
 """
 
@@ -15,7 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modules import extensions, plugins, shared
+from modules import extension_discovery, extension_order, extensions, plugins, shared
+from modules.extensions_api import testing
 from modules.options import OptionError
 from modules.runtime_utils import temporary_opts
 
@@ -217,7 +219,7 @@ class TestMetadata:
             Before = r
             After = s, t
             """)
-        metadata, notes = extensions.read_metadata(str(tmp_path / "m"))
+        metadata, notes = extension_discovery.read_metadata(str(tmp_path / "m"))
         assert metadata.name == "Meta"
         assert metadata.requires == ["a", "b", "c"] and metadata.before == ["x", "y"] and metadata.after == ["p|q"]
         assert metadata.hooks["on_process"].before == ["r"] and metadata.hooks["on_process"].after == ["s", "t"]
@@ -397,9 +399,7 @@ def _reaches(edges, start, goal) -> bool:
 @given(graph=constraint_graphs())
 def test_property_only_cycle_constraints_are_dropped(graph):
     names, edges = graph
-    nodes = [extensions.Extension(name=n, path="", group=extensions.USER) for n in names]
-    result, cycles = extensions._resolve_order(nodes, edges)
-    got = [e.name for e in result]
+    got, cycles = extension_order.resolve(names, edges)
     assert sorted(got) == sorted(names)  # a permutation of every implementation
     position = {name: i for i, name in enumerate(got)}
     in_cycle = {(a, b) for a, b in edges if _reaches(edges, b, a)}
@@ -809,20 +809,22 @@ class TestOptionsAndRecords:
             from modules.extensions_api import OptionInfo, opts
             @hookimpl
             def on_ui_settings():
-                opts.add_option("solo_option", OptionInfo(1, "Solo"))
+                opts.add_option("solo_option", OptionInfo(1, "Solo", aliases=("solo_old_name",)))
             """))
-        with extensions.loaded(str(path), host=host) as ext:
+        with testing.loaded(str(path), host=host) as ext:
             assert ext.plugins == ["solo"] and shared.opts.solo_option == 1
+            assert shared.opts.canonical_key("solo_old_name") == "solo_option"
             with temporary_opts({"solo_option": 2}, host=host):
                 pass
         assert ev.events == [("enter", "solo"), ("exit", "solo")]
         assert host.registered() == [] and "solo_option" not in shared.opts.data_labels
+        assert shared.opts.canonical_key("solo_old_name") is None
         assert "serena_ext.solo.solo" not in sys.modules
 
     def test_loaded_helper_raises_with_the_problems(self, tmp_path, host):
         path = make_ext(tmp_path, "broken", "1/0\n")
         with pytest.raises(RuntimeError, match="ZeroDivisionError"):
-            with extensions.loaded(str(path), host=host):
+            with testing.loaded(str(path), host=host):
                 pass
 
 

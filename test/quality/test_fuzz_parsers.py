@@ -20,8 +20,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from modules import extension_metadata, infotext, shared
-from modules.extension_metadata import Metadata, HookConstraints, read_metadata
+from modules import extension_discovery, infotext, shared
+from modules.extension_discovery import Metadata, HookConstraints, read_metadata
 from modules.infotext import create_infotext, parse_generation_parameters
 from modules.prompt_parser import get_learned_conditioning_prompt_schedules, parse_prompt_attention
 
@@ -244,7 +244,7 @@ def ini_dir(tmp_path_factory):
 def test_metadata_reads_as_the_standard_configparser(ini_dir, text, monkeypatch):
     ours = read_text(ini_dir, text)
     with monkeypatch.context() as m:
-        m.setattr(extension_metadata, "_ConfigParser", configparser.ConfigParser)
+        m.setattr(extension_discovery, "_ConfigParser", configparser.ConfigParser)
         standard = read_text(ini_dir, text)
     assert ours == standard
 

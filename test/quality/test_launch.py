@@ -12,6 +12,7 @@ import json
 import signal
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -253,11 +254,54 @@ def test_disabled_extensions_match_metadata_names_case_insensitively_like_the_lo
                                           encoding="utf-8")
     args = launch.cmd_args.parse_args(["--data-dir", str(tmp_path)])
     assert user_installers(args, tmp_path) == ["kept"]
-    # The loader agrees on which extensions these names disable.
-    from modules import extensions
-    found = extensions.discover(None, str(tmp_path / "extensions"), entry_points=False)
-    extensions._apply_enabled(found, ["fancy thing", "upper-folder"], False, False)
-    assert sorted(e.folder for e in found if e.enabled) == ["kept"]
+
+
+def test_extension_discovery_needs_only_the_standard_library():
+    """launch.py decides which installers run before the environment exists, with the loader's own rule."""
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import modules.extension_discovery; "
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {(*HEAVY, 'pluggy', 'modules')!r}))")
+    result = run_python("-S", "-c", code)  # -S: no site-packages at all
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['modules', 'modules.extension_discovery']"  # the namespace package itself
+
+
+@pytest.mark.parametrize("settings, flags, enabled", [
+    ({}, [], ["Upper-Folder", "bi", "kept", "needy", "sd-webui-fancy"]),
+    ({"disabled_extensions": ["fancy thing", "UPPER-folder", "bi"]}, [], ["kept", "needy"]),
+    ({"disable_all_extensions": "extra"}, [], ["bi"]),
+    ({"disable_all_extensions": "all"}, [], []),
+    ({}, ["--disable-extra-extensions"], ["bi"]),
+    ({"disabled_extensions": ["kept"]}, ["--disable-all-extensions"], []),
+])
+def test_installers_run_for_exactly_the_extensions_the_loader_enables(tmp_path, data_dir, settings, flags, enabled):
+    from modules import extensions, paths, plugins, shared
+
+    builtin = tmp_path / "builtin"
+    (builtin / "bi").mkdir(parents=True)
+    (builtin / "bi" / "install.py").write_text("", encoding="utf-8")
+    named = make_extension(tmp_path, "sd-webui-fancy", "")
+    (named / "metadata.ini").write_text("[Extension]\nName = Fancy Thing\n", encoding="utf-8")
+    needy = make_extension(tmp_path, "needy", "")  # enabled, though its requirement is missing
+    (needy / "metadata.ini").write_text("[Extension]\nRequires = ghost\n", encoding="utf-8")
+    for name in ("Upper-Folder", "kept"):
+        make_extension(tmp_path, name, "")
+    (tmp_path / "config.json").write_text(json.dumps(settings), encoding="utf-8")
+    args = launch.cmd_args.parse_args(["--data-dir", str(tmp_path), *flags])
+    real = paths.from_cmd_opts(args)
+    folders = types.SimpleNamespace(extensions_builtin_dir=str(builtin), extensions_dir=real.extensions_dir,
+                                    config_file=real.config_file)
+    shared.opts.load()
+    host = plugins.Host(strict=True)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(launch.paths, "from_cmd_opts", lambda _: folders)
+        installers = [path.parent.name for path in launch.extension_installers(args)]
+    exts = extensions.load_configured(host=host, entry_points=False, cmd_opts=args, data_paths=folders)
+    try:
+        assert sorted(installers) == sorted(e.folder for e in exts if e.enabled) == enabled
+        assert [e.folder for e in exts if e.loaded] == [f for f in ("bi", "sd-webui-fancy", "kept", "Upper-Folder")
+                                                        if f in enabled]  # needy is enabled, yet cannot load
+    finally:
+        extensions.unload(exts, host)
 
 
 def test_installers_run_once_and_a_failure_is_reported_by_name_without_aborting(pip_calls, prefix, tmp_path,
