@@ -572,6 +572,15 @@ class Options:
                 except OptionError as e:
                     self._report_invalid(key, self._stored.pop(key), e.reason)
 
+    def remove_option(self, key) -> None:
+        """Forget a registered option and its old names (an extension's test taking it out again); a stored value
+        stays stored."""
+        with self._lock:
+            info = self.data_labels.pop(key, None)
+            for alias in getattr(info, "aliases", ()):
+                if self._aliases.get(alias) == key:
+                    del self._aliases[alias]
+
     def onchange(self, key, func, call=True):
         self.data_labels[key].onchange = func
         if call:

@@ -17,7 +17,8 @@ ROOT = HERE.parents[2]
 if str(ROOT) not in sys.path:  # run from anywhere
     sys.path.insert(0, str(ROOT))
 
-from modules import extensions, plugins, shared  # noqa: E402
+from modules import plugins, shared  # noqa: E402
+from modules.extensions_api.testing import loaded  # noqa: E402
 from modules.runtime_utils import temporary_opts  # noqa: E402
 
 FIXTURES = ("word_filter",)  # the fixtures test/quality/test_extensions.py re-exports with the tests
@@ -27,7 +28,7 @@ FIXTURES = ("word_filter",)  # the fixtures test/quality/test_extensions.py re-e
 @pytest.fixture
 def word_filter():
     """Register the extension for one test. Its hooks, modules and options are gone afterwards."""
-    with extensions.loaded(str(HERE)) as ext:
+    with loaded(str(HERE)) as ext:
         yield ext
 # -- end fixture --
 

@@ -9,7 +9,8 @@ Example::
         if "CLIP_stop_at_last_layers" in overrides:
             ...
 
-See ``docs/extensions/writing.md`` for a tutorial and ``docs/extensions/hooks.md`` for every hook.
+See ``docs/extensions/writing.md`` for a tutorial and ``docs/extensions/hooks.md`` for every hook; helpers for an
+extension's own tests are in ``modules.extensions_api.testing``.
 """
 
 from modules.hookspecs import hookimpl
