@@ -52,7 +52,7 @@ def hook_rows() -> list[list]:
             marks = [m for m in ("tryfirst", "trylast") if r.get(m)]
             label = f"{r['name']} [{r.get('group', '?')}{', ' + ', '.join(marks) if marks else ''}]"
             names.append(label if r.get("called", True) else f"({label}: never called, no enter hook)")
-        note = "  (reverse of on_opts_override_enter)" if hook == "on_opts_override_exit" else ""
+        note = f"  (reverse of {view['reverse_of']})" if view["reverse_of"] else ""
         note += "".join(f"  (dropped: {cycle.message()})" for cycle in view["dropped"])
         rows.append([hook, (" \u2192 ".join(names) if names else "(none)") + note])
     return rows

@@ -804,6 +804,34 @@ class TestOptionsAndRecords:
         assert described["on_opts_override_enter"]["order"][0] == {"name": "early", "group": "user", "tryfirst": True,
                                                           "trylast": False, "called": True}
 
+    def test_the_api_and_list_hooks_show_one_order(self, dirs, ev, data_dir, api_client):
+        """``GET /serena/v1/hooks`` and ``--list-hooks`` render the one ``describe_hooks``: the same implementations
+        in the same order, with tryfirst/trylast and ``[hooks/<hook>]`` constraints in play."""
+        make_ext(dirs.builtin, "bi", recorder("bi") + HOOKED.format(name="bi"))
+        make_ext(dirs.user, "early", recorder("early", "(tryfirst=True)"))
+        make_ext(dirs.user, "late", recorder("late", "(trylast=True)"))
+        hooked(dirs, "a", "[hooks/on_process]\nAfter = c\n")
+        hooked(dirs, "b", "[hooks/on_process]\nBefore = a\n[hooks/on_before_process]\nAfter = c\n")
+        hooked(dirs, "c")
+        exts = extensions.load_all(builtin_dir=str(dirs.builtin), user_dir=str(dirs.user), host=plugins.host,
+                                   entry_points=False)
+        try:
+            api = api_client.get("/serena/v1/hooks").json()
+            listed: dict[str, list[str]] = {}
+            hook = None
+            for line in extensions.format_hook_order(plugins.host).splitlines():
+                if line and not line.startswith(" ") and line.split()[0] in api:
+                    hook = listed.setdefault(line.split()[0], [])
+                elif hook is not None and line.split(".", 1)[0].strip().isdigit():
+                    hook.append(line.split()[1])
+            assert listed == api
+            assert api["on_process"] == ["bi", "b", "c", "a"]
+            assert api["on_before_process"] == ["bi", "a", "c", "b"]
+            assert api["on_opts_override_enter"] == ["early", "serena.core", "bi", "a", "b", "c", "late"]
+            assert api["on_opts_override_exit"] == ["late", "c", "b", "a", "bi", "early"]
+        finally:
+            extensions.unload(exts)
+
     def test_loaded_helper_cleans_up(self, tmp_path, host, ev):
         path = make_ext(tmp_path, "solo", recorder("solo") + textwrap.dedent("""
             from modules.extensions_api import OptionInfo, opts

@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 from types import SimpleNamespace
 
+import pluggy
 import pytest
 from PIL import Image
 
@@ -112,6 +113,39 @@ def doc_section(hook: str) -> tuple[str, str]:
 def test_every_hook_spec_is_covered():
     declared = [n for n, f in vars(hookspecs).items() if callable(f) and hasattr(f, "serena_spec")]
     assert HOOKS == declared and len(HOOKS) >= 11
+
+
+def test_dispatch_prunes_arguments_and_tracers_see_each_call():
+    """Each implementation gets the arguments it names (pluggy's rule, through pluggy's public API only), and a
+    tracer added with ``pm.add_hookcall_monitoring`` sees every implementation's call while it is added."""
+    host = plugins.Host(strict=True)
+
+    class Recorder:
+        def __init__(self, name):
+            self.name = name
+
+        @hookimpl
+        def on_infotext(self, params):
+            params.setdefault("seen", []).append(self.name)
+            return self.name
+
+    host.register(Recorder("a"), "a")
+    host.register(Recorder("b"), "b")
+    params: dict = {}
+    assert host.call("on_infotext", p=None, params=params) == ["a", "b"] and params == {"seen": ["a", "b"]}
+    traced = []
+    undo = host.pm.add_hookcall_monitoring(
+        lambda name, impls, kwargs: traced.append((name, [host.plugin_name(i.plugin) for i in impls])),
+        lambda outcome, name, impls, kwargs: None)
+    try:
+        assert host.call("on_infotext", p=None, params={}) == ["a", "b"]
+    finally:
+        undo()
+    assert host.call("on_infotext", p=None, params={}) == ["a", "b"]
+    assert traced == [("on_infotext", ["a"]), ("on_infotext", ["b"])]
+    with pytest.raises(plugins.HookError) as info:
+        host.call("on_infotext", p=None)  # no params: the implementation cannot be called
+    assert isinstance(info.value.__cause__, pluggy.HookCallError) and "'params'" in str(info.value.__cause__)
 
 
 @pytest.mark.parametrize("hook", HOOKS)
