@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping
 log = logging.getLogger("serena.extensions")
 
 __all__ = ["HookConstraints", "Metadata", "Extension", "Enablement", "read_metadata", "discover", "find",
-           "check_requires", "BUILTIN", "USER", "PACKAGE", "ENTRY_POINT_GROUP"]
+           "check_requires", "by_key", "pick", "why_absent", "BUILTIN", "USER", "PACKAGE", "ENTRY_POINT_GROUP"]
 
 ENTRY_POINT_GROUP = "serena"
 BUILTIN, USER, PACKAGE = "builtin", "user", "package"
@@ -248,7 +248,8 @@ class Enablement:
         if self.disable_all:
             return "all extensions are disabled (--disable-all-extensions, or disable_all_extensions = all)"
         if self.disable_extra and ext.group != BUILTIN:
-            return "only built-in extensions are enabled (--disable-extra-extensions, or disable_all_extensions = extra)"
+            return ("only built-in extensions are enabled (--disable-extra-extensions, or disable_all_extensions = "
+                    "extra)")
         if ext.key in self.disabled or ext.folder.casefold() in self.disabled:
             return "disabled in settings (disabled_extensions)"
         return None

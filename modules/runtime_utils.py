@@ -21,8 +21,10 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Callable
 
-from modules import plugins, shared
+from modules import hookspecs, plugins, shared
 from modules.options import OptionsRejected, OverrideLayer
+
+ENTER_HOOK = "on_opts_override_enter"  # its exit hook is hookspecs.EXIT_HOOKS[ENTER_HOOK]
 
 __all__ = ["OverrideError", "temporary_opts", "with_overrides", "active_overrides", "running_overrides",
            "run_in_thread"]
@@ -127,7 +129,7 @@ class temporary_opts:  # noqa: N801 - named as a function: it is used like conte
         _publish(opts)
         # 3. Enter hooks in load order; each one called is owed an exit (rule 4), even if it raised.
         try:
-            self.host.call_each("on_opts_override_enter", self._hook_kwargs(), failures=self.failures,
+            self.host.call_each(ENTER_HOOK, self._hook_kwargs(), failures=self.failures,
                                 on_called=self._entered.append)
         except BaseException as e:
             self.disable(e)
@@ -153,10 +155,11 @@ class temporary_opts:  # noqa: N801 - named as a function: it is used like conte
     def _exit_hooks(self, error):
         """Every owed exit hook, in exactly the reverse order (rule 5), each guarded (rule 7)."""
         kwargs = dict(self._hook_kwargs(), error=error, restored=self.restore)
-        owed = self.host.owed_exits("on_opts_override_enter", self._entered)
+        owed = self.host.owed_exits(ENTER_HOOK, self._entered)
         self._entered = []
         try:
-            self.host.call_each("on_opts_override_exit", kwargs, impls=owed, failures=self.failures, run_all=True)
+            self.host.call_each(hookspecs.EXIT_HOOKS[ENTER_HOOK], kwargs, impls=owed, failures=self.failures,
+                                run_all=True)
         except plugins.HookError:
             if error is None:  # the block's own exception, if any, is the one the caller must see
                 raise
