@@ -21,6 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from modules import sd_models, sd_models_loader  # noqa: E402
+from modules.checkpoint_info import CheckpointInfo  # noqa: E402
 
 
 def median_seconds(fn, repeat: int) -> float:
@@ -41,7 +42,7 @@ def main():
     print("|---|---|---|---|---|---|")
     for name in sorted(os.listdir(folder)):
         path = os.path.join(folder, name)
-        info = sd_models.CheckpointInfo(path, name, "0" * 64)
+        info = CheckpointInfo(path, name, "0" * 64)
         manager = sd_models.LoadedModels(load_fn=None, inspect_fn=lambda kind, p: sd_models_loader.inspect_checkpoint(p))
         check = median_seconds(lambda: sd_models_loader.inspect_checkpoint(path), args.repeat)
         manager.facts(info)

@@ -18,7 +18,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from modules import sd_models, sd_models_loader, sd_samplers  # noqa: E402
+from modules import sd_models_loader, sd_samplers  # noqa: E402
+from modules.checkpoint_info import CheckpointInfo  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECKPOINT = os.path.join(ROOT, "models", "Stable-diffusion", "serena-shapes-v1.safetensors")
@@ -77,7 +78,7 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    info = sd_models.CheckpointInfo(CHECKPOINT, os.path.basename(CHECKPOINT), "")
+    info = CheckpointInfo(CHECKPOINT, os.path.basename(CHECKPOINT), "")
     model = sd_models_loader.load_checkpoint(info)
     config = dict(model.scheduler_config)
     context = torch.zeros(2, 77, model.text_encoder.config.hidden_size)

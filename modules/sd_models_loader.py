@@ -43,7 +43,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from modules.sd_models import CheckpointInfo
+from modules.checkpoint_info import CheckpointInfo
 
 # Next to this file, not under paths.script_path: the configs belong to the code, wherever it is imported from.
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sd_configs")

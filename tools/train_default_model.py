@@ -320,7 +320,7 @@ def main(argv=None) -> int:
     sampling = {"guidance_rescale": args.guidance_rescale, "cfg_scale": args.cfg_scale}
 
     if args.assemble:
-        from modules.sd_models import CheckpointInfo
+        from modules.checkpoint_info import CheckpointInfo
         info = CheckpointInfo(args.assemble, os.path.basename(args.assemble), "0" * 64)
         model = sd_models_loader.load_checkpoint(info)
         _, meta = sd_models_loader.read_state_dict(args.assemble)
@@ -336,7 +336,7 @@ def main(argv=None) -> int:
 
     init = None
     if args.init:
-        from modules.sd_models import CheckpointInfo
+        from modules.checkpoint_info import CheckpointInfo
         init = sd_models_loader.load_checkpoint(CheckpointInfo(args.init, os.path.basename(args.init), "0" * 64))
         vae = init.vae
         log(f"initialised from {args.init}")

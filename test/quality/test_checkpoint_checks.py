@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from modules import jobs, paths, processing, sd_models, sd_models_loader as loader, shared
+from modules.checkpoint_info import CheckpointInfo
 from modules.hookspecs import hookimpl
 from modules.runtime_utils import OverrideError, temporary_opts
 
@@ -114,7 +115,7 @@ def test_inspection_gives_what_the_model_can_do(made):
     assert loader.inspect_checkpoint(made["deep"]).text_encoder_layers == 4
     assert loader.inspect_vae(made["wide"]) == loader.ModelFacts(text_encoder_layers=None, latent_channels=8)
     # A loaded model reports the same facts as its header did.
-    model = loader.load_checkpoint(sd_models.CheckpointInfo(made["deep"], "deep.safetensors", "0" * 64))
+    model = loader.load_checkpoint(CheckpointInfo(made["deep"], "deep.safetensors", "0" * 64))
     assert model.facts == loader.inspect_checkpoint(made["deep"])
 
 
@@ -136,7 +137,7 @@ def test_inspections_in_other_threads_never_leave_loads_without_weights():
         thread.start()
     try:
         for _ in range(8):
-            model = loader.load_checkpoint(sd_models.CheckpointInfo(TINY, "tiny.safetensors", "0" * 64))
+            model = loader.load_checkpoint(CheckpointInfo(TINY, "tiny.safetensors", "0" * 64))
             tensors = [*model.unet.parameters(), *model.text_encoder.buffers(), *model.vae.parameters()]
             assert all(t.device.type == "cpu" for t in tensors)
     finally:

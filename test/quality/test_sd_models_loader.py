@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from modules import paths, sd_models_loader as loader
-from modules.sd_models import CheckpointInfo
+from modules.checkpoint_info import CheckpointInfo
 
 ROOT = paths.script_path
 TINY_V1 = os.path.join(ROOT, "models", "Stable-diffusion", "serena-tiny-v1.safetensors")
