@@ -328,9 +328,16 @@ class LoadedModels:
             self.current = None
 
 
+def _placement() -> dict:
+    """``device`` and ``dtype`` arguments for the loader, from ``--use-cpu``."""
+    from modules import devices
+    device = devices.device(shared.cmd_opts.use_cpu)
+    return {"device": device, "dtype": devices.dtype(device)}
+
+
 def _load_from_disk(info: CheckpointInfo):
-    from modules import devices, plugins, sd_models_loader
-    model = sd_models_loader.load_checkpoint(info, device=devices.device(), dtype=devices.dtype(),
+    from modules import plugins, sd_models_loader
+    model = sd_models_loader.load_checkpoint(info, **_placement(),
                                              allow_pickle=shared.cmd_opts.allow_pickle_checkpoints)
     plugins.host.call("on_model_loaded", sd_model=model)
     return model
@@ -409,7 +416,7 @@ def _fallback_model(error: ValueError, warnings: list | None):
 
 
 def _external_vae(name: str, model):
-    from modules import devices, sd_models_loader, sd_vae
+    from modules import sd_models_loader, sd_vae
     path = sd_vae.vae_path(name)
     if path is None:
         raise ValueError(f"no VAE named {name!r}")
@@ -420,7 +427,7 @@ def _external_vae(name: str, model):
             raise ValueError(problem)
     if name not in _vae_cache:
         _vae_cache.clear()  # one external VAE in memory at a time
-        _vae_cache[name] = sd_models_loader.load_vae(path, device=devices.device(), dtype=devices.dtype())
+        _vae_cache[name] = sd_models_loader.load_vae(path, **_placement())
     return _vae_cache[name]
 
 
