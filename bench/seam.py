@@ -15,7 +15,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from modules import plugins, shared  # noqa: E402
 from modules.hookspecs import hookimpl  # noqa: E402
-from modules.options import OptionInfo, Options  # noqa: E402
+from modules.option_info import OptionInfo  # noqa: E402
+from modules.options import Options  # noqa: E402
 from modules.runtime_utils import temporary_opts  # noqa: E402
 
 KEYS = [f"bench_option_{i}" for i in range(50)]

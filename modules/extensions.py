@@ -48,7 +48,7 @@ from typing import Any, Iterable
 from modules import extension_order, plugins, shared
 from modules.extension_discovery import PACKAGE, USER, Enablement, Extension, by_key, check_requires, find, \
     read_metadata
-from modules.options import OptionError
+from modules.option_info import OptionError
 
 log = logging.getLogger("serena.extensions")
 

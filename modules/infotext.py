@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from modules.options import cast_text
+from modules.option_info import cast_text
 
 __all__ = [
     "IMPLIED_DEFAULTS",

@@ -9,7 +9,7 @@ import logging
 import os
 
 from modules import cmd_args, core_hooks, paths, plugins, sd_models, shared
-from modules.options import OptionError
+from modules.option_info import OptionError
 
 log = logging.getLogger("serena.initialize")
 

@@ -10,45 +10,29 @@ Three kinds of value exist for an option key:
 Every read (``opts.KEY``, ``opts.get(KEY)``, ``opts.data[KEY]``) returns the *effective* value: the innermost
 override layer of the current context that has the key, else the stored value, else the default.
 
-``check_value`` is the one function that decides whether a value fits an option; ``set``, ``load``, the API and
-the override seam all use it. ``same_value`` is the one comparison that decides whether a sent value is a change
-(``True == 1`` in Python, but a boolean is never the same setting as a number).
-
-``config.json`` is written whole, atomically (a temp file ``.config-<pid>-<random>.tmp`` in the same folder, fsync,
-rename); the file keeps its permission bits, a new one gets 0666 less the umask. Temp files a killed save left
-behind are removed by ``load``. ``set_many(..., save=True)`` is all or nothing: a failed write puts every value
-back, so memory always equals the file.
+Every value is checked by ``modules.option_info.check_value`` against its option's declaration. ``config.json`` is
+written whole and atomically by ``modules.settings_file``; ``set_many(..., save=True)`` is all or nothing: a failed
+write puts every value back, so memory always equals the file.
 """
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
-import datetime
 import difflib
 import json
 import logging
-import math
 import os
-import secrets
-import stat
 import threading
 from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from modules import settings_file
+from modules.option_info import OptionError, OptionInfo, cast_text, check_value, same_value
+
 log = logging.getLogger("serena.options")
 
 _MISSING = object()
-
-
-class OptionError(ValueError):
-    """A value that does not fit an option, or an option that may not be changed this way."""
-
-    def __init__(self, key: str, reason: str):
-        super().__init__(f"{key}: {reason}")
-        self.key = key
-        self.reason = reason
 
 
 class SettingsFrozenError(OptionError):
@@ -69,183 +53,6 @@ class SettingsSaveError(OSError):
 
     def __str__(self):
         return self.reason  # OSError's own form would repeat the file name
-
-
-class OptionInfo:
-    """How one option looks, what it accepts, and how it maps to infotext.
-
-    The signature follows A1111's ``OptionInfo`` and adds ``do_not_save``, ``choices``, ``aliases``,
-    ``validate`` (a callable that normalises a value or raises ``ValueError`` with the reason), ``type``
-    (the expected Python type when the default cannot tell, e.g. a ``None`` default) and ``check_with``
-    (``check_with(value, values)``: a check against the other options' values, e.g. a model's limits; ``values``
-    maps every option to what would be in effect with the checked values, less those rejected with them).
-    """
-
-    def __init__(self, default=None, label="", component=None, component_args=None, onchange=None, section=None,
-                 refresh=None, comment_before="", comment_after="", infotext=None, restrict_api=False,
-                 category_id=None, *, do_not_save=False, choices=None, aliases=(), validate=None, type=None,
-                 check_with=None):
-        self.default = default
-        self.label = label
-        self.component = component
-        self.component_args = component_args
-        self.onchange = onchange
-        self.section = section
-        self.refresh = refresh
-        self.comment_before = comment_before
-        self.comment_after = comment_after
-        self.infotext = infotext
-        self.restrict_api = restrict_api
-        self.category_id = category_id
-        self.do_not_save = do_not_save
-        self.choices = choices
-        self.aliases = tuple(aliases)
-        self.validate = validate
-        self.type = type
-        self.check_with = check_with
-
-    def needs_restart(self):
-        self.comment_after += " (requires restart)"
-        return self
-
-    def info(self, text):
-        self.comment_after += f" ({text})"
-        return self
-
-    def expected_type(self):
-        if self.type is not None:
-            return self.type
-        return None if self.default is None else type(self.default)
-
-    def fixed_choices(self):
-        """The list of allowed values when it is fixed; ``None`` when any value of the type (or a validator) decides."""
-        choices = self.choices
-        if choices is None and isinstance(self.component_args, dict):
-            choices = self.component_args.get("choices")
-        if choices is None or callable(choices):
-            return None
-        return list(choices)
-
-    def bounds(self):
-        args = self.component_args if isinstance(self.component_args, dict) else {}
-        return args.get("minimum"), args.get("maximum")
-
-
-def options_section(section_identifier, options_dict: dict) -> dict:
-    """Stamp ``section`` (and ``category_id``) on every option of a dict, as A1111's helper does."""
-    for v in options_dict.values():
-        if len(section_identifier) == 2:
-            v.section = section_identifier
-        else:
-            v.section = section_identifier[0:2]
-            v.category_id = section_identifier[2]
-    return options_dict
-
-
-def _type_name(t) -> str:
-    return getattr(t, "__name__", str(t))
-
-
-def same_value(a: Any, b: Any) -> bool:
-    """Whether ``a`` and ``b`` are the same setting value: ``==``, except that a boolean is only ever the same as a
-    boolean (Python has ``True == 1`` and ``False == 0.0``), also inside lists and dicts. ``1`` and ``1.0`` are the
-    same (``check_value`` accepts an integral float for an int option)."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
-    return a == b
-
-
-def check_value(key: str, info: OptionInfo, value: Any) -> Any:
-    """Return ``value`` normalised for option ``key``, or raise ``OptionError`` saying why it does not fit.
-
-    Rules: ``None`` only where the default is ``None``; an int is accepted for a float; a float with an integral
-    value for an int (JSON clients send ``2.0``); a bool is never a number and a number never a bool; a str is
-    never a number; numbers respect the component's ``minimum``/``maximum``; fixed choices accept only their
-    members; a ``validate`` callable has the last word (it may normalise, e.g. a checkpoint hash to its title).
-    """
-    expected = info.expected_type()
-    if value is None:
-        if info.default is None:
-            return None
-        raise OptionError(key, f"expected {_type_name(expected)}, got null")
-    if expected is not None:
-        if expected is bool:
-            if not isinstance(value, bool):
-                raise OptionError(key, f"expected a boolean (true/false), got {type(value).__name__} {value!r}")
-        elif expected is int:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise OptionError(key, f"expected an integer, got {type(value).__name__} {value!r}")
-            if isinstance(value, float):
-                if not value.is_integer():
-                    raise OptionError(key, f"expected an integer, got {value!r}")
-                value = int(value)
-        elif expected is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise OptionError(key, f"expected a number, got {type(value).__name__} {value!r}")
-            value = float(value)
-        elif expected in (list, tuple):
-            if not isinstance(value, (list, tuple)):
-                raise OptionError(key, f"expected a list, got {type(value).__name__} {value!r}")
-            value = list(value)
-        elif not isinstance(value, expected):
-            raise OptionError(key, f"expected {_type_name(expected)}, got {type(value).__name__} {value!r}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise OptionError(key, f"expected a finite number, got {value!r}")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        lo, hi = info.bounds()
-        if lo is not None and value < lo:
-            raise OptionError(key, f"{value!r} is below the minimum {lo!r}")
-        if hi is not None and value > hi:
-            raise OptionError(key, f"{value!r} is above the maximum {hi!r}")
-    choices = info.fixed_choices()
-    if choices is not None:
-        items = value if isinstance(value, list) else [value]
-        bad = [v for v in items if v not in choices]
-        if bad:
-            raise OptionError(key, f"{bad[0]!r} is not one of {choices}")
-    if info.validate is not None:
-        try:
-            value = info.validate(value)
-        except ValueError as e:
-            raise OptionError(key, str(e)) from None
-    return value
-
-
-def cast_text(info: OptionInfo, text: str):
-    """A string (CLI ``--override``, pasted infotext) as the option's type, or ``ValueError`` saying why not."""
-    expected = info.expected_type()
-    if expected is bool:
-        lowered = text.strip().lower()
-        if lowered in ("true", "1", "yes", "on"):
-            return True
-        if lowered in ("false", "0", "no", "off"):
-            return False
-        raise ValueError(f"expected true or false, got {text!r}")
-    if expected is int or expected is float:
-        try:
-            number = float(text)
-        except ValueError:
-            raise ValueError(f"expected a number, got {text!r}") from None
-        if not math.isfinite(number):
-            raise ValueError(f"expected a finite number, got {text!r}")
-        if expected is float:
-            return number
-        if not number.is_integer():
-            raise ValueError(f"expected an integer, got {text!r}")
-        return int(number)
-    if expected in (list, tuple, dict):
-        try:
-            value = json.loads(text)
-        except ValueError:
-            raise ValueError(f"expected JSON, got {text!r}") from None
-        if not isinstance(value, (list, dict)):
-            raise ValueError(f"expected a JSON list or object, got {text!r}")
-        return value
-    return text
 
 
 @dataclass(frozen=True)
@@ -600,9 +407,7 @@ class Options:
     def save(self, filename=None):
         """Write the stored values atomically; overrides never reach the file.
 
-        A temp file in the same folder (named for this process, see ``_remove_stale_temp_files``) is written,
-        fsynced and renamed over the file, so the file is always either the old or the new content. The file keeps
-        its permission bits; a new one gets 0666 less the umask, like any new file. Any OS failure raises
+        The file is always either the old or the new content (``settings_file.write``). Any OS failure raises
         ``SettingsSaveError`` naming the file, with the old file untouched and no temp file left.
         """
         if self.frozen:
@@ -615,7 +420,7 @@ class Options:
             payload = dict(self._invalid)
             payload.update(self._stored)
             try:
-                _write_atomically(filename, payload)
+                settings_file.write(filename, payload)
             except OSError as e:
                 raise SettingsSaveError(filename, e) from e
 
@@ -624,22 +429,9 @@ class Options:
         filename = filename or self.filename
         if not filename:
             raise ValueError("no settings file configured")
-        with self._lock:
-            _remove_stale_temp_files(os.path.dirname(os.path.abspath(filename)))
-        stored = {}
-        if os.path.exists(filename):
-            try:
-                with open(filename, encoding="utf8") as f:
-                    stored = json.load(f)
-                if not isinstance(stored, dict):
-                    raise ValueError(f"expected a JSON object, found {type(stored).__name__}")
-            except (ValueError, UnicodeDecodeError) as e:
-                stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-                backup = f"{filename}.corrupt-{stamp}"
-                os.replace(filename, backup)
-                log.error("settings file %s is unreadable (%s); moved it to %s and started from defaults",
-                          filename, e, backup)
-                stored = {}
+        with self._lock:  # this process's own saves run under it: none of its temp files is in flight
+            settings_file.remove_stale_temp_files(os.path.dirname(os.path.abspath(filename)))
+        stored = settings_file.read(filename)
         with self._lock:
             self._stored.clear()
             self._invalid.clear()
@@ -675,83 +467,6 @@ class Options:
     def layers(self) -> tuple:
         """The override layers active in the current context, outermost first."""
         return self._layers.get()
-
-
-_TEMP_PREFIX, _TEMP_SUFFIX = ".config-", ".tmp"
-
-
-def _write_atomically(filename: str, payload: dict) -> None:
-    directory = os.path.dirname(filename)
-    os.makedirs(directory, exist_ok=True)
-    try:
-        mode = stat.S_IMODE(os.stat(filename).st_mode)
-    except FileNotFoundError:
-        mode = None
-    while True:
-        tmp = os.path.join(directory, f"{_TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}{_TEMP_SUFFIX}")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as to any new file
-            break
-        except FileExistsError:
-            continue
-    try:
-        with os.fdopen(fd, "w", encoding="utf8") as f:
-            if mode is not None:
-                os.chmod(tmp, mode)
-            json.dump(payload, f, indent=4, ensure_ascii=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, filename)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    # The rename itself survives a power cut only once the folder is synced; where a folder cannot be opened
-    # (Windows) the rename is still atomic.
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
-def _remove_stale_temp_files(directory: str) -> None:
-    """Remove temp files that saves killed half-way (kill -9, power cut) left in ``directory``.
-
-    A temp file is named for the process writing it. It is stale when that process is gone, or is this one (this
-    process saves under the lock the caller holds, so none of its own is in flight; a reused pid after a restart
-    is caught too). Another live process's file is left alone: a second server on the same data folder may be
-    saving right now. Names without a pid (older versions) are stale.
-    """
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return
-    for name in names:
-        if not (name.startswith(_TEMP_PREFIX) and name.endswith(_TEMP_SUFFIX)):
-            continue
-        owner = name[len(_TEMP_PREFIX):-len(_TEMP_SUFFIX)].split("-", 1)[0]
-        if owner.isdigit() and int(owner) != os.getpid() and _process_alive(int(owner)):
-            continue
-        path = os.path.join(directory, name)
-        try:
-            os.unlink(path)
-            log.info("removed %s, left behind by an interrupted settings save", path)
-        except OSError as e:
-            log.warning("could not remove %s, left behind by an interrupted settings save: %s", path, e)
-
-
-def _process_alive(pid: int) -> bool:
-    if os.name != "posix":
-        return False  # os.kill(pid, 0) would terminate it on Windows; there, stale files are simply removed
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # alive, another user's
-    return True
 
 
 class OptionsRejected(ValueError):

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from modules import paths, shared
 from modules.checkpoint_info import CheckpointInfo
-from modules.options import OptionError
+from modules.option_info import OptionError
 
 log = logging.getLogger("serena.sd_models")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from modules.options import OptionInfo, options_section
+from modules.option_info import OptionInfo, options_section
 
 
 def _checkpoint_title(value):

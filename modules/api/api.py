@@ -36,8 +36,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from modules import (extensions, images, infotext, jobs, native_size, plugins, processing, runtime_utils, sd_models,
                      sd_samplers, sd_vae, shared, upscalers)
 from modules.api import models
-from modules.options import (OptionError, OptionInfo, OptionsRejected, SettingsFrozenError, SettingsSaveError,
-                             same_value)
+from modules.option_info import OptionError, OptionInfo, same_value
+from modules.options import OptionsRejected, SettingsFrozenError, SettingsSaveError
 from modules.runtime_utils import OverrideError
 
 log = logging.getLogger("serena.api")

@@ -14,7 +14,7 @@ extension's own tests are in ``modules.extensions_api.testing``.
 """
 
 from modules.hookspecs import hookimpl
-from modules.options import OptionInfo, options_section
+from modules.option_info import OptionInfo, options_section
 from modules.plugins import HookError, resolved_order
 from modules.plugins import host as _host
 from modules.runtime_utils import (OverrideError, active_overrides, run_in_thread, running_overrides, temporary_opts,

@@ -11,7 +11,8 @@ from __future__ import annotations
 import gradio as gr
 
 from modules import jobs, plugins, shared
-from modules.options import OptionError, OptionsRejected, SettingsSaveError
+from modules.option_info import OptionError
+from modules.options import OptionsRejected, SettingsSaveError
 from modules.ui import common
 
 HEADERS = ["Extension", "Group", "Enabled", "Loaded", "Path", "Problems"]

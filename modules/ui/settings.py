@@ -27,7 +27,8 @@ from typing import Any
 import gradio as gr
 
 from modules import jobs, shared
-from modules.options import OptionError, OptionsRejected, SettingsSaveError, same_value
+from modules.option_info import OptionError, same_value
+from modules.options import OptionsRejected, SettingsSaveError
 from modules.ui import common
 
 log = logging.getLogger("serena.ui")

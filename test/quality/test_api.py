@@ -424,7 +424,7 @@ def test_options_round_trip(client, data_dir, monkeypatch):
             replaced.append((os.path.dirname(src), os.path.basename(src).endswith(".tmp")))
         return real_replace(src, dst)
 
-    monkeypatch.setattr("modules.options.os.replace", recording_replace)
+    monkeypatch.setattr("modules.settings_file.os.replace", recording_replace)
     before = client.get("/sdapi/v1/options").json()
     assert type(before["CLIP_stop_at_last_layers"]) is int and type(before["eta_noise_seed_delta"]) is int
     assert before["sd_model_checkpoint"].startswith("alpha.safetensors [")  # what generations use while unset
@@ -588,7 +588,7 @@ def test_openapi_matches_snapshot():
 
 
 def test_error_response_shapes():
-    from modules.options import OptionError
+    from modules.option_info import OptionError
 
     response = api_module.error_response(OptionError("sd_vae", "no VAE named 'x'"))
     assert response.status_code == 422 and json.loads(response.body)["errors"] == {"sd_vae": "no VAE named 'x'"}

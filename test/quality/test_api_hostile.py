@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from modules import shared
 from modules.api import models
 from modules.api.api import Api
-from modules.options import OptionInfo
+from modules.option_info import OptionInfo
 # Fixtures shared with the API's main tests (importing them is how pytest shares fixtures between modules here).
 from test_api import TXT, client, fake_sampling, gate, png_b64  # noqa: F401
 from test_infotext_api_limits import _free_port, live_server  # noqa: F401

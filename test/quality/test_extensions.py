@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from modules import extension_discovery, extension_order, extensions, plugins, shared
 from modules.extensions_api import testing
-from modules.options import OptionError
+from modules.option_info import OptionError
 from modules.runtime_utils import temporary_opts
 
 ROOT = Path(__file__).resolve().parents[2]

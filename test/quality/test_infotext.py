@@ -13,7 +13,7 @@ from modules.infotext import (
     quote,
     unquote,
 )
-from modules.options import OptionInfo
+from modules.option_info import OptionInfo
 
 PARAMS = {"Steps": 20, "Sampler": "Euler a", "Schedule type": "Karras", "CFG scale": 7, "Seed": 1,
           "Size": "64x64", "Model hash": "abc", "Model": "name", "Clip skip": 2}

@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modules import sd_models, shared_options
-from modules.options import (OptionError, OptionInfo, Options, OptionsRejected, SettingsFrozenError, check_value,
-                             options_section, same_value)
+from modules.option_info import OptionError, OptionInfo, check_value, options_section, same_value
+from modules.options import Options, OptionsRejected, SettingsFrozenError
 
 # JSON values of every kind, nested a little: what a client can send.
 JSON_VALUES = st.recursive(

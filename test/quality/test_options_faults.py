@@ -29,7 +29,8 @@ from PIL import Image
 
 from modules import images, processing, shared, shared_options
 from modules.api.api import Api
-from modules.options import OptionInfo, Options, SettingsSaveError
+from modules.option_info import OptionInfo
+from modules.options import Options, SettingsSaveError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NAMES = 2000  # entries per written state: big enough that a kill often lands inside a write
@@ -37,7 +38,8 @@ NAMES = 2000  # entries per written state: big enough that a kill often lands in
 # Saves state after state until killed; each state n is {"n": n, "names": ["n-0", ..., "n-1999"]}.
 SAVER = f"""
 import sys
-from modules.options import OptionInfo, Options
+from modules.option_info import OptionInfo
+from modules.options import Options
 opts = Options({{"n": OptionInfo(0), "names": OptionInfo([])}}, filename=sys.argv[1])
 opts.load()
 n = opts.n
@@ -183,10 +185,10 @@ def fault(request, monkeypatch):
         reason = os.strerror(code)
 
         def arm(self):
-            monkeypatch.setattr(f"modules.options.os.{name}", make(real))
+            monkeypatch.setattr(f"modules.settings_file.os.{name}", make(real))
 
         def disarm(self):
-            monkeypatch.setattr(f"modules.options.os.{name}", real)
+            monkeypatch.setattr(f"modules.settings_file.os.{name}", real)
     return Fault()
 
 

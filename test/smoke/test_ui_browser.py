@@ -130,7 +130,7 @@ def test_quick_setting_is_validated_and_saved(data_dir, fake_models):
 def test_setting_components_follow_option_info(data_dir, monkeypatch):
     import gradio as gr
 
-    from modules.options import OptionInfo
+    from modules.option_info import OptionInfo
     from modules.ui import settings
 
     cases = {
@@ -281,7 +281,7 @@ def test_create_ui_adds_extension_tabs_and_options(data_dir, register, monkeypat
     import gradio as gr
 
     from modules import extensions
-    from modules.options import OptionInfo
+    from modules.option_info import OptionInfo
     from modules.ui import create_ui, extensions_tab
 
     class Probe:
