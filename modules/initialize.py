@@ -1,4 +1,5 @@
-"""Start-up, in order: flags, folders, settings, the core's hooks, extensions, their options, checkpoints.
+"""Start-up, in order: flags, folders, the core's hooks, the model options' checks, settings, extensions, their
+options, checkpoints.
 
 Everything a process needs before it serves or generates; ``webui.py`` and the tests call ``initialize``.
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 
-from modules import cmd_args, core_hooks, paths, plugins, sd_models, shared
+from modules import cmd_args, core_hooks, model_options, paths, plugins, sd_models, shared
 from modules.option_info import OptionError
 
 log = logging.getLogger("serena.initialize")
@@ -39,6 +40,7 @@ def initialize(cmd_opts=None, *, load_extensions: bool = True):
     opts.frozen = bool(cmd_opts.freeze_settings)
     plugins.host.strict = bool(cmd_opts.strict_hooks) or os.environ.get("SERENA_STRICT_HOOKS") == "1"
     register_core_plugin()
+    model_options.attach(opts)  # before load: a stored checkpoint, VAE or clip skip is checked against the models
     opts.load()
     if cmd_opts.ckpt:
         if not os.path.exists(cmd_opts.ckpt):

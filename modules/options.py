@@ -388,6 +388,19 @@ class Options:
                 if self._aliases.get(alias) == key:
                     del self._aliases[alias]
 
+    def attach(self, key, *, validate=None, choices=None, check_with=None):
+        """Give the registered option ``key`` checks that need another layer's knowledge (see ``OptionInfo``).
+
+        The options layer imports no model: the model layer attaches the checkpoint and VAE choices and checks at
+        start-up (``modules.model_options``). The declaration itself gains them, so every store built from the
+        same declarations checks alike. A value stored before is checked now, as by ``add_option``.
+        """
+        info = self.data_labels[key]
+        for name, value in (("validate", validate), ("choices", choices), ("check_with", check_with)):
+            if value is not None:
+                setattr(info, name, value)
+        self.add_option(key, info)
+
     def onchange(self, key, func, call=True):
         self.data_labels[key].onchange = func
         if call:

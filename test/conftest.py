@@ -15,8 +15,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 
-from modules import initialize, paths, plugins, sd_models, shared  # noqa: E402
+from modules import initialize, model_options, paths, plugins, sd_models, shared  # noqa: E402
 from modules.hookspecs import hookimpl  # noqa: E402
+
+# As modules.initialize does: the tests build the runtime without it.
+model_options.attach(shared.opts)
 
 
 class FakeModel:

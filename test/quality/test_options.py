@@ -191,6 +191,31 @@ class TestStoredAndEffective:
         opts.add_option("ext_bad", OptionInfo(1, "bad", section=("ext", "Ext")))
         assert opts.ext_good == 3 and opts.ext_bad == 1
 
+    def test_attach_gives_a_declared_option_its_checks_and_checks_the_stored_value(self, tmp_path):
+        opts = Options({"late": OptionInfo("a", "late")}, filename=str(tmp_path / "config.json"))
+        (tmp_path / "config.json").write_text(json.dumps({"late": "bad"}))
+        opts.load()
+        assert opts.late == "bad"  # nothing to check it against yet
+
+        def validate(value):
+            if value == "bad":
+                raise ValueError("no such thing")
+            return value.upper()
+
+        opts.attach("late", validate=validate, choices=lambda: ["A", "B"])
+        assert opts.late == "a" and not opts.is_stored("late")
+        with pytest.raises(OptionError, match="late: no such thing"):
+            opts.set("late", "bad")
+        assert opts.set("late", "b") and opts.late == "B"
+        assert opts.data_labels["late"].choices() == ["A", "B"] and opts.data_labels["late"].check_with is None
+
+    def test_model_options_are_declared_without_checks_and_attached_by_the_model_layer(self):
+        # conftest attaches them as modules.initialize does; the declarations themselves name no model code.
+        for key in ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers"):
+            info = shared_options.options_templates[key]
+            checks = [f for f in (info.validate, info.choices, info.check_with) if f is not None]
+            assert checks and all(f.__module__ in ("modules.model_options", "modules.sd_vae") for f in checks), key
+
     def test_cast_value(self, opts):
         assert opts.cast_value("CLIP_stop_at_last_layers", "2") == 2
         assert opts.cast_value("samples_save", "false") is False
