@@ -55,3 +55,37 @@ options_templates.update(options_section((None, "Hidden options"), {
         "none", "Disable all extensions (preserves the list of disabled extensions)", "Radio",
         {"choices": ["none", "extra", "all"]}),
 }))
+
+# Request limits of the HTTP API, as options so a server owner can raise them in config.json or the settings page.
+# restrict_api: a client must not lift its own limits through POST /options or override_settings.
+options_templates.update(options_section(("api", "API"), {
+    "api_max_width": OptionInfo(2048, "Largest width an API request may ask for", "Number",
+                                {"minimum": 64, "maximum": 16384, "precision": 0}, restrict_api=True),
+    "api_max_height": OptionInfo(2048, "Largest height an API request may ask for", "Number",
+                                 {"minimum": 64, "maximum": 16384, "precision": 0}, restrict_api=True),
+    "api_max_steps": OptionInfo(150, "Most sampling steps an API request may ask for", "Number",
+                                {"minimum": 1, "maximum": 10000, "precision": 0}, restrict_api=True),
+    "api_max_images": OptionInfo(16, "Most images (batch_size x n_iter) one API request may ask for", "Number",
+                                 {"minimum": 1, "maximum": 10000, "precision": 0}, restrict_api=True),
+    "api_max_infotext_chars": OptionInfo(65536, "Longest infotext (request field or PNG parameters) the API reads",
+                                         "Number", {"minimum": 1024, "maximum": 10_000_000, "precision": 0},
+                                         restrict_api=True),
+    "api_max_prompt_chars": OptionInfo(20000, "Longest prompt (each prompt field) an API request may send", "Number",
+                                       {"minimum": 1000, "maximum": 10_000_000, "precision": 0}, restrict_api=True),
+    "api_max_input_images": OptionInfo(16, "Most images one API request may send (init_images, imageList)",
+                                       "Number", {"minimum": 1, "maximum": 10000, "precision": 0}, restrict_api=True),
+    "api_max_input_pixels": OptionInfo(64 * 1024 * 1024, "Most pixels of all the images one API request sends, "
+                                       "together", "Number", {"minimum": 1024 * 1024, "maximum": 2**40,
+                                                              "precision": 0}, restrict_api=True),
+    # Extras can turn 16 small images into 16 of 8192 x 8192: half a minute of Lanczos on a CPU, 4 GB of memory.
+    "api_max_output_pixels": OptionInfo(64 * 1024 * 1024, "Most pixels of all the images one extras request "
+                                        "produces, together", "Number", {"minimum": 1024 * 1024, "maximum": 2**40,
+                                                                         "precision": 0}, restrict_api=True),
+    "api_max_request_bytes": OptionInfo(128 * 1024 * 1024, "Largest API request body, in bytes", "Number",
+                                        {"minimum": 1024 * 1024, "maximum": 2**40, "precision": 0},
+                                        restrict_api=True),
+    # A million wrongly typed list items are a million validation errors: seconds and a gigabyte for a 2 MB body.
+    "api_max_json_values": OptionInfo(200_000, "Most JSON values (numbers, strings, lists, objects) in one API "
+                                      "request body", "Number", {"minimum": 1000, "maximum": 2**40, "precision": 0},
+                                      restrict_api=True),
+}))

@@ -36,48 +36,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from modules import (extensions, images, infotext, jobs, native_size, plugins, processing, runtime_utils, sd_models,
                      sd_samplers, sd_vae, shared, upscalers)
 from modules.api import models
-from modules.option_info import OptionError, OptionInfo, same_value
+from modules.option_info import OptionError, same_value
 from modules.options import OptionsRejected, SettingsFrozenError, SettingsSaveError
 from modules.runtime_utils import OverrideError
 
 log = logging.getLogger("serena.api")
-
-# Request limits, as options (section "API") so a server owner can raise them in config.json or the settings page.
-# restrict_api: a client must not lift its own limits through POST /options or override_settings.
-_LIMIT_OPTIONS = {
-    "api_max_width": OptionInfo(2048, "Largest width an API request may ask for", "Number",
-                                {"minimum": 64, "maximum": 16384, "precision": 0}, restrict_api=True),
-    "api_max_height": OptionInfo(2048, "Largest height an API request may ask for", "Number",
-                                 {"minimum": 64, "maximum": 16384, "precision": 0}, restrict_api=True),
-    "api_max_steps": OptionInfo(150, "Most sampling steps an API request may ask for", "Number",
-                                {"minimum": 1, "maximum": 10000, "precision": 0}, restrict_api=True),
-    "api_max_images": OptionInfo(16, "Most images (batch_size x n_iter) one API request may ask for", "Number",
-                                 {"minimum": 1, "maximum": 10000, "precision": 0}, restrict_api=True),
-    "api_max_infotext_chars": OptionInfo(65536, "Longest infotext (request field or PNG parameters) the API reads",
-                                         "Number", {"minimum": 1024, "maximum": 10_000_000, "precision": 0},
-                                         restrict_api=True),
-    "api_max_prompt_chars": OptionInfo(20000, "Longest prompt (each prompt field) an API request may send", "Number",
-                                       {"minimum": 1000, "maximum": 10_000_000, "precision": 0}, restrict_api=True),
-    "api_max_input_images": OptionInfo(16, "Most images one API request may send (init_images, imageList)",
-                                       "Number", {"minimum": 1, "maximum": 10000, "precision": 0}, restrict_api=True),
-    "api_max_input_pixels": OptionInfo(64 * 1024 * 1024, "Most pixels of all the images one API request sends, "
-                                       "together", "Number", {"minimum": 1024 * 1024, "maximum": 2**40,
-                                                              "precision": 0}, restrict_api=True),
-    # Extras can turn 16 small images into 16 of 8192 x 8192: half a minute of Lanczos on a CPU, 4 GB of memory.
-    "api_max_output_pixels": OptionInfo(64 * 1024 * 1024, "Most pixels of all the images one extras request "
-                                        "produces, together", "Number", {"minimum": 1024 * 1024, "maximum": 2**40,
-                                                                         "precision": 0}, restrict_api=True),
-    "api_max_request_bytes": OptionInfo(128 * 1024 * 1024, "Largest API request body, in bytes", "Number",
-                                        {"minimum": 1024 * 1024, "maximum": 2**40, "precision": 0},
-                                        restrict_api=True),
-    # A million wrongly typed list items are a million validation errors: seconds and a gigabyte for a 2 MB body.
-    "api_max_json_values": OptionInfo(200_000, "Most JSON values (numbers, strings, lists, objects) in one API "
-                                      "request body", "Number", {"minimum": 1000, "maximum": 2**40, "precision": 0},
-                                      restrict_api=True),
-}
-for _key, _info in _LIMIT_OPTIONS.items():
-    _info.section = ("api", "API")
-    shared.opts.add_option(_key, _info)
 
 # Largest side extras may produce: a scale of 8 on a big image would otherwise allocate gigabytes.
 MAX_UPSCALED_SIDE = 8192
