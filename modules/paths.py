@@ -12,10 +12,20 @@ script_path = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 class Paths:
     data_dir: str
     config_file: str
+    # Whether models are also looked for in Serena's own models/ folder (the embedded checkpoint) after the data
+    # folder's; a data folder of its own (a test's) can leave them out.
+    shipped_models: bool = True
 
     @property
     def models_dir(self) -> str:
         return os.path.join(self.data_dir, "models")
+
+    def model_dirs(self, kind: str) -> list[str]:
+        """The folders of ``kind`` models (``"Stable-diffusion"``, ``"VAE"``), first match first."""
+        dirs = [os.path.join(self.models_dir, kind)]
+        if self.shipped_models:
+            dirs.append(os.path.join(script_path, "models", kind))
+        return list(dict.fromkeys(os.path.abspath(d) for d in dirs))
 
     @property
     def extensions_dir(self) -> str:

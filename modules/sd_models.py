@@ -16,7 +16,7 @@ import tempfile
 import threading
 from typing import Any, Callable
 
-from modules import paths, shared
+from modules import shared
 from modules.checkpoint_info import CheckpointInfo
 from modules.option_info import OptionError
 
@@ -27,9 +27,7 @@ CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt")
 
 def model_dirs() -> list[str]:
     """``<data-dir>/models/Stable-diffusion`` first, then the folder shipped with Serena (the embedded model)."""
-    dirs = [os.path.join(shared.data_paths.models_dir, "Stable-diffusion"),
-            os.path.join(paths.script_path, "models", "Stable-diffusion")]
-    return list(dict.fromkeys(os.path.abspath(d) for d in dirs))
+    return shared.data_paths.model_dirs("Stable-diffusion")
 
 
 class HashCache:
@@ -93,7 +91,7 @@ def _sha256_of(path: str) -> str:
 
 
 _hash_cache: HashCache | None = None
-_checkpoints: list[CheckpointInfo] | None = None
+_checkpoints: tuple[tuple, list[CheckpointInfo]] | None = None  # (where they were looked for, what was found)
 _list_lock = threading.Lock()
 extra_checkpoints: list[str] = []   # files named on the command line (--ckpt)
 
@@ -106,10 +104,10 @@ def hash_cache() -> HashCache:
     return _hash_cache
 
 
-def _discover() -> list[CheckpointInfo]:
+def _discover(dirs, extra) -> list[CheckpointInfo]:
     found: dict[str, CheckpointInfo] = {}
     cache = hash_cache()
-    for base in model_dirs():
+    for base in dirs:
         if not os.path.isdir(base):
             continue
         for root, dirs, files in os.walk(base):
@@ -125,7 +123,7 @@ def _discover() -> list[CheckpointInfo]:
                     full = os.path.join(root, name)
                     rel = os.path.relpath(full, base).replace(os.sep, "/")
                     found.setdefault(rel, CheckpointInfo(full, rel, cache.sha256(full)))
-    for filename in extra_checkpoints:
+    for filename in extra:
         if os.path.exists(filename):
             filename = os.path.abspath(filename)
             name = os.path.basename(filename.rstrip("/"))
@@ -146,11 +144,14 @@ def checkpoint_for_file(filename: str) -> CheckpointInfo:
 
 
 def list_checkpoints(refresh: bool = False) -> list[CheckpointInfo]:
+    """The checkpoints found in ``model_dirs()`` and ``extra_checkpoints``: listed once, again when those change or
+    on ``refresh`` (a file added to a folder is seen after a refresh, as in A1111)."""
     global _checkpoints
+    where = (tuple(model_dirs()), tuple(extra_checkpoints))
     with _list_lock:
-        if _checkpoints is None or refresh:
-            _checkpoints = _discover()
-        return list(_checkpoints)
+        if refresh or _checkpoints is None or _checkpoints[0] != where:
+            _checkpoints = (where, _discover(*where))
+        return list(_checkpoints[1])
 
 
 def refresh_checkpoints() -> list[CheckpointInfo]:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import os
 
-from modules import paths, shared
+from modules import shared
 
 VAE_EXTENSIONS = (".safetensors",)
 SPECIAL = ("Automatic", "None")
 
 
 def vae_dirs() -> list[str]:
-    dirs = [os.path.join(shared.data_paths.models_dir, "VAE"), os.path.join(paths.script_path, "models", "VAE")]
-    return list(dict.fromkeys(os.path.abspath(d) for d in dirs))
+    return shared.data_paths.model_dirs("VAE")
 
 
 def list_vaes() -> dict[str, str]:

@@ -44,10 +44,9 @@ def data_dir(tmp_path, monkeypatch):
     vae_dir = tmp_path / "models" / "VAE"
     vae_dir.mkdir(parents=True)
     (vae_dir / "sharp.safetensors").write_bytes(b"vae weights")
-    monkeypatch.setattr(shared, "data_paths", paths.Paths(str(tmp_path), str(tmp_path / "config.json")))
-    monkeypatch.setattr(sd_models, "model_dirs", lambda: [str(sd_dir)])
-    monkeypatch.setattr("modules.sd_vae.vae_dirs", lambda: [str(vae_dir)])
-    monkeypatch.setattr(sd_models, "_checkpoints", None)
+    # The data folder's models only (not the shipped ones); the checkpoint list follows the folders by itself.
+    monkeypatch.setattr(shared, "data_paths",
+                        paths.Paths(str(tmp_path), str(tmp_path / "config.json"), shipped_models=False))
     monkeypatch.setattr(shared.opts, "filename", str(tmp_path / "config.json"))
     shared.opts.load()
     yield tmp_path

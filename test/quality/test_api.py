@@ -608,7 +608,7 @@ def declaring_checkpoint(data_dir, name: str, sample_size: int) -> str:
     return name
 
 
-def test_omitted_size_is_the_checkpoints_native_size(client, data_dir, monkeypatch):
+def test_omitted_size_is_the_checkpoints_native_size(client, data_dir):
     from modules import sd_models
     # alpha (the default here) declares nothing: a standard SD 1.x file, A1111's 512.
     r = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 1})
@@ -617,7 +617,7 @@ def test_omitted_size_is_the_checkpoints_native_size(client, data_dir, monkeypat
     assert decode(r.json()["images"][0]).size == (512, 512)
     # A checkpoint that declares its size, chosen by override for this request only: its size, not the stored one's.
     declaring_checkpoint(data_dir, "gamma", 12)
-    monkeypatch.setattr(sd_models, "_checkpoints", None)
+    sd_models.refresh_checkpoints()
     r = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 1,
                                                "override_settings": {"sd_model_checkpoint": "gamma"}})
     assert r.status_code == 200, r.text

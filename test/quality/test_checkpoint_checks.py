@@ -67,10 +67,8 @@ def models(tmp_path, monkeypatch, made):
         shutil.copy(src, sd_dir / f"{name}.safetensors")
     shutil.copy(TINY_VAE, vae_dir / "tiny-vae.safetensors")
     shutil.copy(made["wide"], vae_dir / "wide-latents.safetensors")
-    monkeypatch.setattr(shared, "data_paths", paths.Paths(str(tmp_path), str(tmp_path / "config.json")))
-    monkeypatch.setattr(sd_models, "model_dirs", lambda: [str(sd_dir)])
-    monkeypatch.setattr("modules.sd_vae.vae_dirs", lambda: [str(vae_dir)])
-    monkeypatch.setattr(sd_models, "_checkpoints", None)
+    monkeypatch.setattr(shared, "data_paths",
+                        paths.Paths(str(tmp_path), str(tmp_path / "config.json"), shipped_models=False))
     monkeypatch.setattr(sd_models, "_hash_cache", None)
     monkeypatch.setattr(sd_models, "_vae_cache", {})
     inspected = []
@@ -455,7 +453,7 @@ def test_start_up_with_a_broken_ckpt_flag_starts_on_a_working_model(models, tmp_
     truncate(broken)
     monkeypatch.setattr(shared, "cmd_opts", shared.cmd_opts)
     monkeypatch.setattr(sd_models, "extra_checkpoints", [])
-    monkeypatch.setattr(sd_models, "model_dirs", sd_models.model_dirs)
+    monkeypatch.setattr(paths, "script_path", str(tmp_path / "app"))  # an install without shipped models
     opts = cmd_args.parse_args(["--data-dir", str(tmp_path), "--ckpt", str(broken)])
     with caplog.at_level(logging.WARNING, logger="serena.initialize"):
         initialize.initialize(opts, load_extensions=False)

@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from modules import paths, sd_models, shared, shared_options
+from modules import paths, sd_models, sd_vae, shared, shared_options
 from modules.options import Options
 
 
@@ -24,7 +24,6 @@ def env(tmp_path, monkeypatch):
     monkeypatch.setattr(shared, "data_paths", paths.Paths(data_dir=str(data), config_file=str(data / "config.json")))
     monkeypatch.setattr(paths, "script_path", str(app))
     monkeypatch.setattr(shared, "opts", Options(shared_options.options_templates))
-    monkeypatch.setattr(sd_models, "_checkpoints", None)
     monkeypatch.setattr(sd_models, "_hash_cache", None)
     monkeypatch.setattr(sd_models, "extra_checkpoints", [])
     # The files here are placeholders: nothing inspects their headers (test_checkpoint_checks.py does, on real files).
@@ -105,6 +104,24 @@ def test_list_is_cached_until_refreshed(env):
     put(user, "two.safetensors")
     assert len(sd_models.list_checkpoints()) == 1
     assert len(sd_models.refresh_checkpoints()) == 2
+
+
+def test_list_follows_the_folders_and_can_leave_the_shipped_models_out(env, tmp_path, monkeypatch):
+    user, shipped = env
+    put(user, "here.safetensors")
+    put(shipped, "shipped.safetensors")
+    assert [c.name for c in sd_models.list_checkpoints()] == ["here.safetensors", "shipped.safetensors"]
+    # Another data folder is listed without a refresh; without the shipped models, only its own are.
+    other = tmp_path / "other"
+    put(other / "models" / "Stable-diffusion", "there.safetensors")
+    put(other / "models" / "VAE", "there-vae.safetensors")
+    monkeypatch.setattr(shared, "data_paths",
+                        paths.Paths(str(other), str(other / "config.json"), shipped_models=False))
+    assert [c.name for c in sd_models.list_checkpoints()] == ["there.safetensors"]
+    assert sd_models.model_dirs() == [str(other / "models" / "Stable-diffusion")]
+    assert sd_vae.vae_dirs() == [str(other / "models" / "VAE")] and list(sd_vae.list_vaes()) == ["there-vae.safetensors"]
+    monkeypatch.setattr(sd_models, "extra_checkpoints", [put(tmp_path, "flag.safetensors")])
+    assert [c.name for c in sd_models.list_checkpoints()] == ["flag.safetensors", "there.safetensors"]
 
 
 def test_default_checkpoint_prefers_the_embedded_model(env):

@@ -50,7 +50,6 @@ def real_env(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(shared, "data_paths", paths.Paths(str(data), str(data / "config.json")))
         mp.setattr(shared.opts, "filename", str(data / "config.json"))
-        mp.setattr(sd_models, "_checkpoints", None)
         mp.setattr(sd_models, "model_manager", sd_models.LoadedModels(sd_models._load_from_disk))
         shared.opts.load()
         yield data
