@@ -119,7 +119,8 @@ def test_list_follows_the_folders_and_can_leave_the_shipped_models_out(env, tmp_
                         paths.Paths(str(other), str(other / "config.json"), shipped_models=False))
     assert [c.name for c in sd_models.list_checkpoints()] == ["there.safetensors"]
     assert sd_models.model_dirs() == [str(other / "models" / "Stable-diffusion")]
-    assert sd_vae.vae_dirs() == [str(other / "models" / "VAE")] and list(sd_vae.list_vaes()) == ["there-vae.safetensors"]
+    assert sd_vae.vae_dirs() == [str(other / "models" / "VAE")]
+    assert list(sd_vae.list_vaes()) == ["there-vae.safetensors"]
     monkeypatch.setattr(sd_models, "extra_checkpoints", [put(tmp_path, "flag.safetensors")])
     assert [c.name for c in sd_models.list_checkpoints()] == ["flag.safetensors", "there.safetensors"]
 
