@@ -31,7 +31,7 @@ import torch  # noqa: E402
 from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
 
-from modules import sd_models_loader  # noqa: E402
+from modules import sd_models_loader, sd_models_writer  # noqa: E402
 
 UNET_CONFIG = dict(
     sample_size=8, in_channels=4, out_channels=4, layers_per_block=2, norm_num_groups=16,
@@ -83,12 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     for filename, seed in CHECKPOINTS.items():
         path = os.path.join(args.out_dir, "models", "Stable-diffusion", filename)
         # Each component is seeded on its own, so changing one component's dims leaves the others' bytes.
-        sd_models_loader.save_ldm_checkpoint(
+        sd_models_writer.save_ldm_checkpoint(
             path, unet=build_unet(seed), vae=build_vae(seed + 1), text_encoder=build_text_encoder(seed + 2),
             scheduler_config=scheduler_config, dtype=torch.float16)
         written.append(path)
     path = os.path.join(args.out_dir, "models", "VAE", VAE_FILE)
-    sd_models_loader.save_ldm_vae(path, build_vae(VAE_SEED), dtype=torch.float16)
+    sd_models_writer.save_ldm_vae(path, build_vae(VAE_SEED), dtype=torch.float16)
     written.append(path)
     for path in written:
         print(f"{os.path.relpath(path, args.out_dir)}  {os.path.getsize(path):,} B  sha256 {sha256(path)}")

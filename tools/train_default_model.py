@@ -2,7 +2,7 @@
 
 The model is made of the stock classes a real SD1.x checkpoint loads into (transformers ``CLIPTextModel``, diffusers
 ``UNet2DConditionModel`` and ``AutoencoderKL``), with the real CLIP BPE tokenizer (``modules/sd_configs/tokenizer``),
-and is written as an A1111-style single-file ``.safetensors`` by ``sd_models_loader.save_ldm_checkpoint``: the
+and is written as an A1111-style single-file ``.safetensors`` by ``sd_models_writer.save_ldm_checkpoint``: the
 normal checkpoint loader reads it, and its ``serena_config`` metadata carries the small component configs and the
 scheduler config every sampler is built from.
 
@@ -57,7 +57,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel  # noqa
 from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
 
 import shapes_dataset as ds  # noqa: E402
-from modules import sd_models_loader  # noqa: E402
+from modules import sd_models_loader, sd_models_writer  # noqa: E402
 
 UNET_CONFIG = dict(
     sample_size=16, in_channels=4, out_channels=4, layers_per_block=2, norm_num_groups=16,
@@ -327,7 +327,7 @@ def main(argv=None) -> int:
         training = json.loads(meta.get("serena_training", "{}"))
         if args.vae_init:
             training["vae"] = os.path.basename(args.vae_init)
-        sd_models_loader.save_ldm_checkpoint(
+        sd_models_writer.save_ldm_checkpoint(
             args.out, unet=model.unet, vae=sd_models_loader.load_vae(args.vae_init) if args.vae_init else model.vae,
             text_encoder=model.text_encoder, scheduler_config=scheduler_config(), dtype=torch.float16,
             sampling=sampling, extra_metadata={"serena_training": json.dumps(training, sort_keys=True)})
@@ -345,7 +345,7 @@ def main(argv=None) -> int:
             vae = sd_models_loader.load_vae(args.vae_init)
         else:
             vae = train_vae(args, data_kw)
-            sd_models_loader.save_ldm_vae(os.path.join(args.work_dir, "vae.safetensors"), vae, dtype=torch.float32)
+            sd_models_writer.save_ldm_vae(os.path.join(args.work_dir, "vae.safetensors"), vae, dtype=torch.float32)
         if args.vae_only:
             return 0
     vae.requires_grad_(False).eval()
@@ -360,11 +360,11 @@ def main(argv=None) -> int:
             "unet_steps": steps, "batch": args.batch, "lr": args.lr, "images": args.images, "ema": args.ema,
         }, sort_keys=True),
     }
-    sd_models_loader.save_ldm_checkpoint(args.out, unet=unet, vae=vae, text_encoder=text_encoder,
+    sd_models_writer.save_ldm_checkpoint(args.out, unet=unet, vae=vae, text_encoder=text_encoder,
                                          scheduler_config=scheduler_config(), dtype=torch.float16,
                                          extra_metadata=meta, sampling=sampling)
     raw = os.path.join(args.work_dir, "raw-" + os.path.basename(args.out))
-    sd_models_loader.save_ldm_checkpoint(raw, unet=raw_unet, vae=vae, text_encoder=raw_text,
+    sd_models_writer.save_ldm_checkpoint(raw, unet=raw_unet, vae=vae, text_encoder=raw_text,
                                          scheduler_config=scheduler_config(), dtype=torch.float16,
                                          extra_metadata=meta, sampling=sampling)
     log(f"wrote {args.out} ({os.path.getsize(args.out):,} B; non-EMA weights in {raw}); "

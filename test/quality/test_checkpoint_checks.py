@@ -22,7 +22,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from modules import jobs, paths, processing, sd_models, sd_models_loader as loader, shared
+from modules import jobs, paths, processing, sd_models, shared
+from modules import sd_models_loader as loader, sd_models_writer as writer
 from modules.checkpoint_info import CheckpointInfo
 from modules.hookspecs import hookimpl
 from modules.runtime_utils import OverrideError, temporary_opts
@@ -46,13 +47,13 @@ def made(tmp_path_factory):
     text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, hidden_size=32,
                                         intermediate_size=37, num_attention_heads=4, num_hidden_layers=4))
     deep = folder / "deep.safetensors"
-    loader.save_ldm_checkpoint(str(deep), unet=unet, vae=vae, text_encoder=text,
+    writer.save_ldm_checkpoint(str(deep), unet=unet, vae=vae, text_encoder=text,
                                scheduler_config=loader.default_configs()["scheduler"])
     wide_vae = AutoencoderKL(layers_per_block=1, block_out_channels=(8, 16), latent_channels=8,
                              down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                              norm_num_groups=8)
     wide = folder / "wide-latents.safetensors"
-    loader.save_ldm_vae(str(wide), wide_vae)
+    writer.save_ldm_vae(str(wide), wide_vae)
     return {"deep": str(deep), "wide": str(wide)}
 
 
@@ -153,7 +154,7 @@ def sparse_sd15(path) -> int:
         vae = AutoencoderKL.from_config(configs["vae"])
         text = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"]))
     header, offset = {}, 0
-    for key, tensor in loader.ldm_state_dict(unet, vae, text).items():
+    for key, tensor in writer.ldm_state_dict(unet, vae, text).items():
         header[key] = {"dtype": "F16", "shape": list(tensor.shape), "data_offsets": [offset, offset + 2 * tensor.numel()]}
         offset += 2 * tensor.numel()
     data = json.dumps(header).encode()
@@ -232,11 +233,11 @@ def test_a_header_that_does_not_fit_the_model_is_refused(tmp_path):
     tensors, metadata = loader.read_state_dict(TINY)
     key = next(k for k in tensors if k.startswith(loader.TEXT_PREFIX) and k.endswith("q_proj.weight"))
     tensors[key] = torch.zeros(3, 3, dtype=tensors[key].dtype)
-    loader._write_safetensors(str(tmp_path / "misfit.safetensors"), tensors, metadata, torch.float16)
+    writer._write_safetensors(str(tmp_path / "misfit.safetensors"), tensors, metadata, torch.float16)
     with pytest.raises(ValueError, match="misfit.safetensors: text encoder weights do not fit its config"):
         loader.inspect_checkpoint(str(tmp_path / "misfit.safetensors"))
     no_text = {k: v for k, v in tensors.items() if not k.startswith("cond_stage_model.")}
-    loader._write_safetensors(str(tmp_path / "half.safetensors"), no_text, metadata, torch.float16)
+    writer._write_safetensors(str(tmp_path / "half.safetensors"), no_text, metadata, torch.float16)
     with pytest.raises(ValueError, match="half.safetensors: not a Stable Diffusion 1.x checkpoint.*text encoder"):
         loader.inspect_checkpoint(str(tmp_path / "half.safetensors"))
 

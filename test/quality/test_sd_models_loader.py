@@ -21,7 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from modules import paths, sd_models_loader as loader
+from modules import paths, sd_models_loader as loader, sd_models_writer as writer
 from modules.checkpoint_info import CheckpointInfo
 
 ROOT = paths.script_path
@@ -64,7 +64,7 @@ def components():
 def tiny_v1_configs(tmp_path, monkeypatch, components):
     """Make the "SD1.5 default configs" those of ``components``, for files that carry no metadata."""
     unet, vae, text_encoder = components
-    configs = loader.component_configs(unet, vae, text_encoder, loader.default_configs()["scheduler"])
+    configs = writer.component_configs(unet, vae, text_encoder, loader.default_configs()["scheduler"])
     for component, rel in loader._COMPONENT_FILES.items():
         (tmp_path / "v1" / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "v1" / rel).write_text(json.dumps(configs[component]))
@@ -225,7 +225,7 @@ def assert_same_random_init(rebuilt: str, shipped: str):
 def test_save_then_load_is_bit_identical_in_fp32(tmp_path, components):
     unet, vae, text_encoder = components
     path = tmp_path / "round.safetensors"
-    loader.save_ldm_checkpoint(str(path), unet=unet, vae=vae, text_encoder=text_encoder,
+    writer.save_ldm_checkpoint(str(path), unet=unet, vae=vae, text_encoder=text_encoder,
                                scheduler_config={"prediction_type": "v_prediction"}, dtype=torch.float32)
     model = loader.load_checkpoint(info_for(path))
     assert_same_model((unet, vae, text_encoder), (model.unet, model.vae, model.text_encoder))
@@ -235,7 +235,7 @@ def test_save_then_load_is_bit_identical_in_fp32(tmp_path, components):
 def test_fp16_file_loads_as_the_fp16_rounded_weights(tmp_path, components):
     unet, vae, text_encoder = components
     path = tmp_path / "half.safetensors"
-    loader.save_ldm_checkpoint(str(path), unet=unet, vae=vae, text_encoder=text_encoder, scheduler_config={})
+    writer.save_ldm_checkpoint(str(path), unet=unet, vae=vae, text_encoder=text_encoder, scheduler_config={})
     assert {t.dtype for t in load_file(path).values()} == {torch.float16}
     model = loader.load_checkpoint(info_for(path))
     expected = outputs(half_rounded(unet), half_rounded(vae), half_rounded(text_encoder))
@@ -247,7 +247,7 @@ def test_fp16_file_loads_as_the_fp16_rounded_weights(tmp_path, components):
 def test_saved_file_uses_ldm_keys_and_records_configs(tmp_path, components):
     unet, vae, text_encoder = components
     path = tmp_path / "keys.safetensors"
-    loader.save_ldm_checkpoint(str(path), unet=unet, vae=vae, text_encoder=text_encoder, scheduler_config={"a": 1},
+    writer.save_ldm_checkpoint(str(path), unet=unet, vae=vae, text_encoder=text_encoder, scheduler_config={"a": 1},
                                extra_metadata={"modelspec.title": "test", "b": "2"})
     with safe_open(str(path), "pt") as f:
         keys, metadata = list(f.keys()), f.metadata()
@@ -266,9 +266,9 @@ def test_saved_file_uses_ldm_keys_and_records_configs(tmp_path, components):
 def test_sampling_recommendations_are_read_from_the_file_and_absent_by_default(tmp_path, components):
     unet, vae, text_encoder = components
     declared, plain = tmp_path / "declared.safetensors", tmp_path / "plain.safetensors"
-    loader.save_ldm_checkpoint(str(declared), unet=unet, vae=vae, text_encoder=text_encoder, scheduler_config={},
+    writer.save_ldm_checkpoint(str(declared), unet=unet, vae=vae, text_encoder=text_encoder, scheduler_config={},
                                sampling={"guidance_rescale": 0.7, "cfg_scale": 4})
-    loader.save_ldm_checkpoint(str(plain), unet=unet, vae=vae, text_encoder=text_encoder, scheduler_config={})
+    writer.save_ldm_checkpoint(str(plain), unet=unet, vae=vae, text_encoder=text_encoder, scheduler_config={})
     model = loader.load_checkpoint(info_for(declared))
     assert (model.guidance_rescale, model.cfg_scale) == (0.7, 4.0)
     model = loader.load_checkpoint(info_for(plain))
@@ -289,9 +289,9 @@ def test_sampling_recommendations_are_read_from_the_file_and_absent_by_default(t
 def test_bad_sampling_values_are_refused_naming_the_file(tmp_path, components, sampling, message):
     unet, vae, text_encoder = components
     path = tmp_path / "bad-sampling.safetensors"
-    configs = loader.component_configs(unet, vae, text_encoder, {})
+    configs = writer.component_configs(unet, vae, text_encoder, {})
     configs["sampling"] = sampling
-    save_file(loader.ldm_state_dict(unet, vae, text_encoder), str(path),
+    save_file(writer.ldm_state_dict(unet, vae, text_encoder), str(path),
               metadata={loader.METADATA_KEY: json.dumps(configs)})
     for read in (lambda: loader.load_checkpoint(info_for(path)), lambda: loader.checkpoint_sampling(str(path))):
         with pytest.raises(ValueError, match=f"bad-sampling.safetensors: .*{message}"):
@@ -302,10 +302,10 @@ def test_diffusers_single_file_loader_reads_saved_files_identically(tmp_path, co
     """diffusers' own ``from_single_file`` agrees with our key layout (given local configs, offline)."""
     unet, vae, text_encoder = components
     path = tmp_path / "ours.safetensors"
-    loader.save_ldm_checkpoint(str(path), unet=unet, vae=vae, text_encoder=text_encoder, scheduler_config={},
+    writer.save_ldm_checkpoint(str(path), unet=unet, vae=vae, text_encoder=text_encoder, scheduler_config={},
                                dtype=torch.float32)
     config_dir = tmp_path / "config"
-    configs = loader.component_configs(unet, vae, text_encoder)
+    configs = writer.component_configs(unet, vae, text_encoder)
     for component in ("unet", "vae", "text_encoder"):
         (config_dir / component).mkdir(parents=True)
         (config_dir / component / "config.json").write_text(json.dumps(configs[component]))
@@ -324,7 +324,7 @@ def test_foreign_sd1x_file_without_metadata_loads_with_default_configs(tmp_path,
     """A file as other tools write it: no serena metadata, training leftovers, either text-encoder prefix."""
     unet, vae, text_encoder = components
     state = {}
-    for key, tensor in loader.ldm_state_dict(unet, vae, text_encoder).items():
+    for key, tensor in writer.ldm_state_dict(unet, vae, text_encoder).items():
         state[key.replace(loader.TEXT_PREFIX, text_prefix)] = tensor.contiguous()
     state.update({
         text_prefix + "embeddings.position_ids": torch.arange(77, dtype=torch.float32)[None],
@@ -345,7 +345,7 @@ def test_full_size_sd15_layout_maps_both_ways():
         unet = UNet2DConditionModel.from_config(configs["unet"])
         vae = AutoencoderKL.from_config(configs["vae"])
         text_encoder = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"]))
-    state = loader.ldm_state_dict(unet, vae, text_encoder)
+    state = writer.ldm_state_dict(unet, vae, text_encoder)
     counts = {p: sum(k.startswith(p) for k in state) for p in
               ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.transformer.text_model.")}
     assert list(counts.values()) == [686, 248, 196]  # SD1.5 has one more text tensor: position_ids, a buffer
@@ -428,9 +428,9 @@ def test_unknown_layouts_are_refused(tmp_path, components):
 
 def _ldm_file(tmp_path, components, edit, name="edited.safetensors"):
     unet, vae, text_encoder = components
-    state = {k: v.contiguous() for k, v in loader.ldm_state_dict(unet, vae, text_encoder).items()}
+    state = {k: v.contiguous() for k, v in writer.ldm_state_dict(unet, vae, text_encoder).items()}
     edit(state)
-    metadata = {loader.METADATA_KEY: json.dumps(loader.component_configs(unet, vae, text_encoder, {}))}
+    metadata = {loader.METADATA_KEY: json.dumps(writer.component_configs(unet, vae, text_encoder, {}))}
     save_file(state, str(tmp_path / name), metadata=metadata)
     return tmp_path / name
 
@@ -464,7 +464,7 @@ def test_a_tensor_that_does_not_fit_raises(tmp_path, components, edit, reason):
 def test_config_that_does_not_match_the_weights_raises(tmp_path, components):
     unet, vae, text_encoder = components
     path = tmp_path / "mismatch.safetensors"
-    loader.save_ldm_checkpoint(str(path), unet=unet, vae=vae, text_encoder=text_encoder, scheduler_config={})
+    writer.save_ldm_checkpoint(str(path), unet=unet, vae=vae, text_encoder=text_encoder, scheduler_config={})
     # The same file, with no metadata: the SD1.5 configs do not fit tiny weights.
     save_file(load_file(str(path)), str(tmp_path / "bare.safetensors"))
     with pytest.raises(ValueError, match=r"bare\.safetensors: "):
@@ -478,7 +478,7 @@ def test_config_that_does_not_match_the_weights_raises(tmp_path, components):
 ])
 def test_broken_metadata_raises(tmp_path, components, metadata, reason):
     unet, vae, text_encoder = components
-    state = {k: v.contiguous() for k, v in loader.ldm_state_dict(unet, vae, text_encoder).items()}
+    state = {k: v.contiguous() for k, v in writer.ldm_state_dict(unet, vae, text_encoder).items()}
     save_file(state, str(tmp_path / "meta.safetensors"), metadata={loader.METADATA_KEY: metadata})
     with pytest.raises(ValueError, match=rf"meta\.safetensors: .*{reason}"):
         loader.load_checkpoint(info_for(tmp_path / "meta.safetensors"))
@@ -487,7 +487,7 @@ def test_broken_metadata_raises(tmp_path, components, metadata, reason):
 def test_pickled_checkpoint_is_refused_unless_allowed(tmp_path, components, tiny_v1_configs):
     unet, vae, text_encoder = components
     path = tmp_path / "model.ckpt"
-    torch.save({"state_dict": {k: v.contiguous() for k, v in loader.ldm_state_dict(unet, vae, text_encoder).items()},
+    torch.save({"state_dict": {k: v.contiguous() for k, v in writer.ldm_state_dict(unet, vae, text_encoder).items()},
                 "global_step": 10}, str(path))
     with pytest.raises(ValueError, match=r"model\.ckpt: pickled checkpoints can run arbitrary code.*"
                                          r"convert to \.safetensors.*--allow-pickle-checkpoints"):
@@ -544,9 +544,9 @@ def test_apply_vae_moves_a_vae_to_the_model_dtype():
 @pytest.mark.parametrize("layout", ["a1111", "first_stage_model", "diffusers"])
 def test_vae_file_layouts_load_identically(tmp_path, components, layout):
     vae = components[1]
-    metadata = {loader.METADATA_KEY: json.dumps(loader.component_configs(vae=vae))}
-    state = {"a1111": loader.vae_to_ldm(vae),
-             "first_stage_model": {loader.VAE_PREFIX + k: v for k, v in loader.vae_to_ldm(vae).items()},
+    metadata = {loader.METADATA_KEY: json.dumps(writer.component_configs(vae=vae))}
+    state = {"a1111": writer.vae_to_ldm(vae),
+             "first_stage_model": {loader.VAE_PREFIX + k: v for k, v in writer.vae_to_ldm(vae).items()},
              "diffusers": vae.state_dict()}[layout]
     path = tmp_path / f"{layout}.safetensors"
     save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata=metadata)
