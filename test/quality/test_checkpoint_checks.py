@@ -461,3 +461,20 @@ def test_start_up_with_a_broken_ckpt_flag_starts_on_a_working_model(models, tmp_
     assert any("broken.safetensors" in r.getMessage() and "truncated" in r.getMessage() for r in caplog.records)
     assert not shared.opts.is_stored("sd_model_checkpoint")
     assert sd_models.current_model().info.name == "a-tiny.safetensors"
+
+
+def test_start_up_attaches_the_model_checks_before_the_settings_load(tmp_path):
+    # A fresh process (this one has them attached by conftest): initialize alone must give the model options their
+    # checks, in time for a stored value to be checked against the models.
+    import subprocess
+    import sys
+    (tmp_path / "config.json").write_text(json.dumps({"sd_model_checkpoint": "no-such-model", "sd_vae": "nope"}))
+    script = ("import sys; from modules import cmd_args, initialize, shared; "
+              "initialize.initialize(cmd_args.parse_args(['--data-dir', sys.argv[1]]), load_extensions=False); "
+              "print(sorted(shared.opts.stored()))")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=paths.script_path, capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, PYTHONPATH=paths.script_path))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+    assert "sd_model_checkpoint='no-such-model' ignored (no checkpoint named 'no-such-model'" in done.stderr
+    assert "sd_vae='nope' ignored (no VAE named 'nope'" in done.stderr
