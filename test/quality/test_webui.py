@@ -123,3 +123,13 @@ def test_no_api_log_without_the_flag(data_dir, fake_models, caplog):
         r = client.get("/sdapi/v1/progress")
     assert not [r for r in caplog.records if r.name == "serena.api.requests"]
     assert float(r.headers["x-process-time"]) >= 0  # A1111's header, with or without --api-log
+
+
+def test_settings_page_offers_the_checkpoints_and_vaes_the_model_layer_lists(data_dir):
+    # The choices are attached by the model layer (modules.model_options); the page reads them from the option.
+    from modules import sd_models
+    from modules.ui import settings
+    titles = [c.title for c in sd_models.list_checkpoints()]
+    assert [t.split(" [")[0] for t in titles] == ["alpha.safetensors", "beta.safetensors"]
+    assert settings.quick_choices("sd_model_checkpoint") == titles
+    assert settings.quick_choices("sd_vae") == ["Automatic", "None", "sharp.safetensors"]
