@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Callable
 
-from modules import hookspecs, plugins, shared
+from modules import hookspecs, override_state, plugins, shared
 from modules.options import OptionsRejected, OverrideLayer
 
 ENTER_HOOK = "on_opts_override_enter"  # its exit hook is hookspecs.EXIT_HOOKS[ENTER_HOOK]
@@ -136,8 +136,9 @@ class temporary_opts:  # noqa: N801 - named as a function: it is used like conte
         self._live_key = _go_live(opts)
         # 3. Enter hooks in load order; each one called is owed an exit (rule 4), even if it raised.
         try:
-            self.host.call_each(ENTER_HOOK, self._hook_kwargs(), failures=self.failures,
-                                on_called=self._entered.append)
+            with override_state.entering(layer):
+                self.host.call_each(ENTER_HOOK, self._hook_kwargs(), failures=self.failures,
+                                    on_called=self._entered.append)
         except BaseException as e:
             self.disable(e)
             raise

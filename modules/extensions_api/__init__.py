@@ -15,6 +15,7 @@ extension's own tests are in ``modules.extensions_api.testing``.
 
 from modules.hookspecs import hookimpl
 from modules.options import OptionInfo, options_section
+from modules.override_state import OverrideState
 from modules.plugins import HookError, resolved_order
 from modules.plugins import host as _host
 from modules.runtime_utils import (OverrideError, active_overrides, run_in_thread, running_overrides, temporary_opts,
@@ -33,6 +34,7 @@ __all__ = [
     "with_overrides",
     "OverrideError",
     "active_overrides",
+    "OverrideState",
     "run_in_thread",
     "running_overrides",
     "resolved_order",

@@ -640,3 +640,12 @@ def test_docs_snippet_matches_its_source(doc, match):
     assert match["code"] == snippet.group(1), (
         f"docs/extensions/{doc}: the block after <!-- include: {match['path']}#{match['marker']} --> differs from "
         f"the source; copy it again")
+
+
+def test_writing_md_reference_lists_every_public_name():
+    from modules import extensions_api
+    text = (ROOT / "docs" / "extensions" / "writing.md").read_text(encoding="utf-8")
+    section = text.split("## 11. Reference: `modules.extensions_api`", 1)[1].split("\n## ", 1)[0]
+    listed = re.findall(r"^\| `(\w+)` \|", section, re.M)
+    assert sorted(listed) == sorted(extensions_api.__all__) and len(listed) == len(set(listed)), (
+        "docs/extensions/writing.md section 11 must list exactly modules.extensions_api.__all__")
