@@ -111,6 +111,23 @@ def doc_section(hook: str) -> tuple[str, str]:
     return match.group(0), rest[:following.start()] if following else rest
 
 
+def test_each_test_has_a_fresh_host_with_only_the_core(plugin_host):
+    assert plugins.host is plugin_host and plugins.pm is plugin_host.pm and plugin_host.strict
+    assert plugin_host.registered() == [("serena.core", plugins.CORE_GROUP)]
+
+
+def test_use_host_swaps_host_and_pm_for_a_block():
+    from modules import extensions_api
+    outer = plugins.host
+    other = plugins.Host(plugins.create_plugin_manager())
+    other.register(type("Tabs", (), {"on_ui_tabs": hookimpl(lambda self: None)})(), "only-here")
+    with plugins.use_host(other):
+        assert plugins.host is other and plugins.pm is other.pm
+        assert extensions_api.hook_order()["on_ui_tabs"] == ["only-here"] == plugins.resolved_order("on_ui_tabs")
+    assert plugins.host is outer and plugins.pm is outer.pm
+    assert extensions_api.hook_order()["on_ui_tabs"] == []
+
+
 def test_every_hook_spec_is_covered():
     # Read from the source, not from the module's attributes as ``plugins.hook_names`` does.
     tree = ast.parse(Path(hookspecs.__file__).read_text(encoding="utf-8"))
