@@ -12,7 +12,6 @@ that layer pops. So it follows the layer stack's rules (``shared/design/seam.md`
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 from typing import Any, Generic, TypeVar
 
@@ -29,14 +28,19 @@ _entering: contextvars.ContextVar[OverrideLayer | None] = contextvars.ContextVar
                                                                                 default=None)
 
 
-@contextlib.contextmanager
-def entering(layer: OverrideLayer):
+class entering:  # noqa: N801 - used like a contextlib helper; a class because it runs on every override
     """``temporary_opts`` runs the enter hooks of ``layer`` inside this block."""
-    token = _entering.set(layer)
-    try:
-        yield
-    finally:
-        _entering.reset(token)
+
+    __slots__ = ("_layer", "_token")
+
+    def __init__(self, layer: OverrideLayer):
+        self._layer = layer
+
+    def __enter__(self):
+        self._token = _entering.set(self._layer)
+
+    def __exit__(self, *exc_info):
+        _entering.reset(self._token)
 
 
 class OverrideState(Generic[T]):
