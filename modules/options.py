@@ -63,6 +63,8 @@ class OverrideLayer:
     owner: str = "?"
     depth: int = 1
     p: Any = field(default=None, compare=False)
+    # ``OverrideState`` -> value: what extensions derived from this layer, gone with it
+    state: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass

@@ -11,6 +11,7 @@ calls implementations one at a time through ``call_each``, with pluggy's public 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import traceback
@@ -310,6 +311,21 @@ def hook_names(manager: pluggy.PluginManager) -> list[str]:
 
 host = Host(strict=os.environ.get("SERENA_STRICT_HOOKS") == "1")
 pm = host.pm
+
+
+@contextlib.contextmanager
+def use_host(new_host: Host):
+    """Make ``new_host`` (and its manager) ``host`` and ``pm`` for a block, e.g. a fresh one per test.
+
+    Runtime code reads ``plugins.host`` when it dispatches, so everything in the block uses ``new_host``.
+    """
+    global host, pm
+    saved = host, pm
+    host, pm = new_host, new_host.pm
+    try:
+        yield new_host
+    finally:
+        host, pm = saved
 
 
 def resolved_order(hook_name: str) -> list[str]:

@@ -15,13 +15,14 @@ import concurrent.futures
 import contextvars
 import functools
 import inspect
+import itertools
 import sys
 import threading
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Callable
 
-from modules import hookspecs, plugins, shared
+from modules import hookspecs, override_state, plugins, shared
 from modules.options import OptionsRejected, OverrideLayer
 
 ENTER_HOOK = "on_opts_override_enter"  # its exit hook is hookspecs.EXIT_HOOKS[ENTER_HOOK]
@@ -44,19 +45,24 @@ class OverrideError(OptionsRejected):
         return self.args[0]
 
 
-# Stacks of the contexts that have overrides active right now, by thread, so the API can show the running
-# job's stack from another thread (reads only; each context still sees only its own).
+# Every layer pushed and not yet popped, with the stack it tops (outermost first), by a number given at push, so
+# the API can show running jobs' stacks from another thread (reads only; each context still sees only its own).
+# Keyed by layer, not by thread: two asyncio tasks on one thread each have their own entry.
 _live_stacks: dict[int, tuple] = {}
 _live_lock = threading.Lock()
+_live_keys = itertools.count()
 
 
-def _publish(opts):
-    layers = opts.layers()
+def _go_live(opts) -> int:
+    key = next(_live_keys)
     with _live_lock:
-        if layers:
-            _live_stacks[threading.get_ident()] = layers
-        else:
-            _live_stacks.pop(threading.get_ident(), None)
+        _live_stacks[key] = opts.layers()
+    return key
+
+
+def _go_dead(key: int) -> None:
+    with _live_lock:
+        _live_stacks.pop(key, None)
 
 
 class temporary_opts:  # noqa: N801 - named as a function: it is used like contextlib helpers
@@ -91,6 +97,7 @@ class temporary_opts:  # noqa: N801 - named as a function: it is used like conte
         self.warnings: list[str] = []
         self.failures: list[plugins.HookFailure] = []
         self._token = None
+        self._live_key: int | None = None
         self._entered: list = []
         self._reported = 0
         self._active = False
@@ -126,11 +133,12 @@ class temporary_opts:  # noqa: N801 - named as a function: it is used like conte
         layer = OverrideLayer(values=self.applied, owner=self.owner, depth=len(opts.layers()) + 1, p=self.p)
         self._token = opts.push_layer(layer)
         self._active = True
-        _publish(opts)
+        self._live_key = _go_live(opts)
         # 3. Enter hooks in load order; each one called is owed an exit (rule 4), even if it raised.
         try:
-            self.host.call_each(ENTER_HOOK, self._hook_kwargs(), failures=self.failures,
-                                on_called=self._entered.append)
+            with override_state.entering(layer):
+                self.host.call_each(ENTER_HOOK, self._hook_kwargs(), failures=self.failures,
+                                    on_called=self._entered.append)
         except BaseException as e:
             self.disable(e)
             raise
@@ -145,7 +153,7 @@ class temporary_opts:  # noqa: N801 - named as a function: it is used like conte
         # 1. Previous values back in effect (rule 6), or kept as stored values (rule 9).
         opts.pop_layer(self._token)
         self._token = None
-        _publish(opts)
+        _go_dead(self._live_key)
         try:
             if not self.restore:
                 opts.set_many(self.applied, run_callbacks=False)
@@ -270,10 +278,16 @@ def active_overrides(opts=None) -> list[dict]:
 
 
 def running_overrides() -> dict[int, list[dict]]:
-    """The stacks active in every thread right now (for the API's view of the running job)."""
+    """The stack of every context with overrides active right now, each as ``active_overrides`` shows it there.
+
+    Keys are arbitrary numbers, one per stack. A stack that another one extends (an outer level, seen again
+    inside a nested level or in a task started within the block) is shown only as part of the longer one.
+    """
     with _live_lock:
         stacks = dict(_live_stacks)
-    return {tid: [_describe(layer) for layer in layers] for tid, layers in stacks.items()}
+    extended = {id(layer) for stack in stacks.values() for layer in stack[:-1]}
+    return {key: [_describe(layer) for layer in stack] for key, stack in stacks.items()
+            if id(stack[-1]) not in extended}
 
 
 def _describe(layer: OverrideLayer) -> dict:

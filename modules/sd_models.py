@@ -311,6 +311,8 @@ class LoadedModels:
                     model = self._load_fn(info)
                 except (ValueError, OSError) as e:
                     raise CheckpointLoadError("sd_model_checkpoint", info.title, e) from e
+                from modules import plugins
+                plugins.host.call("on_model_loaded", sd_model=model)  # a real load, not a switch to a cached one
                 self.loads += 1
                 self._cache[info.filename] = model
                 limit = max(1, int(shared.opts.sd_checkpoints_limit))
@@ -337,11 +339,9 @@ def _placement() -> dict:
 
 
 def _load_from_disk(info: CheckpointInfo):
-    from modules import plugins, sd_models_loader
-    model = sd_models_loader.load_checkpoint(info, **_placement(),
-                                             allow_pickle=shared.cmd_opts.allow_pickle_checkpoints)
-    plugins.host.call("on_model_loaded", sd_model=model)
-    return model
+    from modules import sd_models_loader
+    return sd_models_loader.load_checkpoint(info, **_placement(),
+                                            allow_pickle=shared.cmd_opts.allow_pickle_checkpoints)
 
 
 def _inspect_on_disk(kind: str, path: str):

@@ -68,19 +68,23 @@ def fake_models(data_dir, monkeypatch):
     yield manager
 
 
-@pytest.fixture
-def register():
-    """Register throw-away plugins on the global host for one test: ``register(obj, name, group)``."""
-    names = []
+@pytest.fixture(autouse=True)
+def plugin_host():
+    """A fresh strict host with only the core plugin, as ``plugins.host`` / ``plugins.pm`` for one test: what a
+    test registers or loads is gone afterwards, and no test sees another's plugins."""
+    with plugins.use_host(plugins.Host(plugins.create_plugin_manager(), strict=True)) as host:
+        initialize.register_core_plugin(host)
+        yield host
 
+
+@pytest.fixture
+def register(plugin_host):
+    """Register plugins on this test's host: ``register(obj, name, group)``."""
     def _register(plugin, name, group=plugins.USER_GROUP):
-        plugins.host.register(plugin, name, group)
-        names.append(name)
+        plugin_host.register(plugin, name, group)
         return plugin
 
-    yield _register
-    for name in names:
-        plugins.host.unregister(name)
+    return _register
 
 
 class OverrideCounter:
@@ -105,12 +109,9 @@ def override_counter(register):
 
 
 @pytest.fixture
-def lenient_hooks(monkeypatch):
+def lenient_hooks(plugin_host):
     """Turn strict hooks off for one test, to check containment."""
-    monkeypatch.setattr(plugins.host, "strict", False)
-
-
-initialize.register_core_plugin()
+    plugin_host.strict = False
 
 
 @pytest.fixture

@@ -13,10 +13,11 @@ See ``docs/extensions/writing.md`` for a tutorial and ``docs/extensions/hooks.md
 extension's own tests are in ``modules.extensions_api.testing``.
 """
 
+from modules import plugins as _plugins  # read at call time: tests swap the host (plugins.use_host)
 from modules.hookspecs import hookimpl
 from modules.option_info import OptionInfo, options_section
+from modules.override_state import OverrideState
 from modules.plugins import HookError, resolved_order
-from modules.plugins import host as _host
 from modules.runtime_utils import (OverrideError, active_overrides, run_in_thread, running_overrides, temporary_opts,
                                    with_overrides)
 from modules.shared import opts
@@ -24,7 +25,7 @@ from modules.shared import opts
 
 def hook_order() -> dict[str, list[str]]:
     """``{hook name: [extension, ...]}`` in call order, for every hook."""
-    return _host.hook_order()
+    return _plugins.host.hook_order()
 
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "with_overrides",
     "OverrideError",
     "active_overrides",
+    "OverrideState",
     "run_in_thread",
     "running_overrides",
     "resolved_order",

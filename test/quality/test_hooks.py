@@ -6,12 +6,13 @@ The policy (``shared/design/style.md`` point 3), one subtest per hook spec in ``
 * ``docs/extensions/hooks.md`` has a heading that is exactly ``name(arg1, arg2, ...)`` in backticks, followed by
   an argument table listing exactly the spec's arguments, in order;
 * this file has a ``test_hook_<name>`` — and that test really calls the hook: the autouse ``hook_calls`` fixture
-  records every hook call through ``plugins.pm`` (``add_hookcall_monitoring``) and fails a ``test_hook_<name>``
-  during which ``<name>`` was never called.
+  records every hook call through the test's ``plugins.pm`` (``add_hookcall_monitoring``) and fails a
+  ``test_hook_<name>`` during which ``<name>`` was never called.
 """
 
 from __future__ import annotations
 
+import ast
 import inspect
 import re
 import threading
@@ -36,10 +37,10 @@ HOOKS = plugins.hook_names(plugins.pm)
 # ---------------------------------------------------------------------------------------------------------------
 
 @pytest.fixture(autouse=True)
-def hook_calls(request):
-    """Hook names called through the process-wide ``pm`` during this test, in order."""
+def hook_calls(request, plugin_host):
+    """Hook names called through this test's ``pm`` (``plugins.pm``) during this test, in order."""
     called: list[str] = []
-    undo = plugins.pm.add_hookcall_monitoring(lambda name, impls, kwargs: called.append(name),
+    undo = plugin_host.pm.add_hookcall_monitoring(lambda name, impls, kwargs: called.append(name),
                                               lambda outcome, name, impls, kwargs: None)
     yield called
     undo()
@@ -110,9 +111,30 @@ def doc_section(hook: str) -> tuple[str, str]:
     return match.group(0), rest[:following.start()] if following else rest
 
 
+def test_each_test_has_a_fresh_host_with_only_the_core(plugin_host):
+    assert plugins.host is plugin_host and plugins.pm is plugin_host.pm and plugin_host.strict
+    assert plugin_host.registered() == [("serena.core", plugins.CORE_GROUP)]
+
+
+def test_use_host_swaps_host_and_pm_for_a_block():
+    from modules import extensions_api
+    outer = plugins.host
+    other = plugins.Host(plugins.create_plugin_manager())
+    other.register(type("Tabs", (), {"on_ui_tabs": hookimpl(lambda self: None)})(), "only-here")
+    with plugins.use_host(other):
+        assert plugins.host is other and plugins.pm is other.pm
+        assert extensions_api.hook_order()["on_ui_tabs"] == ["only-here"] == plugins.resolved_order("on_ui_tabs")
+    assert plugins.host is outer and plugins.pm is outer.pm
+    assert extensions_api.hook_order()["on_ui_tabs"] == []
+
+
 def test_every_hook_spec_is_covered():
-    declared = [n for n, f in vars(hookspecs).items() if callable(f) and hasattr(f, "serena_spec")]
+    # Read from the source, not from the module's attributes as ``plugins.hook_names`` does.
+    tree = ast.parse(Path(hookspecs.__file__).read_text(encoding="utf-8"))
+    declared = [node.name for node in tree.body if isinstance(node, ast.FunctionDef)
+                and any(isinstance(d, ast.Name) and d.id == "hookspec" for d in node.decorator_list)]
     assert HOOKS == declared and len(HOOKS) >= 11
+    assert all(getattr(plugins.pm.hook, name).has_spec() for name in declared)
 
 
 def test_dispatch_prunes_arguments_and_tracers_see_each_call():
@@ -215,19 +237,25 @@ def shared_options_info(default):
                       section=("hooktest", "Hook test"))
 
 
-def test_hook_on_app_started(register):
-    from fastapi import FastAPI
+def test_hook_on_app_started(data_dir, register):
     from fastapi.testclient import TestClient
+
+    import webui
+    from modules import cmd_args
+    seen = []
 
     class Routes:
         @hookimpl
         def on_app_started(self, app):
+            seen.append(app)
             app.add_api_route("/hooktest/ping", lambda: {"pong": True}, methods=["GET"])
 
     register(Routes(), "routes-ext")
-    app = FastAPI()
-    plugins.host.call("on_app_started", app=app)
-    assert TestClient(app).get("/hooktest/ping").json() == {"pong": True}
+    app = webui.create_app(cmd_args.parse_args(["--nowebui", "--data-dir", str(data_dir)]))
+    assert seen == [app]  # once, with the app that is served
+    with TestClient(app) as client:
+        assert client.get("/hooktest/ping").json() == {"pong": True}
+        assert client.get("/sdapi/v1/progress").status_code == 200  # next to Serena's own routes
 
 
 def test_hook_on_ui_tabs(register):
@@ -258,10 +286,12 @@ def test_hook_on_model_loaded(fake_models, register):
             seen.append(sd_model.info.name)
 
     register(Loaded(), "loaded-ext")
-    info = sd_models.resolve_checkpoint("alpha")
-    model = sd_models.model_manager.get(info)
-    plugins.host.call("on_model_loaded", sd_model=model)  # sd_models fires it after each real load
-    assert seen[-1] == info.name
+    alpha, beta = sd_models.resolve_checkpoint("alpha"), sd_models.resolve_checkpoint("beta")
+    shared.opts.set("sd_checkpoints_limit", 2)
+    sd_models.model_manager.get(alpha)
+    sd_models.model_manager.get(beta)
+    sd_models.model_manager.get(alpha)  # in the loaded-models cache: a switch, not a load
+    assert seen == ["alpha.safetensors", "beta.safetensors"] == fake_models.loaded_names
 
 
 def test_hook_on_before_process(fake_models, register):
@@ -640,3 +670,12 @@ def test_docs_snippet_matches_its_source(doc, match):
     assert match["code"] == snippet.group(1), (
         f"docs/extensions/{doc}: the block after <!-- include: {match['path']}#{match['marker']} --> differs from "
         f"the source; copy it again")
+
+
+def test_writing_md_reference_lists_every_public_name():
+    from modules import extensions_api
+    text = (ROOT / "docs" / "extensions" / "writing.md").read_text(encoding="utf-8")
+    section = text.split("## 11. Reference: `modules.extensions_api`", 1)[1].split("\n## ", 1)[0]
+    listed = re.findall(r"^\| `(\w+)` \|", section, re.M)
+    assert sorted(listed) == sorted(extensions_api.__all__) and len(listed) == len(set(listed)), (
+        "docs/extensions/writing.md section 11 must list exactly modules.extensions_api.__all__")

@@ -467,11 +467,11 @@ class TestRule11Isolation:
         def job():
             with temporary_opts({"CLIP_stop_at_last_layers": 2}):
                 inside.set()
-                release.wait(timeout=5)
+                release.wait(timeout=30)
 
         t = threading.Thread(target=job)
         t.start()
-        inside.wait(timeout=5)
+        assert inside.wait(timeout=30)  # the first check of clip skip may import the model loader (torch)
         try:
             assert shared.opts.CLIP_stop_at_last_layers == 1
             stacks = running_overrides()
@@ -498,6 +498,57 @@ class TestRule11Isolation:
             return await ta, await tb
 
         assert asyncio.run(main()) == (2, 3)
+
+    def test_running_overrides_shows_every_asyncio_task_at_once(self, data_dir):
+        """Two tasks on one thread: each context's live stack is its own, read from another thread."""
+        async def task(value, inside, go):
+            with temporary_opts({"CLIP_stop_at_last_layers": value}, owner=f"task-{value}"):
+                inside.set()
+                await go.wait()
+
+        async def main():
+            a_in, b_in, go = asyncio.Event(), asyncio.Event(), asyncio.Event()
+            tasks = [asyncio.create_task(task(2, a_in, go)), asyncio.create_task(task(3, b_in, go))]
+            await a_in.wait()
+            await b_in.wait()
+            # run_in_executor does not copy this context: the reader is just another thread
+            stacks = await asyncio.get_running_loop().run_in_executor(None, running_overrides)
+            go.set()
+            await asyncio.gather(*tasks)
+            return stacks
+
+        stacks = asyncio.run(main())
+        assert sorted((s[0]["owner"], s[0]["values"], len(s)) for s in stacks.values()) == [
+            ("task-2", {"CLIP_stop_at_last_layers": 2}, 1), ("task-3", {"CLIP_stop_at_last_layers": 3}, 1)]
+        assert running_overrides() == {}
+
+    def test_running_overrides_one_stack_per_context(self, data_dir):
+        """Nesting shows one stack; tasks started inside a block extend it, each with its own top."""
+        async def child(value, inside, go):
+            with temporary_opts({"eta_noise_seed_delta": value}, owner=f"child-{value}"):
+                inside.set()
+                await go.wait()
+
+        async def main():
+            with temporary_opts({"CLIP_stop_at_last_layers": 2}, owner="outer"):
+                with temporary_opts({"CLIP_stop_at_last_layers": 3}, owner="inner"):
+                    nested = running_overrides()
+                a_in, b_in, go = asyncio.Event(), asyncio.Event(), asyncio.Event()
+                tasks = [asyncio.create_task(child(5, a_in, go)), asyncio.create_task(child(6, b_in, go))]
+                await a_in.wait()
+                await b_in.wait()
+                children = running_overrides()
+                go.set()
+                await asyncio.gather(*tasks)
+                after_children = running_overrides()
+            return nested, children, after_children
+
+        nested, children, after_children = asyncio.run(main())
+        assert [[layer["owner"] for layer in s] for s in nested.values()] == [["outer", "inner"]]
+        assert sorted([layer["owner"] for layer in s] for s in children.values()) == [
+            ["outer", "child-5"], ["outer", "child-6"]]
+        assert [[layer["owner"] for layer in s] for s in after_children.values()] == [["outer"]]
+        assert running_overrides() == {}
 
     def test_run_in_thread_carries_overrides(self, data_dir):
         with temporary_opts({"CLIP_stop_at_last_layers": 7}):

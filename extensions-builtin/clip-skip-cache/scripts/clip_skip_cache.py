@@ -2,9 +2,9 @@
 
 The derived state here is small — which hidden layer of the text encoder to read, and a label — but it stands
 for anything costly to build from an option (a patched module, a compiled pattern, a cache): it is built once
-when an override takes effect (``on_opts_override_enter``) and dropped when the override ends
-(``on_opts_override_exit``), so that during an override ``current()`` is derived from the override and after it
-from the stored value again. The state lives in a ``ContextVar``: another thread or request never sees it.
+when an override takes effect (``on_opts_override_enter``) and kept on that override (an ``OverrideState``), so
+that during an override ``current()`` is derived from the override and after it from the stored value again.
+Another thread or request never sees it.
 
 It also registers an option of its own, ``clip_skip_cache_infotext``, through ``on_ui_settings``: when on, each
 image's infotext gets ``CLIP layer: <index>`` from the derived state. Like every option it is stored in
@@ -13,10 +13,9 @@ image's infotext gets ``CLIP layer: <index>`` from the derived state. Like every
 
 from __future__ import annotations
 
-import contextvars
 from dataclasses import dataclass
 
-from modules.extensions_api import OptionInfo, hookimpl, opts
+from modules.extensions_api import OptionInfo, OverrideState, hookimpl, opts
 
 KEY = "CLIP_stop_at_last_layers"
 OPTION = "clip_skip_cache_infotext"
@@ -38,17 +37,15 @@ def derive(clip_skip) -> Derived:
     return Derived(clip_skip=clip_skip, hidden_layer=-clip_skip)
 
 
-# Derived state for overridden values, one level per active override of the key, per context.
-_levels: contextvars.ContextVar[tuple] = contextvars.ContextVar("clip_skip_cache_levels", default=())
+_overridden: OverrideState[Derived] = OverrideState("clip-skip-cache")  # for each active override of KEY
 _stored_cache: dict = {}  # stored value -> Derived (the stored value changes rarely)
 
 
 def current() -> Derived:
     """The derived state for this context: from the innermost override of clip skip, else the stored value."""
-    levels = _levels.get()
-    for derived in reversed(levels):
-        if derived is not None:
-            return derived
+    derived = _overridden.get(None)
+    if derived is not None:
+        return derived
     stored = opts.get(KEY)
     if stored not in _stored_cache:
         _stored_cache.clear()
@@ -64,13 +61,8 @@ def on_ui_settings():
 
 @hookimpl
 def on_opts_override_enter(overrides):
-    # One level per temporary_opts, also when clip skip is not among its keys (None), so exit pops the right one.
-    _levels.set(_levels.get() + ((derive(overrides[KEY]) if KEY in overrides else None),))
-
-
-@hookimpl
-def on_opts_override_exit(overrides):
-    _levels.set(_levels.get()[:-1])
+    if KEY in overrides:
+        _overridden.set(derive(overrides[KEY]))
 
 
 @hookimpl

@@ -1,24 +1,23 @@
 """word-filter: remove unwanted words from prompts. The example extension of ``docs/extensions/writing.md``.
 
 * ``on_ui_settings`` registers the option ``word_filter_words`` (comma-separated words; empty = off).
-* ``on_opts_override_enter`` / ``on_opts_override_exit`` keep the compiled pattern in step with a per-generation
-  override of that option: built once when the override takes effect, dropped when it ends.
+* ``on_opts_override_enter`` keeps the compiled pattern in step with a per-generation override of that option:
+  built once when the override takes effect, kept on that override (an ``OverrideState``), gone when it ends.
 * ``on_process`` removes the words from the prompt and records them in the generation parameters.
 """
 
 from __future__ import annotations
 
-import contextvars
 import re
 
-from modules.extensions_api import OptionInfo, hookimpl, opts
+from modules.extensions_api import OptionInfo, OverrideState, hookimpl, opts
 
 OPTION = "word_filter_words"
 
 # -- start derived-state --
-# The pattern for each active override level of this context (thread / async task), innermost last.
-# ``None`` marks a level that did not override OPTION, so every exit pops exactly its own enter's level.
-_levels: contextvars.ContextVar[tuple] = contextvars.ContextVar("word_filter_levels", default=())
+# The pattern of each active override of OPTION, kept on that override: nested overrides, threads and async
+# tasks each see their own, and it is gone when the override ends.
+_pattern: OverrideState[re.Pattern | None] = OverrideState("word-filter pattern")
 _stored: dict = {}  # the stored value's pattern, rebuilt when the stored value changes
 
 
@@ -31,9 +30,10 @@ def compile_words(text: str) -> re.Pattern | None:
 
 def current_pattern() -> re.Pattern | None:
     """The pattern for the effective value: the innermost override of OPTION, else the stored value."""
-    for level in reversed(_levels.get()):
-        if level is not None:
-            return level[0]
+    try:
+        return _pattern.get()
+    except LookupError:  # no active override of OPTION
+        pass
     text = opts.get(OPTION, "")
     if text not in _stored:
         _stored.clear()
@@ -43,13 +43,8 @@ def current_pattern() -> re.Pattern | None:
 
 @hookimpl
 def on_opts_override_enter(overrides):
-    level = (compile_words(overrides[OPTION]),) if OPTION in overrides else None
-    _levels.set(_levels.get() + (level,))
-
-
-@hookimpl
-def on_opts_override_exit(overrides):
-    _levels.set(_levels.get()[:-1])
+    if OPTION in overrides:
+        _pattern.set(compile_words(overrides[OPTION]))
 # -- end derived-state --
 
 
