@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from modules import prompt_parser, sd_samplers
+from modules import prompt_parser, sd_samplers, sd_schedules
 
 CHUNK = 75  # tokens per CLIP window, between the start and end tokens (A1111)
 PREVIEW_EVERY = 5
@@ -181,7 +181,7 @@ class Denoiser:
     the UNet's output, as before, so a checkpoint's ``guidance_rescale`` means what it was trained with.
     """
 
-    def __init__(self, p, model, schedule: sd_samplers.ModelSchedule, encoder, cond_schedules, uncond_schedules,
+    def __init__(self, p, model, schedule: sd_schedules.ModelSchedule, encoder, cond_schedules, uncond_schedules,
                  total_steps: int, state):
         self.p, self.model, self.schedule, self.encoder, self.state = p, model, schedule, encoder, state
         self.cond_schedules, self.uncond_schedules = cond_schedules, uncond_schedules
@@ -243,7 +243,7 @@ def sample_batch(p, model, prompts: list[str], negative_prompts: list[str], seed
     device = model.device
     # 1. Noise levels from the model's own config (prediction type, betas, zero SNR, spacing are the model's)
     sampler, scheduler = sd_samplers.resolve_sampler_and_scheduler(p.sampler_name, p.scheduler)
-    schedule = sd_samplers.ModelSchedule(model.scheduler_config)
+    schedule = sd_schedules.ModelSchedule(model.scheduler_config)
     sigmas = sd_samplers.sigmas_for(sampler, scheduler, p.steps, schedule)
     total_steps = len(sigmas) - 1
     # 2. Conditioning schedules (prompt editing and alternation switch at their steps)

@@ -69,7 +69,7 @@ class _Encoder:
 
 
 def _denoiser(v, guidance_rescale=0.0):
-    from modules import sd_samplers
+    from modules import sd_schedules
     from modules.sd_pipeline import Denoiser
 
     config = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
@@ -78,7 +78,7 @@ def _denoiser(v, guidance_rescale=0.0):
     model = SimpleNamespace(unet=unet, dtype=torch.float32, guidance_rescale=guidance_rescale)
     p = SimpleNamespace(steps=4, cfg_scale=3.0)
     state = SimpleNamespace(interrupted=False, skipped=False, sampling_step=0)
-    schedule = sd_samplers.ModelSchedule(config)
+    schedule = sd_schedules.ModelSchedule(config)
     return Denoiser(p, model, schedule, _Encoder(), [[[4, "a"]]], [[[4, ""]]], 4, state), unet, schedule, state
 
 
