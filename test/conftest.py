@@ -66,6 +66,21 @@ def fake_models(data_dir, monkeypatch):
     yield manager
 
 
+@pytest.fixture(scope="session")
+def tiny_model():
+    """The shipped tiny checkpoint, loaded once: real sampling at 64x64 in a fraction of a second."""
+    from modules import sd_models_loader
+    path = os.path.join(ROOT, "models", "Stable-diffusion", "serena-tiny-v1.safetensors")
+    return sd_models_loader.load_checkpoint(sd_models.CheckpointInfo(path, os.path.basename(path), "0" * 64))
+
+
+@pytest.fixture
+def real_model(data_dir, tiny_model, monkeypatch):
+    """A loaded-models cache that runs every generation, whatever checkpoint it asks for, on the real tiny model."""
+    monkeypatch.setattr(sd_models, "model_manager", sd_models.LoadedModels(lambda info: tiny_model))
+    return tiny_model
+
+
 @pytest.fixture
 def register():
     """Register throw-away plugins on the global host for one test: ``register(obj, name, group)``."""

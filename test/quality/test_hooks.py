@@ -24,14 +24,13 @@ import pytest
 import torch
 from PIL import Image
 
-from modules import extensions, hookspecs, plugins, processing, sd_models, sd_pipeline, shared
+from modules import extensions, hookspecs, plugins, processing, sd_pipeline, shared
 from modules.hookspecs import hookimpl
 from modules.runtime_utils import active_overrides, temporary_opts
 
 ROOT = Path(__file__).resolve().parents[2]
 HOOKS_DOC = ROOT / "docs" / "extensions" / "hooks.md"
 HOOKS = plugins.hook_names(plugins.pm)
-TINY = ROOT / "models" / "Stable-diffusion" / "serena-tiny-v1.safetensors"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -87,20 +86,6 @@ def builtins(data_dir, option_labels):
     assert extensions.register_extension_options() == []
     yield {e.name: plugins.pm.get_plugin(e.name) for e in exts}
     extensions.unload(exts)
-
-
-@pytest.fixture(scope="module")
-def tiny_model():
-    """The shipped tiny checkpoint, loaded once: real sampling at 64x64 in a fraction of a second."""
-    from modules import sd_models_loader
-    return sd_models_loader.load_checkpoint(sd_models.CheckpointInfo(str(TINY), TINY.name, "0" * 64))
-
-
-@pytest.fixture
-def real_model(data_dir, tiny_model, monkeypatch):
-    """Whatever checkpoint a generation asks for, it runs on the real tiny model."""
-    monkeypatch.setattr(sd_models, "model_manager", sd_models.LoadedModels(lambda info: tiny_model))
-    return tiny_model
 
 
 def infotext_fields(text: str) -> dict:
@@ -436,6 +421,20 @@ def test_sampling_step_observers_change_no_pixel(real_model, register, lenient_h
     assert observed.images[0].tobytes() == alone.images[0].tobytes()
     failures = [w for w in observed.warnings if "scribbler" in w]
     assert len(failures) == 3 and all("on_sampling_step" in w for w in failures)  # strength 0.6 of 4 steps: 3
+
+
+def test_a_failing_step_observer_fails_a_strict_generation(real_model, register):
+    class Failing:
+        @hookimpl
+        def on_sampling_step(self, step):
+            raise RuntimeError(f"step {step}")
+
+    register(Failing(), "failing-observer")
+    with pytest.raises(plugins.HookError) as info:
+        processing.process_images(processing.StableDiffusionProcessingTxt2Img(
+            prompt="x", steps=2, width=64, height=64, do_not_save_samples=True))
+    assert (info.value.plugin, info.value.hook, str(info.value.__cause__)) == (
+        "failing-observer", "on_sampling_step", "step 0")
 
 
 def test_hook_on_infotext(fake_models, register):
