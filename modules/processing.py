@@ -146,7 +146,7 @@ class StableDiffusionProcessing:
 
     def sample_batch(self, model, prompts: list[str], negative_prompts: list[str], seeds: list[int],
                      subseeds: list[int]) -> list:
-        """Generate one batch of PIL images with the pipeline (``modules.sd_pipeline``).
+        """Generate one batch of PIL images: the batch's ``sampling_request``, run by ``modules.sd_pipeline``.
 
         Tests and extensions without a model override this method (``docs/extensions/writing.md``).
         """
@@ -318,7 +318,8 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
     state = jobs.state
     state.job_count = p.n_iter
     images, infotexts, saved_paths = [], [], []
-    # 5. Sample batch by batch; interrupt stops before the next batch (the pipeline checks every step)
+    # 5. Sample batch by batch, each from its own frozen SamplingRequest (built by p.sample_batch); interrupt
+    #    stops before the next batch (the pipeline checks every step)
     for n in range(p.n_iter):
         if state.interrupted:
             break
