@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from modules import sd_models_loader, sd_samplers  # noqa: E402
+from modules import sd_models_loader, sd_samplers, sd_schedules  # noqa: E402
 from modules.checkpoint_info import CheckpointInfo  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,7 +49,7 @@ def diffusers_loop(name, config, unet, context, latents, steps):
 
 
 def sigma_loop(name, config, unet, context, latents, steps):
-    schedule = sd_samplers.ModelSchedule(config)
+    schedule = sd_schedules.ModelSchedule(config)
     sampler = sd_samplers.resolve_sampler(name)
     sigmas = sd_samplers.sigmas_for(sampler, sd_samplers.resolve_scheduler("Automatic"), steps, schedule)
     generator = torch.Generator().manual_seed(1)

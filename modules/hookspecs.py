@@ -172,6 +172,35 @@ def on_process(p: Any) -> None:
 
 
 @hookspec
+def on_sampling_step(p: Any, request: Any, step: int, total_steps: int, sigma: float, latents: Any,
+                     denoised: Any) -> None:
+    """Observe the sampling loop. Fires after every sampling step of every batch, with the generation's overrides
+    in effect (diffusers' ``callback_on_step_end``). A batch cut short by interrupt or skip fires no more.
+
+    :param p: the processing object.
+    :param request: the batch's frozen ``modules.sd_pipeline.SamplingRequest`` (prompts, seeds, sampler, steps,
+        size, settings, init images, ...).
+    :param step: the index of the step just finished, from 0; ``step + 1 == total_steps`` after the last.
+    :param total_steps: the steps this batch walks (fewer than ``request.steps`` for img2img, more for a
+        sampler that takes an extra noise level).
+    :param sigma: the noise level ``latents`` are at now (0 after the last step).
+    :param latents: a copy of the step's result, ``[batch, channels, h, w]`` in k-diffusion's scaling (clean
+        latent + sigma * noise): what the next step's model call receives, or what is decoded after the last.
+    :param denoised: a copy of the step's last denoised prediction (the model's clean-latent estimate).
+    :returns: nothing; return values are ignored, and changing the copies changes nothing. Replacing the
+        latents would need every sampler to take them back between steps (the multistep samplers keep a
+        history; UniPC corrects a step with the next model call), which Serena's samplers do not do yet.
+
+    Costs nothing when no extension implements it: the implementations are looked up once per batch.
+
+    A1111 has no per-step hook for extensions; its closest, ``script_callbacks.on_cfg_after_cfg``, fires inside
+    each model call and may change the denoised latent.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
 def on_infotext(p: Any, params: dict) -> None:
     """Add fields to the generation parameters (the PNG "parameters" text). Fires once per image, while the
     generation's overrides are still in effect.

@@ -132,12 +132,27 @@ class StableDiffusionProcessing:
         self.all_prompts = [self.prompt] * count
         self.all_negative_prompts = [self.negative_prompt] * count
 
+    def sampling_request(self, prompts: list[str], negative_prompts: list[str], seeds: list[int],
+                         subseeds: list[int]):
+        """What the pipeline samples for one batch (``sd_pipeline.SamplingRequest``): this request's fields and
+        its captured settings, frozen, so nothing the pipeline does depends on ``p`` or the options store."""
+        from modules.sd_pipeline import SamplingRequest
+        return SamplingRequest(
+            prompts=tuple(prompts), negative_prompts=tuple(negative_prompts), seeds=tuple(seeds),
+            subseeds=tuple(subseeds), subseed_strength=float(self.subseed_strength), width=self.width,
+            height=self.height, sampler_name=self.sampler_name, scheduler=self.scheduler, steps=self.steps,
+            cfg_scale=float(self.cfg_scale), eta=None if self.eta is None else float(self.eta),
+            settings=self.settings)
+
     def sample_batch(self, model, prompts: list[str], negative_prompts: list[str], seeds: list[int],
                      subseeds: list[int]) -> list:
-        """Generate one batch of PIL images. Implemented by the pipeline (``modules.sd_pipeline``)."""
+        """Generate one batch of PIL images: the batch's ``sampling_request``, run by ``modules.sd_pipeline``.
+
+        Tests and extensions without a model override this method (``docs/extensions/writing.md``).
+        """
         from modules import sd_pipeline
-        return sd_pipeline.sample_batch(self, model, prompts, negative_prompts, seeds, subseeds,
-                                        settings=self.settings, state=jobs.state)
+        request = self.sampling_request(prompts, negative_prompts, seeds, subseeds)
+        return sd_pipeline.sample_batch(request, model, jobs.state, callback_on_step_end=_step_hook(self, request))
 
     def infotext_params(self, index: int, used: "ModelUsed") -> dict:
         """Generation parameters of image ``index``, read from the effective options of this generation."""
@@ -195,6 +210,13 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
     initial_noise_multiplier: float | None = None
 
     mode = "img2img"
+
+    def sampling_request(self, prompts, negative_prompts, seeds, subseeds):
+        """The txt2img request plus the images to start from: holding init images makes it img2img."""
+        return dataclasses.replace(
+            super().sampling_request(prompts, negative_prompts, seeds, subseeds), init_images=tuple(self.init_images),
+            denoising_strength=float(self.denoising_strength), mask=self.mask,
+            inpainting_mask_invert=bool(self.inpainting_mask_invert))
 
     def check_inputs(self):
         super().check_inputs()
@@ -261,6 +283,17 @@ def _fire(hook: str, p, /, **kwargs):
     plugins.host.call_reporting(hook, p.warnings, **kwargs)
 
 
+def _step_hook(p, request):
+    """``on_sampling_step`` as the pipeline's per-step callback, or ``None`` when no extension implements it:
+    checked once per batch, so a generation without one pays nothing per step."""
+    if not plugins.host.impls("on_sampling_step"):
+        return None
+
+    def on_step(**step):
+        _fire("on_sampling_step", p, p=p, request=request, **step)
+    return on_step
+
+
 def process_images(p: StableDiffusionProcessing) -> Processed:
     """Run a generation: ``on_before_process``, then ``process_images_inner`` with ``p``'s overrides in effect."""
     _fire("on_before_process", p, p=p)
@@ -285,7 +318,8 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
     state = jobs.state
     state.job_count = p.n_iter
     images, infotexts, saved_paths = [], [], []
-    # 5. Sample batch by batch; interrupt stops before the next batch (the pipeline checks every step)
+    # 5. Sample batch by batch, each from its own frozen SamplingRequest (built by p.sample_batch); interrupt
+    #    stops before the next batch (the pipeline checks every step)
     for n in range(p.n_iter):
         if state.interrupted:
             break

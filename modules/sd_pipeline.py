@@ -3,16 +3,22 @@
 diffusers provides the networks and schedulers; this module writes by hand only what diffusers does not do:
 A1111's prompt syntax (attention weights, prompt editing, alternation, chunks longer than 75 tokens), clip skip,
 per-image seeds with variation seeds, noise drawn on the CPU, and the per-step progress/interrupt/preview.
-Everything it needs arrives as arguments; the effective options are read once at the start of a batch.
+Everything it needs arrives as arguments: a frozen ``SamplingRequest`` per batch (built by ``modules.processing``),
+the model, the job state and an optional per-step callback. Nothing here reads the processing object or
+``modules.shared``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from modules import prompt_parser, sd_samplers
+from modules import prompt_parser, sd_samplers, sd_schedules
 
 CHUNK = 75  # tokens per CLIP window, between the start and end tokens (A1111)
 PREVIEW_EVERY = 5
@@ -172,6 +178,67 @@ class _Interrupted(Exception):
     """Raised inside the sampler when the job is interrupted or skipped; the last denoised latent is kept."""
 
 
+@dataclass(frozen=True)
+class SamplingRequest:
+    """One batch to sample, as plain data: what, how, with which settings, and from which images (img2img).
+
+    ``modules.processing`` builds one per batch (``StableDiffusionProcessing.sampling_request``); the pipeline
+    reads nothing else about where a batch came from. Per-image fields hold one entry per image of the batch.
+
+    Attributes:
+        prompts, negative_prompts (`tuple[str, ...]`): A1111 prompt syntax, one per image.
+        seeds, subseeds (`tuple[int, ...]`): each image's seed and variation seed.
+        subseed_strength (`float`): how far each image's noise moves toward its variation seed's (0: not at all).
+        width, height (`int`): the image size, multiples of 8.
+        sampler_name (`str`), scheduler (`str` or `None`): A1111 names, resolved by ``modules.sd_samplers``.
+        steps (`int`): sampling steps (prompt editing counts in these).
+        cfg_scale (`float`): classifier-free guidance scale.
+        eta (`float` or `None`): ancestral/SDE noise scale; `None` is the sampler's default.
+        settings (`GenerationSettings`): the effective options of the generation (``modules.processing``).
+        init_images (`tuple`): img2img's PIL images, reused in turn when fewer than images; empty for txt2img.
+        denoising_strength (`float` or `None`): img2img: the part of the schedule that is walked (1: all of it).
+        mask (PIL image or `None`): img2img: where to repaint (white), resized to the image.
+        inpainting_mask_invert (`bool`): repaint where the mask is black instead.
+    """
+
+    prompts: tuple[str, ...]
+    negative_prompts: tuple[str, ...]
+    seeds: tuple[int, ...]
+    subseeds: tuple[int, ...]
+    subseed_strength: float
+    width: int
+    height: int
+    sampler_name: str
+    scheduler: str | None
+    steps: int
+    cfg_scale: float
+    eta: float | None
+    settings: Any
+    init_images: tuple = ()
+    denoising_strength: float | None = None
+    mask: Any = None
+    inpainting_mask_invert: bool = False
+
+    def check_inputs(self) -> None:
+        """Raise ``ValueError`` for a batch the pipeline cannot run (the processing object checked its fields)."""
+        counts = {len(self.prompts), len(self.negative_prompts), len(self.seeds), len(self.subseeds)}
+        if len(counts) != 1 or not self.prompts:
+            raise ValueError("prompts, negative_prompts, seeds and subseeds must have one entry per image")
+        if self.mask is not None and not self.init_images:
+            raise ValueError("a mask needs init_images")
+
+
+@dataclass
+class LatentStart:
+    """Where sampling starts: the latents at ``sigmas[0]``, the noise levels left to walk, and for img2img the
+    encoded init images and the inpainting mask (latent resolution), which the denoiser keeps outside the mask."""
+
+    latents: torch.Tensor
+    sigmas: torch.Tensor
+    init_latents: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+
+
 class Denoiser:
     """The model as a function of (x, sigma): classifier-free guidance, CFG rescale and the inpainting mask.
 
@@ -179,23 +246,28 @@ class Denoiser:
     the UNet sees ``c_in * x`` at the timestep of ``sigma`` and its output (eps, v or sample, per the model's
     config) becomes the denoised latent ``c_skip * x + c_out * output``. Guidance and its rescale are applied to
     the UNet's output, as before, so a checkpoint's ``guidance_rescale`` means what it was trained with.
+
+    The samplers call it at least once per step, first with the step's starting latents; so its first call of a
+    step is where the previous step ended: progress, previews and ``on_step_end(step, sigma, latents, denoised)``
+    (for the step just finished) happen there.
     """
 
-    def __init__(self, p, model, schedule: sd_samplers.ModelSchedule, encoder, cond_schedules, uncond_schedules,
-                 total_steps: int, state):
-        self.p, self.model, self.schedule, self.encoder, self.state = p, model, schedule, encoder, state
+    def __init__(self, request, model, schedule: sd_schedules.ModelSchedule, encoder, cond_schedules,
+                 uncond_schedules, total_steps: int, state, on_step_end: Callable | None = None):
+        self.request, self.model, self.schedule, self.encoder, self.state = request, model, schedule, encoder, state
         self.cond_schedules, self.uncond_schedules = cond_schedules, uncond_schedules
         self.total_steps = total_steps
+        self.on_step_end = on_step_end
         self.init_latents = self.mask = None
         self.last_denoised = None
 
     def __call__(self, x: torch.Tensor, sigma: float, step: int) -> torch.Tensor:
-        p, model, state = self.p, self.model, self.state
+        request, model, state = self.request, self.model, self.state
         if state.interrupted or state.skipped:
             raise _Interrupted
         if step != state.sampling_step:
-            self._step_done(step)
-        prompt_step = min(p.steps - 1, step * p.steps // max(1, self.total_steps))
+            self._step_done(step, x, sigma)
+        prompt_step = min(request.steps - 1, step * request.steps // max(1, self.total_steps))
         conds = [self.encoder.encode(prompt_parser.schedule_for_step(sch, prompt_step))
                  for sch in self.uncond_schedules + self.cond_schedules]
         context = _stack_padded(conds)
@@ -204,7 +276,7 @@ class Denoiser:
         model_in = (torch.cat([x, x]) * c_in).to(model.dtype)
         pred = model.unet(model_in, t, encoder_hidden_states=context).sample.float()
         pred_uncond, pred_cond = pred.chunk(2)
-        guided = pred_uncond + p.cfg_scale * (pred_cond - pred_uncond)
+        guided = pred_uncond + request.cfg_scale * (pred_cond - pred_uncond)
         if model.guidance_rescale:
             guided = rescale_guidance(guided, pred_cond, model.guidance_rescale)
         denoised = x * c_skip + guided * c_out
@@ -214,8 +286,11 @@ class Denoiser:
         self.last_denoised = denoised
         return denoised
 
-    def _step_done(self, step: int) -> None:
+    def _step_done(self, step: int, x: torch.Tensor, sigma: float) -> None:
+        """Step ``step - 1`` ended with ``x`` at ``sigma`` (the first input of step ``step``)."""
         self.state.sampling_step = step
+        if self.on_step_end is not None:
+            self.on_step_end(step - 1, sigma, x, self.last_denoised)
         if step and step % PREVIEW_EVERY == 0 and self.last_denoised is not None:
             self.state.current_image, self.state.current_image_step = preview_image(self.last_denoised), step
 
@@ -227,57 +302,91 @@ def _noise_source(generators, shape, device):
     return noise
 
 
+def prepare_txt2img_latents(noise: torch.Tensor, sigmas: torch.Tensor) -> LatentStart:
+    """txt2img starts from the seeded noise at the first noise level and walks every level."""
+    return LatentStart(noise * float(sigmas[0]), sigmas)
+
+
+def prepare_img2img_latents(request: SamplingRequest, model, noise: torch.Tensor, sigmas: torch.Tensor,
+                            factor: int) -> LatentStart:
+    """img2img starts part of the way: the init images encoded, noised to the level ``denoising_strength`` picks
+    (1 walks every level; 0 still walks the last step)."""
+    count = len(request.seeds)
+    init_images = (request.init_images * count)[:count]
+    init_latents = images_to_latents(init_images, model.vae, request.width, request.height, model.device,
+                                     model.dtype).float()
+    total_steps = len(sigmas) - 1
+    start = min(total_steps - 1, int(total_steps * (1 - float(request.denoising_strength))))
+    sigmas = sigmas[start:]
+    mask = None
+    if request.mask is not None:
+        mask = mask_to_latent(request.mask, request.width, request.height, factor, request.inpainting_mask_invert,
+                              model.device, torch.float32)
+    return LatentStart(init_latents + noise * float(sigmas[0]), sigmas, init_latents, mask)
+
+
 @torch.inference_mode()
-def sample_batch(p, model, prompts: list[str], negative_prompts: list[str], seeds: list[int], subseeds: list[int],
-                 settings, state) -> list[Image.Image]:
+def sample_batch(request: SamplingRequest, model, state, callback_on_step_end: Callable | None = None
+                 ) -> list[Image.Image]:
     """Generate one batch; returns PIL images.
 
     Args:
-        p (`StableDiffusionProcessing`): the request's fields (sampler, steps, size, CFG, init images, ...).
+        request (`SamplingRequest`): everything the images depend on besides the model.
         model (`SDModel`): the loaded checkpoint to run.
-        prompts, negative_prompts, seeds, subseeds (`list`): one entry per image of the batch.
-        settings (`GenerationSettings`): the effective options of this generation, captured once by
-            ``process_images_inner`` while its overrides were in effect; nothing here reads ``shared.opts``.
         state (`jobs.State`): where progress and previews go and interrupt/skip requests come from.
+        callback_on_step_end (`Callable`, *optional*): called after every sampling step with keyword arguments
+            ``step`` (index of the step just finished), ``total_steps`` (steps this batch walks), ``sigma`` (the
+            noise level the latents are at now; 0 after the last), ``latents`` (the step's result: what the next
+            step's first model call receives, or what is decoded after the last step) and ``denoised`` (the step's
+            last denoised prediction); both tensors are copies. Its return value is ignored. Not called for a
+            step cut short by interrupt or skip.
     """
-    device = model.device
+    # 0. Check inputs before any model work
+    request.check_inputs()
+    device, settings = model.device, request.settings
     # 1. Noise levels from the model's own config (prediction type, betas, zero SNR, spacing are the model's)
-    sampler, scheduler = sd_samplers.resolve_sampler_and_scheduler(p.sampler_name, p.scheduler)
-    schedule = sd_samplers.ModelSchedule(model.scheduler_config)
-    sigmas = sd_samplers.sigmas_for(sampler, scheduler, p.steps, schedule)
+    sampler, scheduler = sd_samplers.resolve_sampler_and_scheduler(request.sampler_name, request.scheduler)
+    schedule = sd_schedules.ModelSchedule(model.scheduler_config)
+    sigmas = sd_samplers.sigmas_for(sampler, scheduler, request.steps, schedule)
     total_steps = len(sigmas) - 1
     # 2. Conditioning schedules (prompt editing and alternation switch at their steps)
     encoder = PromptEncoder(model.tokenizer, model.text_encoder, settings.clip_skip, device, model.dtype)
-    cond_schedules = prompt_parser.get_learned_conditioning_prompt_schedules(prompts, p.steps)
-    uncond_schedules = prompt_parser.get_learned_conditioning_prompt_schedules(negative_prompts, p.steps)
-    denoiser = Denoiser(p, model, schedule, encoder, cond_schedules, uncond_schedules, total_steps, state)
-    # 3. Initial latents: seeded noise at the first sigma, or the init image noised to the starting sigma
+    cond_schedules = prompt_parser.get_learned_conditioning_prompt_schedules(list(request.prompts), request.steps)
+    uncond_schedules = prompt_parser.get_learned_conditioning_prompt_schedules(list(request.negative_prompts),
+                                                                               request.steps)
+    # 3. Seeded noise: the initial noise per image, and the per-step noise of ancestral/SDE samplers
     factor = 2 ** (len(model.vae.config.block_out_channels) - 1)
-    shape = (model.unet.config.in_channels, p.height // factor, p.width // factor)
-    noise = initial_noise(shape, seeds, subseeds, p.subseed_strength, device, settings.randn_source).float()
+    shape = (model.unet.config.in_channels, request.height // factor, request.width // factor)
+    noise = initial_noise(shape, request.seeds, request.subseeds, request.subseed_strength, device,
+                          settings.randn_source).float()
     ensd = settings.eta_noise_seed_delta
-    step_noise = _noise_source([torch.Generator("cpu").manual_seed(int(s) + ensd) for s in seeds], shape, device)
-    if p.mode == "img2img":
-        init_images = (p.init_images * len(seeds))[:len(seeds)]
-        init_latents = images_to_latents(init_images, model.vae, p.width, p.height, device, model.dtype).float()
-        start = min(total_steps - 1, int(total_steps * (1 - float(p.denoising_strength))))
-        sigmas = sigmas[start:]
-        denoiser.init_latents = init_latents
-        if p.mask is not None:
-            denoiser.mask = mask_to_latent(p.mask, p.width, p.height, factor, bool(p.inpainting_mask_invert),
-                                           device, torch.float32)
-        latents = init_latents + noise * float(sigmas[0])
+    step_noise = _noise_source([torch.Generator("cpu").manual_seed(int(s) + ensd) for s in request.seeds], shape,
+                               device)
+    # 4. Initial latents: txt2img from noise; img2img (the request holds init images) from its images
+    if request.init_images:
+        start = prepare_img2img_latents(request, model, noise, sigmas, factor)
     else:
-        latents = noise * float(sigmas[0])
-    eta = sampler.default_eta if p.eta is None else float(p.eta)
-    # 4. Sampling over the sigmas
-    state.sampling_steps, state.sampling_step = len(sigmas) - 1, 0
+        start = prepare_txt2img_latents(noise, sigmas)
+    sigmas, walked = start.sigmas, len(start.sigmas) - 1
+    step_end = None
+    if callback_on_step_end is not None:
+        def step_end(step, sigma, latents, denoised):
+            callback_on_step_end(step=step, total_steps=walked, sigma=float(sigma), latents=latents.clone(),
+                                 denoised=None if denoised is None else denoised.clone())
+    denoiser = Denoiser(request, model, schedule, encoder, cond_schedules, uncond_schedules, total_steps, state,
+                        on_step_end=step_end)
+    denoiser.init_latents, denoiser.mask = start.init_latents, start.mask
+    eta = sampler.default_eta if request.eta is None else float(request.eta)
+    # 5. Sampling over the sigmas
+    state.sampling_steps, state.sampling_step = walked, 0
     try:
-        latents = sampler.function(denoiser, latents, sigmas, step_noise, eta)
-        state.sampling_step = len(sigmas) - 1
+        latents = sampler.function(denoiser, start.latents, sigmas, step_noise, eta)
+        state.sampling_step = walked
+        if step_end is not None:
+            step_end(walked - 1, sigmas[-1], latents, denoiser.last_denoised)
     except _Interrupted:
-        latents = denoiser.last_denoised if denoiser.last_denoised is not None else latents
+        latents = denoiser.last_denoised if denoiser.last_denoised is not None else start.latents
     if denoiser.mask is not None:
         latents = denoiser.init_latents * (1 - denoiser.mask) + latents * denoiser.mask
-    # 5. Decode
+    # 6. Decode
     return latents_to_images(latents, model.vae)

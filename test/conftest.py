@@ -16,6 +16,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import pytest  # noqa: E402
 
 from modules import initialize, model_options, paths, plugins, sd_models, shared  # noqa: E402
+from modules.checkpoint_info import CheckpointInfo  # noqa: E402
 from modules.hookspecs import hookimpl  # noqa: E402
 
 # As modules.initialize does: the tests build the runtime without it.
@@ -75,6 +76,21 @@ def plugin_host():
     with plugins.use_host(plugins.Host(plugins.create_plugin_manager(), strict=True)) as host:
         initialize.register_core_plugin(host)
         yield host
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """The shipped tiny checkpoint, loaded once: real sampling at 64x64 in a fraction of a second."""
+    from modules import sd_models_loader
+    path = os.path.join(ROOT, "models", "Stable-diffusion", "serena-tiny-v1.safetensors")
+    return sd_models_loader.load_checkpoint(CheckpointInfo(path, os.path.basename(path), "0" * 64))
+
+
+@pytest.fixture
+def real_model(data_dir, tiny_model, monkeypatch):
+    """A loaded-models cache that runs every generation, whatever checkpoint it asks for, on the real tiny model."""
+    monkeypatch.setattr(sd_models, "model_manager", sd_models.LoadedModels(lambda info: tiny_model))
+    return tiny_model
 
 
 @pytest.fixture

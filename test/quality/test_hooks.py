@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import math
 import re
 import threading
 from pathlib import Path
@@ -21,9 +22,10 @@ from types import SimpleNamespace
 
 import pluggy
 import pytest
+import torch
 from PIL import Image
 
-from modules import extensions, hookspecs, plugins, processing, shared
+from modules import extensions, hookspecs, plugins, processing, sd_pipeline, shared
 from modules.hookspecs import hookimpl
 from modules.runtime_utils import active_overrides, temporary_opts
 
@@ -367,6 +369,102 @@ def test_hook_on_process(fake_models, register):
     processed = processing.process_images(make_p(override_settings={"CLIP_stop_at_last_layers": 2}))
     assert processed.all_prompts == ["A CAT"]
     assert infotext_fields(processed.infotexts[0])["Seen clip skip"] == "2"
+
+
+def test_hook_on_sampling_step(real_model, register, monkeypatch):
+    """A real generation: one call per step, with the latents sampling goes on from and, at the end, decodes."""
+    calls, unet_inputs = [], []
+
+    class Steps:
+        @hookimpl
+        def on_sampling_step(self, p, request, step, total_steps, sigma, latents, denoised):
+            calls.append(SimpleNamespace(p=p, request=request, step=step, total=total_steps, sigma=sigma,
+                                         latents=latents, denoised=denoised,
+                                         clip_skip=shared.opts.CLIP_stop_at_last_layers))
+
+    forward = real_model.unet.forward
+
+    def recording(sample, timestep, **kw):
+        unet_inputs.append(sample.clone())
+        return forward(sample, timestep, **kw)
+
+    monkeypatch.setattr(real_model.unet, "forward", recording)
+    register(Steps(), "step-observer")
+    p = processing.StableDiffusionProcessingTxt2Img(prompt="a red circle", sampler_name="Euler", steps=3, width=64,
+                                                    height=64, seed=3, do_not_save_samples=True,
+                                                    override_settings={"CLIP_stop_at_last_layers": 2})
+    processed = processing.process_images(p)
+    assert [c.step for c in calls] == [0, 1, 2] and {c.total for c in calls} == {3}
+    assert all(c.p is p and c.request.seeds == (3,) and c.request.steps == 3 and c.clip_skip == 2 for c in calls)
+    sigmas = [c.sigma for c in calls]
+    assert sigmas == sorted(sigmas, reverse=True) and sigmas[-1] == 0.0 and sigmas[0] > 0
+    # Euler calls the UNet once per step, with c_in * x: the latents after step k are what step k + 1 receives...
+    assert len(unet_inputs) == 3
+    for call, model_in in zip(calls, unet_inputs[1:]):
+        c_in = 1 / math.sqrt(call.sigma**2 + 1)
+        assert torch.equal(model_in, (torch.cat([call.latents, call.latents]) * c_in).to(model_in.dtype))
+    # ...and the last step's are what is decoded (Euler's last step to sigma 0 lands on the denoised estimate).
+    assert torch.equal(calls[-1].latents, calls[-1].denoised)
+    with torch.inference_mode():
+        decoded = sd_pipeline.latents_to_images(calls[-1].latents, real_model.vae)[0]
+    assert decoded.tobytes() == processed.images[0].tobytes()
+
+
+def test_sampling_step_is_not_looked_up_per_step_when_unobserved(fake_models, monkeypatch):
+    """No implementation: the pipeline gets no callback at all, so its steps cost exactly what they did."""
+    callbacks = []
+
+    def sample_batch(request, model, state, callback_on_step_end=None):
+        callbacks.append(callback_on_step_end)
+        return [Image.new("RGB", (request.width, request.height)) for _ in request.seeds]
+
+    monkeypatch.setattr(sd_pipeline, "sample_batch", sample_batch)
+    p = processing.StableDiffusionProcessingTxt2Img(prompt="x", steps=2, width=64, height=64, n_iter=2,
+                                                    do_not_save_samples=True)
+    assert len(processing.process_images(p).images) == 2 and callbacks == [None, None]
+
+
+def test_sampling_step_observers_change_no_pixel(real_model, register, lenient_hooks):
+    """Two code paths on one machine: a masked img2img with an ancestral sampler gives the same pixels with an
+    observer that scribbles on its tensors and fails at every step as with none; each failure is a warning."""
+    init = processing.process_images(processing.StableDiffusionProcessingTxt2Img(
+        prompt="a blue square", steps=2, width=64, height=64, seed=8, do_not_save_samples=True)).images[0]
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+
+    def img2img():
+        return processing.process_images(processing.StableDiffusionProcessingImg2Img(
+            prompt="a red circle", sampler_name="Euler a", steps=4, width=64, height=64, seed=5, init_images=[init],
+            mask=mask, denoising_strength=0.6, do_not_save_samples=True))
+
+    alone = img2img()
+
+    class Scribbler:
+        @hookimpl
+        def on_sampling_step(self, latents, denoised):
+            latents.mul_(0)
+            denoised.add_(1)
+            raise RuntimeError("scribbled")
+
+    register(Scribbler(), "scribbler")
+    observed = img2img()
+    assert observed.images[0].tobytes() == alone.images[0].tobytes()
+    failures = [w for w in observed.warnings if "scribbler" in w]
+    assert len(failures) == 3 and all("on_sampling_step" in w for w in failures)  # strength 0.6 of 4 steps: 3
+
+
+def test_a_failing_step_observer_fails_a_strict_generation(real_model, register):
+    class Failing:
+        @hookimpl
+        def on_sampling_step(self, step):
+            raise RuntimeError(f"step {step}")
+
+    register(Failing(), "failing-observer")
+    with pytest.raises(plugins.HookError) as info:
+        processing.process_images(processing.StableDiffusionProcessingTxt2Img(
+            prompt="x", steps=2, width=64, height=64, do_not_save_samples=True))
+    assert (info.value.plugin, info.value.hook, str(info.value.__cause__)) == (
+        "failing-observer", "on_sampling_step", "step 0")
 
 
 def test_hook_on_infotext(fake_models, register):

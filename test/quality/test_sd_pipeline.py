@@ -69,7 +69,7 @@ class _Encoder:
 
 
 def _denoiser(v, guidance_rescale=0.0):
-    from modules import sd_samplers
+    from modules import sd_schedules
     from modules.sd_pipeline import Denoiser
 
     config = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
@@ -78,7 +78,7 @@ def _denoiser(v, guidance_rescale=0.0):
     model = SimpleNamespace(unet=unet, dtype=torch.float32, guidance_rescale=guidance_rescale)
     p = SimpleNamespace(steps=4, cfg_scale=3.0)
     state = SimpleNamespace(interrupted=False, skipped=False, sampling_step=0)
-    schedule = sd_samplers.ModelSchedule(config)
+    schedule = sd_schedules.ModelSchedule(config)
     return Denoiser(p, model, schedule, _Encoder(), [[[4, "a"]]], [[[4, ""]]], 4, state), unet, schedule, state
 
 
@@ -107,3 +107,52 @@ def test_denoiser_mask_keeps_the_init_latents_and_interrupt_raises():
     state.interrupted = True
     with pytest.raises(_Interrupted):
         denoiser(torch.randn(1, 4, 2, 2), 1.0, 2)
+
+
+def _img2img(**kw):
+    from PIL import Image
+
+    from modules import processing
+
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (8, 8, 40, 40))
+    fields = dict(prompt="a red circle", steps=3, width=64, height=64, seed=4, subseed=9, subseed_strength=0.3,
+                  init_images=[Image.new("RGB", (64, 64), (200, 30, 30))], mask=mask, inpainting_mask_invert=1,
+                  denoising_strength=0.5, do_not_save_samples=True)
+    return processing.StableDiffusionProcessingImg2Img(**dict(fields, **kw))
+
+
+def _request_of(p):
+    return p.sampling_request(p.all_prompts, p.all_negative_prompts, p.all_seeds, p.all_subseeds)
+
+
+def test_the_request_is_frozen_and_img2img_is_what_it_holds(data_dir):
+    import dataclasses
+
+    from modules import processing
+
+    txt = processing.StableDiffusionProcessingTxt2Img(prompt="a", negative_prompt="b", seed=2, batch_size=2)
+    txt.init_seeds()
+    request = _request_of(txt)
+    assert (request.prompts, request.negative_prompts, request.seeds) == (("a", "a"), ("b", "b"), (2, 3))
+    assert request.init_images == () and request.mask is None and request.settings is txt.settings
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        request.steps = 3
+    img = _img2img()
+    img.init_seeds()
+    request = _request_of(img)
+    assert request.init_images == tuple(img.init_images) and request.mask is img.mask
+    assert request.denoising_strength == 0.5 and request.inpainting_mask_invert is True
+    with pytest.raises(ValueError, match="one entry per image"):
+        dataclasses.replace(request, seeds=()).check_inputs()
+
+
+def test_the_request_alone_gives_the_generations_pixels(real_model):
+    """The pipeline reads nothing of ``p``: the request a generation built, sampled with no ``p`` around, gives
+    the same pixels (masked img2img with a variation seed: the request with the most fields)."""
+    from modules import jobs, processing, sd_pipeline
+
+    p = _img2img()
+    processed = processing.process_images(p)
+    images = sd_pipeline.sample_batch(_request_of(p), real_model, jobs.state)
+    assert images[0].tobytes() == processed.images[0].tobytes()

@@ -1,4 +1,4 @@
-"""modules.sd_samplers: schedule types, samplers over explicit sigmas, name resolution."""
+"""modules.sd_schedules and modules.sd_samplers: schedule types, samplers over explicit sigmas, name resolution."""
 
 import math
 
@@ -7,8 +7,6 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from modules.sd_samplers import (
-    ModelSchedule,
-    all_schedulers,
     resolve_sampler,
     resolve_sampler_and_scheduler,
     resolve_scheduler,
@@ -16,6 +14,7 @@ from modules.sd_samplers import (
     schedulers_for_api,
     sigmas_for,
 )
+from modules.sd_schedules import ModelSchedule, all_schedulers
 
 SD15 = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000,
         "steps_offset": 1, "prediction_type": "epsilon"}
