@@ -221,6 +221,41 @@ def effective_checkpoint() -> CheckpointInfo:
     return info
 
 
+#: A1111's defaults, for a checkpoint that declares neither: 512 is exactly SD 1.x's native size.
+SD_DEFAULT_SIZE = 512
+SD_DEFAULT_CFG_SCALE = 7.0
+
+
+@dataclass(frozen=True)
+class CheckpointDefaults:
+    """What a generation that does not say otherwise uses with a checkpoint: the image side it was made for and
+    the CFG scale it recommends."""
+
+    size: int = SD_DEFAULT_SIZE
+    cfg_scale: float = SD_DEFAULT_CFG_SCALE
+
+
+def checkpoint_defaults(override_settings: dict | None = None) -> CheckpointDefaults:
+    """The defaults of the checkpoint a generation with ``override_settings`` runs on: its
+    ``sd_model_checkpoint`` first (as the generation loads it), else the effective setting, else the default one.
+
+    Read from the cached inspection (``model_manager.facts``), so no weight and no file is read twice. The one
+    place the API (a request without ``width``/``height``), the UI (the tabs' starting values) and the CLI
+    (``--txt2img`` without ``--width``/``--cfg-scale``) get them from. A checkpoint that is unknown or cannot load
+    gets A1111's defaults: the generation refuses it by name before anything runs at that size.
+    """
+    name = (override_settings or {}).get("sd_model_checkpoint")
+    try:
+        facts = model_manager.facts(resolve_checkpoint(name) if name else effective_checkpoint())
+    except ValueError as e:
+        log.info("checkpoint defaults unknown (%s)", e)
+        facts = None
+    if facts is None:
+        return CheckpointDefaults()
+    return CheckpointDefaults(size=facts.native_size or SD_DEFAULT_SIZE,
+                              cfg_scale=facts.cfg_scale if facts.cfg_scale is not None else SD_DEFAULT_CFG_SCALE)
+
+
 DEFAULT_CHECKPOINT_FILE = "serena-shapes-v1.safetensors"
 
 

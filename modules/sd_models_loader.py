@@ -83,17 +83,33 @@ class ModelFacts:
 
     ``text_encoder_layers`` bounds clip skip (``CLIP_stop_at_last_layers``); ``latent_channels`` is what a VAE
     must produce and consume to work with the UNet. ``None`` where it does not apply (a VAE has no text encoder).
+    ``native_size`` is the image side the checkpoint was made for (UNet sample size times the VAE's factor) and
+    ``cfg_scale`` the CFG scale it recommends (``serena_config`` sampling metadata), both ``None`` when unknown;
+    ``modules.sd_models.checkpoint_defaults`` turns them into a generation's defaults.
     """
 
     text_encoder_layers: int | None
     latent_channels: int
+    native_size: int | None = None
+    cfg_scale: float | None = None
 
 
-def model_facts(unet=None, vae=None, text_encoder=None) -> ModelFacts:
+def model_facts(unet=None, vae=None, text_encoder=None, sampling=None) -> ModelFacts:
     """``ModelFacts`` of loaded (or meta) components; a checkpoint's latent channels are its UNet's output."""
     layers = int(text_encoder.config.num_hidden_layers) if text_encoder is not None else None
     channels = int(unet.config.out_channels) if unet is not None else int(vae.config.latent_channels)
-    return ModelFacts(text_encoder_layers=layers, latent_channels=channels)
+    size = _native_size(unet.config, vae.config) if unet is not None and vae is not None else None
+    return ModelFacts(text_encoder_layers=layers, latent_channels=channels, native_size=size,
+                      cfg_scale=(sampling or {}).get("cfg_scale"))
+
+
+def _native_size(unet_config, vae_config) -> int | None:
+    """``sample_size * 2 ** (len(block_out_channels) - 1)``: the latent side times the VAE's downscaling."""
+    try:
+        size = int(unet_config["sample_size"]) * 2 ** (len(vae_config["block_out_channels"]) - 1)
+    except (KeyError, TypeError, ValueError):
+        return None
+    return size if size >= 8 else None
 
 
 class SDModel:
@@ -125,7 +141,7 @@ class SDModel:
 
     @property
     def facts(self) -> ModelFacts:
-        return model_facts(self.unet, None, self.text_encoder)
+        return model_facts(self.unet, self._own_vae, self.text_encoder, {"cfg_scale": self.cfg_scale})
 
     @property
     def sd_model_hash(self) -> str:
@@ -205,8 +221,8 @@ def inspect_checkpoint(path: str, *, allow_pickle: bool = False) -> ModelFacts:
     """
     if os.path.isdir(path):
         return _inspect_diffusers_folder(path)
-    (unet, _, text_encoder, _), _ = _ldm_file_components(path, META, torch.float32, allow_pickle)
-    return model_facts(unet, None, text_encoder)
+    (unet, vae, text_encoder, _), sampling = _ldm_file_components(path, META, torch.float32, allow_pickle)
+    return model_facts(unet, vae, text_encoder, sampling)
 
 
 def inspect_vae(path: str) -> ModelFacts:
@@ -493,6 +509,7 @@ def _inspect_diffusers_folder(folder: str) -> ModelFacts:
             raise ValueError(f"{name}: cannot load {sub}/config.json: {e}") from e
     try:
         return ModelFacts(text_encoder_layers=int(configs["text_encoder"]["num_hidden_layers"]),
-                          latent_channels=int(configs["unet"].get("out_channels", 4)))
+                          latent_channels=int(configs["unet"].get("out_channels", 4)),
+                          native_size=_native_size(configs["unet"], configs["vae"]))
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{name}: text_encoder/config.json lacks a valid num_hidden_layers: {e}") from None

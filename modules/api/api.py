@@ -1,366 +1,43 @@
 """The HTTP API: A1111's ``/sdapi/v1`` routes and Serena's ``/serena/v1``, registered on a FastAPI app.
 
-Handlers are thin: they turn a request into a processing object (``build_processing``), queue it through
-``jobs.run_job`` and shape the result as A1111 clients parse it. Everything a request can get wrong is checked
-before it queues: fields (sampler, scheduler, size limits, images, scripts) and every override key
-(``opts.check``), so a bad request never waits behind a running generation and never changes anything.
+Handlers are thin: they turn a request into a processing object (``build_processing``, over the preparation the UI
+and the CLI share: ``modules.request_preparation``), queue it through ``jobs.run_job`` and shape the result as
+A1111 clients parse it. Everything a request can get wrong is checked before it queues: fields (sampler, scheduler,
+size limits, images, scripts) and every override key (``opts.check``), so a bad request never waits behind a
+running generation and never changes anything.
 
-Errors keep A1111's JSON shape ``{"error", "detail", "body", "errors"}`` (see ``error_response``); request
-validation stays FastAPI's own ``422 {"detail": [...]}``.
+Errors keep A1111's JSON shape ``{"error", "detail", "body", "errors"}`` (``modules.api.errors``); request
+validation stays FastAPI's own ``422 {"detail": [...]}``. Bodies are read within limits by
+``modules.api.request_body``, images decoded and encoded by ``modules.api.image_codec``.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import dataclasses
 import io
-import json
 import logging
-import math
-import re
 import secrets
 import sys
-from collections.abc import Mapping
 from typing import Any
 
 from fastapi import Depends, HTTPException
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
-from PIL import Image, UnidentifiedImageError
-from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from modules import (extensions, images, infotext, jobs, native_size, plugins, processing, runtime_utils, sd_models,
-                     sd_samplers, sd_vae, shared, upscalers)
+from modules import (extensions, image_parameters, infotext, jobs, plugins, processing, request_preparation,
+                     runtime_utils, sd_models, sd_samplers, sd_vae, settings_change, shared, upscalers)
 from modules.api import models
-from modules.option_info import OptionError, same_value
-from modules.options import OptionsRejected, SettingsFrozenError, SettingsSaveError
-from modules.runtime_utils import OverrideError
+from modules.api.errors import validation_error_response
+from modules.api.image_codec import check_image_count, decode_images, encode_image
+from modules.api.request_body import ApiRoute
+from modules.option_info import same_value
+from modules.request_preparation import RequestFieldError
 
 log = logging.getLogger("serena.api")
 
 # Largest side extras may produce: a scale of 8 on a big image would otherwise allocate gigabytes.
 MAX_UPSCALED_SIDE = 8192
-
-# Infotext keys that fill request fields (A1111's paste fields for the API).
-_INFOTEXT_FIELDS = {
-    "Prompt": "prompt", "Negative prompt": "negative_prompt", "Steps": "steps", "Sampler": "sampler_name",
-    "Schedule type": "scheduler", "CFG scale": "cfg_scale", "Seed": "seed", "Size-1": "width", "Size-2": "height",
-    "Variation seed": "subseed", "Variation seed strength": "subseed_strength",
-    "Denoising strength": "denoising_strength",
-}
-
-
-# -- errors ----------------------------------------------------------------------------------------------------
-
-
-class RequestFieldError(ValueError):
-    """Request fields Serena cannot act on (unknown sampler, too large, bad image...): ``errors`` maps each to why."""
-
-    status_code = 422
-
-    def __init__(self, errors: Mapping[str, str]):
-        self.errors = dict(errors)
-        super().__init__("; ".join(f"{k}: {v}" for k, v in self.errors.items()))
-
-
-class RequestTooLarge(RequestFieldError):
-    """A request body above ``api_max_request_bytes`` (before any of it is parsed) or holding more JSON values than
-    ``api_max_json_values`` (before it is validated): 413."""
-
-    status_code = 413
-
-
-def _error_body(error: str, detail: str, errors: Any = "") -> dict:
-    return {"error": error, "detail": detail, "body": "", "errors": errors}
-
-
-def error_response(e: Exception) -> JSONResponse:
-    """A1111's error JSON for ``e``; 4xx for what the client can fix, 500 (traceback logged) for the rest."""
-    if isinstance(e, StarletteHTTPException):  # FastAPI's HTTPException is one
-        return JSONResponse(_error_body(type(e).__name__, str(e.detail or ""), str(e)), status_code=e.status_code,
-                            headers=e.headers)
-    if isinstance(e, SettingsFrozenError):
-        return JSONResponse(_error_body(type(e).__name__, str(e), {e.key: e.reason}), status_code=403)
-    if isinstance(e, (OptionsRejected, RequestFieldError)):  # OverrideError is an OptionsRejected
-        return JSONResponse(_error_body(type(e).__name__, str(e), e.errors),
-                            status_code=getattr(e, "status_code", 422))
-    if isinstance(e, OptionError):
-        return JSONResponse(_error_body(type(e).__name__, str(e), {e.key: e.reason}), status_code=422)
-    if isinstance(e, SettingsSaveError):  # the server's disk, not the client: a 5xx; nothing was changed
-        log.error("API error: %s", e)
-        return JSONResponse(_error_body(type(e).__name__, str(e), str(e)), status_code=500)
-    log.error("API error: %s: %s", type(e).__name__, e, exc_info=e)
-    return JSONResponse(_error_body(type(e).__name__, "", str(e)), status_code=500)
-
-
-# What a 422 echoes of the input is cut to this: an error about a 100 MB field must not send it back.
-_ECHO_CHARS, _ECHO_ITEMS, _ECHO_DEPTH = 200, 50, 8
-# Errors listed in one 422: a list of a million wrong items is a million errors, and their JSON 50 times the body.
-_MAX_LISTED = 100
-
-
-def _json_safe(value, depth: int = 0):
-    """``value`` as JSON can always carry it (no NaN, no lone surrogate, no unencodable object), cut short.
-
-    FastAPI's own handler echoes the input as it came, so ``NaN`` in an int field, a lone surrogate or nesting
-    deeper than the encoder's recursion limit made the 422 itself fail with a 500.
-    """
-    if value is None or isinstance(value, (bool, int)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else json.dumps(value)  # "NaN", "Infinity": what the client sent
-    if isinstance(value, bytes):
-        value = value[:_ECHO_CHARS * 4].decode("utf-8", "backslashreplace")
-    if isinstance(value, str):
-        text = value if len(value) <= _ECHO_CHARS else value[:_ECHO_CHARS] + "..."
-        return text if text.isascii() else text.encode("utf-8", "backslashreplace").decode("utf-8")
-    if isinstance(value, (dict, list, tuple)) and depth >= _ECHO_DEPTH:
-        return "..."
-    if isinstance(value, dict):
-        return {_json_safe(str(k)): _json_safe(v, depth + 1) for k, v in list(value.items())[:_ECHO_ITEMS]}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v, depth + 1) for v in value[:_ECHO_ITEMS]]
-    return _json_safe(str(value))
-
-
-def validation_error_response(request, exc: RequestValidationError) -> JSONResponse:
-    """FastAPI's ``422 {"detail": [...]}``: the first ``_MAX_LISTED`` errors, each made JSON-safe (``_json_safe``),
-    and one ``too_many_errors`` entry counting the rest."""
-    errors = exc.errors()
-    detail = [_json_safe(error, -1) for error in errors[:_MAX_LISTED]]  # -1: the input's depth counts from 0
-    if len(errors) > _MAX_LISTED:
-        detail.append({"type": "too_many_errors", "loc": ["body"], "input": None,
-                       "msg": f"{len(errors) - _MAX_LISTED} more errors not listed"})
-    return JSONResponse({"detail": detail}, status_code=422)
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _body_problems(body, max_values: int) -> list[dict]:
-    """Where a parsed JSON body holds what is not JSON text: ``NaN``/``Infinity`` (Python's and JavaScript's
-    encoders write them; RFC 8259 has no such numbers) and lone surrogates (``"\\ud800"``: valid JSON syntax, but no
-    Unicode character), in values or keys. Each as a FastAPI validation error whose ``loc`` is its place in the
-    body; the first ``_MAX_LISTED``, in document order.
-
-    Anywhere in the body, not only in typed fields: ``override_settings``, ``comments`` or an option value would
-    otherwise carry them into options, the tokenizer or the response. A body of more than ``max_values`` values is
-    ``RequestTooLarge``. Depth first with a stack of iterators and paths as linked ``(parent, key)`` pairs: memory
-    grows with the depth only, and a value costs the same at any depth.
-    """
-    problems: list[dict] = []
-
-    def report(path, key, kind, value) -> bool:
-        loc = [key]
-        while path is not None:
-            path, step = path
-            loc.append(step)
-        message = ("Input should be a finite number" if kind == "finite_number"
-                   else "Input should be Unicode text; it holds a lone surrogate")
-        problems.append({"type": kind, "loc": tuple(reversed(loc)), "msg": message, "input": value})
-        return len(problems) >= _MAX_LISTED
-
-    stack = [(None, iter((("body", body),)))]
-    count = 0
-    while stack:
-        path, children = stack[-1]
-        for key, value in children:
-            count += 1
-            if count > max_values:
-                raise RequestTooLarge({"body": f"more than {max_values} JSON values are above this server's limit "
-                                               f"(option api_max_json_values)"})
-            if type(key) is str and not key.isascii() and _SURROGATE.search(key):  # the key is the bad text
-                if report(path, key, "string_unicode", key):
-                    return problems
-                continue
-            kind = type(value)
-            if kind is str:
-                if not value.isascii() and _SURROGATE.search(value) and report(path, key, "string_unicode", value):
-                    return problems
-            elif kind is float:
-                if not math.isfinite(value) and report(path, key, "finite_number", value):
-                    return problems
-            elif kind is dict or kind is list:
-                stack.append(((path, key), iter(value.items()) if kind is dict else enumerate(value)))
-                break
-        else:
-            stack.pop()
-    return problems
-
-
-def _is_json(request) -> bool:
-    # FastAPI's rule: a body is parsed as JSON when its content type is application/json or application/*+json.
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
-
-
-async def read_request(request, has_body: bool) -> None:
-    """Read the body within ``api_max_request_bytes`` (``RequestTooLarge``) and, for a route with a JSON body,
-    parse it and check it (``RequestValidationError``); the route then uses what was read here.
-
-    A body that is not JSON text (invalid UTF-8, nested too deep for the parser, an integer of more digits than
-    Python converts, a syntax error) is FastAPI's ``422 json_invalid``, as FastAPI answers a syntax error; what
-    ``_body_problems`` finds is a 422 naming each place.
-    """
-    limit = shared.opts.api_max_request_bytes
-
-    def too_large(size: str) -> RequestTooLarge:
-        return RequestTooLarge({"body": f"{size} is above this server's limit of {limit} bytes "
-                                        f"(option api_max_request_bytes)"})
-
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit:
-        raise too_large(f"a body of {int(length)} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():  # a chunked body has no Content-Length: counted as it arrives
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            raise too_large(f"a body of at least {size} bytes")
-    body = request._body = b"".join(chunks)  # Starlette's cache of the body: the route reads it from there
-    if not (has_body and body and _is_json(request)):
-        return
-    try:
-        parsed = await request.json()  # cached too, for the route
-    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        position = getattr(e, "pos", None) or getattr(e, "start", None) or 0
-        reason = "nested too deeply" if isinstance(e, RecursionError) else getattr(e, "msg", None) or str(e)
-        raise RequestValidationError([{"type": "json_invalid", "loc": ("body", position), "msg": "JSON decode error",
-                                       "input": {}, "ctx": {"error": reason}}]) from None
-    # In a worker thread: walking a big body must not stall /progress and /interrupt on the event loop.
-    problems = await run_in_threadpool(_body_problems, parsed, shared.opts.api_max_json_values)
-    if problems:
-        raise RequestValidationError(problems)
-
-
-class ApiRoute(APIRoute):
-    """A route whose errors come back in A1111's shape. Scoped to the API's routes: the UI's stay untouched."""
-
-    def get_route_handler(self):
-        handler = super().get_route_handler()
-        has_body = self.body_field is not None
-
-        async def shaped_handler(request):
-            try:
-                await read_request(request, has_body)
-                return await handler(request)
-            except RequestValidationError:
-                raise  # FastAPI's 422 {"detail": [...]} (made JSON-safe by ``validation_error_response``)
-            except Exception as e:  # noqa: BLE001 - every failure becomes a response; none may hang the client
-                return error_response(e)
-
-        return shaped_handler
-
-
-# -- images ----------------------------------------------------------------------------------------------------
-
-_DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
-_ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
-
-
-def _open_image(data: str, field: str) -> Image.Image:
-    """A PIL image from base64 or a data URL, its header read but not its pixels; ``RequestFieldError`` naming
-    ``field`` when it is not one.
-
-    URLs are refused: the server never fetches what a request points at.
-    """
-    if not isinstance(data, str) or not data.strip():
-        raise RequestFieldError({field: "no image given"})
-    if data.startswith(("http://", "https://")):
-        raise RequestFieldError({field: "URLs are not fetched; send the image as base64 or a data URL"})
-    payload = _DATA_URL.sub("", data.strip(), count=1)
-    try:
-        raw = base64.b64decode("".join(payload.split()), validate=True)
-    except (binascii.Error, ValueError):
-        raise RequestFieldError({field: "not valid base64"}) from None
-    try:
-        image = Image.open(io.BytesIO(raw))
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        raise RequestFieldError({field: f"not a readable image ({e})"}) from None
-    if image.format not in _ACCEPTED_FORMATS:
-        raise RequestFieldError({field: f"{image.format} images are not accepted; send PNG, JPEG or WEBP"})
-    return image
-
-
-def check_image_count(images: list, field: str) -> None:
-    """``RequestFieldError`` naming ``field`` when a request sends more images than ``api_max_input_images``."""
-    limit = shared.opts.api_max_input_images
-    if len(images) > limit:
-        raise RequestFieldError({field: f"{len(images)} images are above this server's limit of {limit} "
-                                        f"(option api_max_input_images)"})
-
-
-def decode_images(items: list[tuple[str, str]]) -> list[Image.Image]:
-    """The images of ``(field, base64)`` pairs, decoded; ``RequestFieldError`` naming the field when one is not an
-    image, or when together they hold more pixels than ``api_max_input_pixels``.
-
-    The pixel limit is checked from the headers, before any pixel is decoded: a 13,000 x 13,000 PNG of one colour
-    is 27 KB of base64 and 565 MB once decoded.
-    """
-    opts = shared.opts
-    opened = [(field, _open_image(data, field)) for field, data in items]
-    total = 0
-    for field, image in opened:
-        total += image.width * image.height
-        if total > opts.api_max_input_pixels:
-            raise RequestFieldError({field: f"the images up to this one hold {total} pixels, above this server's "
-                                            f"limit of {opts.api_max_input_pixels} for one request (option "
-                                            f"api_max_input_pixels)"})
-    for field, image in opened:
-        try:
-            image.load()
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
-            raise RequestFieldError({field: f"not a readable image ({e})"}) from None
-    return [image for _, image in opened]
-
-
-# EXIF segments hold at most 64 KiB; longer parameters only fit in a PNG text chunk.
-_EXIF_TEXT_LIMIT = 60000
-
-
-def encode_image(image: Image.Image) -> str:
-    """Raw base64 of ``image`` in ``samples_format`` with its ``parameters`` embedded (as saved files are).
-
-    JPEG/WEBP is used when it keeps everything: no alpha channel and parameters short enough for EXIF;
-    otherwise PNG (a text chunk holds any length and keeps transparency).
-    """
-    parameters = image.info.get("parameters")
-    fmt = str(shared.opts.samples_format).lower()
-    simple = image.mode in ("RGB", "L") and len((parameters or "").encode("utf-16-be")) < _EXIF_TEXT_LIMIT
-    if fmt not in ("jpg", "jpeg", "webp") or not simple:
-        fmt = "png"
-    buffer = io.BytesIO()
-    images.encode_image(image, fmt, parameters, buffer)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def read_parameters(image: Image.Image) -> tuple[str, dict]:
-    """The ``parameters`` text of an image (PNG text chunk or EXIF UserComment) and its other metadata."""
-    items = {k: v for k, v in image.info.items() if isinstance(v, (str, int, float, bool))}
-    text = items.pop("parameters", None)
-    if text is None:
-        exif = image.getexif()
-        comment = exif.get(0x9286) or exif.get_ifd(0x8769).get(0x9286)
-        text = _exif_text(comment) if comment else None
-    for key in ("exif", "icc_profile"):
-        items.pop(key, None)
-    return text or "", items
-
-
-def _exif_text(value) -> str:
-    if isinstance(value, str):
-        return value
-    if value[:8] == b"UNICODE\0":
-        body = value[8:]
-        # Writers disagree on the byte order of UNICODE; a BOM or the zero bytes of ASCII text tell.
-        return body.decode("utf-16-le" if body[1:2] == b"\0" else "utf-16-be", errors="replace")
-    if value[:8] in (b"ASCII\0\0\0", b"\0" * 8):
-        value = value[8:]
-    return value.decode("utf-8", errors="replace")
 
 
 # -- from request to processing object --------------------------------------------------------------------------
@@ -400,24 +77,6 @@ def _check_scripts(req) -> dict:
     return errors
 
 
-def _resolve_sampling(req) -> tuple[dict, dict]:
-    """Canonical sampler and schedule type names; A1111's old combined names ("DPM++ 2M Karras") are read too."""
-    sampler_field = "sampler_name" if req.sampler_name else "sampler_index"
-    name = req.sampler_name or req.sampler_index
-    try:
-        sampler, scheduler = sd_samplers.resolve_sampler_and_scheduler(name, req.scheduler)
-    except ValueError:
-        errors = {}
-        for field, resolve, value in ((sampler_field, sd_samplers.resolve_sampler, name),
-                                      ("scheduler", sd_samplers.resolve_scheduler, req.scheduler)):
-            try:
-                resolve(value)
-            except ValueError as e:
-                errors[field] = str(e)
-        return {}, errors
-    return {"sampler_name": sampler.name, "scheduler": scheduler.label}, {}
-
-
 def _check_infotext_size(text: str, field: str) -> None:
     # Parsing is linear, but a text of megabytes would still hold a worker thread for seconds.
     limit = shared.opts.api_max_infotext_chars
@@ -428,30 +87,25 @@ def _check_infotext_size(text: str, field: str) -> None:
 
 def apply_infotext(req):
     """``(req, warnings)``: ``req`` with the fields it did not set filled from ``req.infotext``, and the infotext's
-    settings added to ``override_settings`` where not given (A1111's ``apply_infotext``).
+    settings added to ``override_settings`` where not given (A1111's ``apply_infotext``, through the shared
+    ``request_preparation.paste_infotext``).
 
-    The checkpoint in an infotext is not applied: A1111 does not switch models on paste by default
-    (``disable_weights_auto_swap``), and an image made on a model this server lacks must still be reproducible.
+    Settings read from someone else's infotext (a VAE this server lacks, say) are skipped with a warning; only
+    overrides the client itself sent are an error. A value that is not of its option's type is a 422.
     """
     if not req.infotext:
         return req, []
     _check_infotext_size(req.infotext, "infotext")
     try:
-        params = infotext.parse_generation_parameters(req.infotext)
-        from_text = infotext.infotext_to_overrides(params, shared.opts.data_labels)
+        pasted = request_preparation.paste_infotext(req.infotext)
     except (TypeError, ValueError) as e:
         raise RequestFieldError({"infotext": str(e)}) from None
-    data = {field: params[key] for key, field in _INFOTEXT_FIELDS.items() if key in params and params[key] != ""}
+    if pasted.unreadable:
+        raise RequestFieldError({"infotext": "; ".join(pasted.unreadable.values())})
+    data = {name: value for name, value in pasted.fields.items() if name in type(req).model_fields}
     data.update(req.model_dump(exclude_unset=True))
-    from_text.pop("sd_model_checkpoint", None)
-    from_text = {k: v for k, v in from_text.items() if v != shared.opts.get(k)}
-    # Settings read from someone else's infotext (a VAE this server lacks, say) are skipped with a warning; only
-    # overrides the client itself sent are an error.
-    check = shared.opts.check(from_text, for_override=True)
-    warnings = [f"infotext setting {k} not applied: {reason}" for k, reason in check.errors.items()]
-    overrides = {k: v for k, v in from_text.items() if k not in check.errors}
-    overrides.update(req.override_settings or {})
-    data["override_settings"] = overrides
+    warnings = [f"infotext setting {k} not applied: {reason}" for k, reason in pasted.rejected.items()]
+    data["override_settings"] = {**pasted.overrides, **(req.override_settings or {})}
     try:
         return type(req).model_validate(data), warnings
     except ValueError as e:
@@ -460,17 +114,14 @@ def apply_infotext(req):
 
 def fill_native_size(req):
     """``req`` with an omitted ``width``/``height`` set to the native size of the checkpoint it will run on
-    (``override_settings.sd_model_checkpoint`` first); an explicit size is kept as sent.
+    (``sd_models.checkpoint_defaults``: ``override_settings.sd_model_checkpoint`` first); an explicit size is kept.
 
-    An override naming no checkpoint falls back to 512 here: ``build_processing`` refuses it with the override's
-    own error, so nothing runs at that size.
+    An override naming no checkpoint gets 512 here: ``build_processing`` refuses it with the override's own error,
+    so nothing runs at that size.
     """
     if req.width is not None and req.height is not None:
         return req
-    try:
-        size = native_size.for_generation(req.override_settings)
-    except (ValueError, OSError):
-        size = native_size.SD_DEFAULT_SIZE
+    size = sd_models.checkpoint_defaults(req.override_settings).size
     return req.model_copy(update={"width": size if req.width is None else req.width,
                                   "height": size if req.height is None else req.height})
 
@@ -493,32 +144,18 @@ def unsupported_warnings(req) -> list[str]:
 def build_processing(req, cls, **fields) -> processing.StableDiffusionProcessing:
     """The processing object for a generation request, or the error listing everything wrong with it.
 
-    Checked here, before the request queues: scripts, sampler and scheduler names, size limits, the processing
-    object's own input checks, and every override key (``OverrideError``: nothing applied, no hook fired).
+    The shared ``request_preparation.build_processing`` checks it before it queues; the API adds its own limits
+    and its refusal of A1111 scripts, reported with the sampler and schedule type.
     """
-    # 1. Fields: scripts, sampler/scheduler names, limits (all reported together)
-    sampling, errors = _resolve_sampling(req)
-    errors.update(_check_scripts(req))
-    errors.update(_check_limits(req))
-    if errors:
-        raise RequestFieldError(errors)
-    # 2. Build p from every request field the processing class also has; None means "the class default"
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {k: v for k, v in req.model_dump(exclude=set(req.model_extra or ())).items()
               if k in names and v is not None}
-    kwargs.update(sampling, **fields)
-    kwargs.update(override_settings=dict(req.override_settings or {}), is_api=True,
+    kwargs.update(fields, sampler_name=req.sampler_name or req.sampler_index,
+                  override_settings=dict(req.override_settings or {}), is_api=True,
                   do_not_save_samples=not req.save_images, do_not_save_grid=not req.save_images)
-    p = cls(**kwargs)
-    try:
-        p.check_inputs()
-    except ValueError as e:
-        field = re.search(r"`(\w+)`", str(e))
-        raise RequestFieldError({field.group(1) if field else "request": str(e)}) from None
-    # 3. Overrides: the same checks temporary_opts makes, before the queue lock
-    check = shared.opts.check(p.override_settings, for_override=True)
-    if check.errors:
-        raise OverrideError(check.errors)
+    p = request_preparation.build_processing(cls, kwargs, sampler_field="sampler_name" if req.sampler_name
+                                             else "sampler_index", errors={**_check_scripts(req),
+                                                                           **_check_limits(req)})
     p.warnings.extend(unsupported_warnings(req))
     return p
 
@@ -672,7 +309,7 @@ class Api:
 
     def pnginfoapi(self, req: models.PNGInfoRequest):
         [image] = decode_images([("image", req.image)])
-        text, items = read_parameters(image)
+        text, items = image_parameters.read_parameters(image)
         _check_infotext_size(text, "image")
         return models.PNGInfoResponse(info=text, items=items,
                                       parameters=infotext.parse_generation_parameters(text) if text else {})
@@ -709,21 +346,11 @@ class Api:
         return _options_view()
 
     def set_config(self, req: dict[str, Any]):
-        opts = shared.opts
-        if opts.frozen:
-            raise SettingsFrozenError()
         # Keys sent back unchanged (a client posting GET /options back) are not changes: they are not refused even
         # where the option is restricted, and are not stored.
         shown = _options_view()
-        changed = {k: v for k, v in req.items() if k not in shown or not same_value(shown[k], v)}
-        check = opts.check(changed, is_api=True)
-        if check.errors:
-            raise OptionsRejected(check.errors)
-        if not changed:
-            return None
-        # Under the queue lock: a generation never sees stored options (or its model) change half-way.
-        with jobs.queue_lock:
-            opts.set_many(changed, is_api=True, save=True)
+        settings_change.change_settings({k: v for k, v in req.items() if k not in shown or not same_value(shown[k], v)},
+                                        is_api=True)
         return None
 
     def get_cmd_flags(self):

@@ -1,4 +1,4 @@
-"""Small pieces shared by the tabs: symbols, default sizes, sampler lists, seed helpers, HTML snippets.
+"""Small pieces shared by the tabs: symbols, sampler lists, seed helpers, HTML snippets.
 
 Nothing here builds a whole tab. Modules that the UI reads lazily (samplers, processing) are imported inside
 functions so that importing ``modules.ui`` stays cheap and never fails because a generation module is broken.
@@ -7,45 +7,11 @@ functions so that importing ``modules.ui`` stays cheap and never fails because a
 from __future__ import annotations
 
 import html
-import logging
-
-log = logging.getLogger("serena.ui")
 
 RANDOM_SYMBOL = "\U0001f3b2"      # 🎲 random seed
 REUSE_SYMBOL = "\u267b\ufe0f"     # ♻️ reuse the seed of the last generation
 REFRESH_SYMBOL = "\U0001f504"     # 🔄 refresh a list
 PASTE_SYMBOL = "\u2199\ufe0f"     # ↙️ read generation parameters from the prompt box
-
-#: Native resolution of the embedded models (``serena-shapes-*``, ``serena-tiny-*``: 16x16 latents, VAE factor 4).
-TINY_MODEL_SIZE = 64
-#: A1111's default CFG scale, used when the starting checkpoint recommends none.
-SD_DEFAULT_CFG_SCALE = 7.0
-
-
-def default_size() -> int:
-    """The width/height the generation tabs start with: the native size of the starting checkpoint.
-
-    Read from the checkpoint's own configuration without loading it (``native_size.for_generation``, which the API
-    and the CLI use too); a checkpoint without one is a standard SD 1.x file, 512 px (A1111's default).
-    """
-    from modules import native_size
-
-    try:
-        return native_size.for_generation()
-    except (ValueError, OSError):
-        return TINY_MODEL_SIZE
-
-
-def default_cfg_scale() -> float:
-    """The CFG scale the generation tabs start with: the starting checkpoint's recommendation, else A1111's 7."""
-    from modules import sd_models, sd_models_loader
-
-    try:
-        recommended = sd_models_loader.checkpoint_sampling(sd_models.effective_checkpoint().filename)["cfg_scale"]
-    except (ValueError, OSError) as e:
-        log.info("recommended CFG scale unknown (%s)", e)
-        recommended = None
-    return recommended if recommended is not None else SD_DEFAULT_CFG_SCALE
 
 
 def sampler_names() -> list[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from modules import jobs, plugins, shared
+from modules import plugins, settings_change, shared
 from modules.option_info import OptionError
 from modules.options import OptionsRejected, SettingsSaveError
 from modules.ui import common
@@ -79,8 +79,7 @@ def apply_enabled(enabled_names: list) -> str:
     if sorted(opts.disabled_extensions) == new:
         return common.status_html("Nothing changed", "info")
     try:
-        with jobs.queue_lock:
-            opts.set_many({"disabled_extensions": new}, save=True)
+        settings_change.change_settings({"disabled_extensions": new})
     except OptionsRejected as e:
         return common.status_html(f"Not saved: {e}", "error")
     except (OptionError, SettingsSaveError) as e:

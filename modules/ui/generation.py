@@ -1,8 +1,10 @@
 """The parts txt2img and img2img share: the parameter form, the output panel, and the Generate/paste events.
 
 ``build_form`` lays out A1111's controls with A1111's defaults (sampler "Euler a", 20 steps, CFG 7, seed -1,
-batch 1x1) and a size that fits the starting checkpoint (``common.default_size``). ``wire`` connects the
-buttons; the tab module supplies ``make_p(values) -> processing object`` and any extra inputs (img2img's images).
+batch 1x1) and the starting checkpoint's size and CFG scale (``sd_models.checkpoint_defaults``). ``wire`` connects
+the buttons; the tab module supplies ``make_p(extra, values) -> processing object``, built and checked by the
+preparation the API and the CLI share (``request_preparation.build_processing``), and any extra inputs (img2img's
+images). A generation that fails those checks is refused before it queues, with the API's message.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ class GenerationForm:
 
     def paste_targets(self) -> list:
         """Components a paste fills, in ``paste.FORM_FIELDS`` order, then the override field."""
-        return [getattr(self, name) for _, name in paste.FORM_FIELDS] + [self.override_settings]
+        return [getattr(self, component) for _, _, component in paste.FORM_FIELDS] + [self.override_settings]
 
 
 def build_prompt_row(form: GenerationForm):
@@ -80,10 +82,13 @@ def build_prompt_row(form: GenerationForm):
 
 def build_parameters(form: GenerationForm, *, img2img: bool = False):
     """Sampler, size, batch, CFG, (denoising), seed and the override field, in A1111's order."""
+    from modules import sd_models
+
     t = form.tab
     samplers = common.sampler_names()
     schedulers = common.scheduler_labels()
-    size = common.default_size()
+    defaults = sd_models.checkpoint_defaults()
+    size = defaults.size
     with gr.Row():
         form.sampler = gr.Dropdown(label="Sampling method", choices=samplers, elem_id=f"{t}_sampling",
                                    value="Euler a" if "Euler a" in samplers else (samplers[0] if samplers else None))
@@ -103,7 +108,7 @@ def build_parameters(form: GenerationForm, *, img2img: bool = False):
                                          elem_id=f"{t}_batch_count")
             form.batch_size = gr.Slider(minimum=1, maximum=8, step=1, value=1, precision=0, label="Batch size",
                                         elem_id=f"{t}_batch_size")
-    form.cfg_scale = gr.Slider(minimum=1.0, maximum=30.0, step=0.5, value=common.default_cfg_scale(), label="CFG Scale",
+    form.cfg_scale = gr.Slider(minimum=1.0, maximum=30.0, step=0.5, value=defaults.cfg_scale, label="CFG Scale",
                                elem_id=f"{t}_cfg_scale")
     form.denoising_strength = gr.Slider(minimum=0.0, maximum=1.0, step=0.01, value=0.75, visible=img2img,
                                         label="Denoising strength", elem_id=f"{t}_denoising_strength")
@@ -138,20 +143,25 @@ def _int(value, default):
 
 
 def common_p_kwargs(values: dict) -> dict:
-    """Processing fields from the form values (types fixed: gradio may hand floats for integer sliders)."""
+    """Processing fields from the form values (types fixed: gradio may hand floats for integer sliders); an empty
+    size or CFG scale is the default of the checkpoint the generation runs on, as in the API."""
+    from modules import sd_models
+
+    override_settings = paste.overrides_from_entries(values["override_settings"])
+    defaults = sd_models.checkpoint_defaults(override_settings)
     return dict(
         prompt=values["prompt"] or "",
         negative_prompt=values["negative_prompt"] or "",
         sampler_name=values["sampler"] or "Euler a",
         scheduler=values["scheduler"] or "Automatic",
         steps=_int(values["steps"], 20),
-        cfg_scale=float(values["cfg_scale"] if values["cfg_scale"] is not None else common.default_cfg_scale()),
-        width=_int(values["width"], common.default_size()),
-        height=_int(values["height"], common.default_size()),
+        cfg_scale=float(values["cfg_scale"] if values["cfg_scale"] is not None else defaults.cfg_scale),
+        width=_int(values["width"], defaults.size),
+        height=_int(values["height"], defaults.size),
         seed=_int(values["seed"], -1),
         n_iter=max(1, _int(values["batch_count"], 1)),
         batch_size=max(1, _int(values["batch_size"], 1)),
-        override_settings=paste.overrides_from_entries(values["override_settings"]),
+        override_settings=override_settings,
     )
 
 
@@ -162,6 +172,36 @@ def _preview_for(image, width, height):
         return image
 
 
+def run_generation(make_p: Callable, key: tuple, run_name: str, extra: list, values: dict):
+    """Generate's events for the outputs ``(gallery, info, gen_info, progress, selected)``: previews while the job
+    runs, then the images. A processing object that ``make_p`` refuses (``ValueError``: an unknown sampler, a bad
+    override...) is shown as the error and never queues."""
+    try:
+        p = make_p(extra, values)
+    except ValueError as e:
+        yield gr.skip(), gr.skip(), gr.skip(), common.status_html(f"Error: {e}", "error"), gr.skip()
+        return
+    from modules import processing
+
+    stream = progress.run_streaming(key, run_name, lambda: processing.process_images(p), job_count=p.n_iter)
+    while True:
+        try:
+            tick = next(stream)
+        except StopIteration as stop:
+            job = stop.value
+            break
+        gallery = [_preview_for(tick.preview, p.width, p.height)] if tick.preview is not None else gr.skip()
+        yield gallery, gr.skip(), gr.skip(), tick.html, gr.skip()
+    processed = job.result
+    if job.error is not None or processed is None:
+        yield gr.skip(), gr.skip(), gr.skip(), progress.finished_html(job, 0), gr.skip()
+        return
+    gen_info = json.loads(processed.js())
+    info = processed.infotexts[0] if processed.infotexts else ""
+    yield (list(processed.images), info, gen_info,
+           progress.finished_html(job, len(processed.images), processed.warnings), 0)
+
+
 def wire(form: GenerationForm, make_p: Callable, *, run_name: str):
     """Connect Generate, Interrupt, Skip, seed buttons, paste and gallery selection for one tab."""
     tab = form.tab
@@ -170,33 +210,8 @@ def wire(form: GenerationForm, make_p: Callable, *, run_name: str):
     outputs = [form.gallery, form.info, form.gen_info, form.progress, form.selected]
 
     def generate(request: gr.Request, *args):
-        extra = list(args[:n_extra])
         values = dict(zip(FORM_VALUE_NAMES, args[n_extra:]))
-        try:
-            p = make_p(extra, values)
-        except ValueError as e:
-            yield gr.skip(), gr.skip(), gr.skip(), common.status_html(f"Error: {e}", "error"), gr.skip()
-            return
-        from modules import processing
-
-        key = progress.session_key(request, tab)
-        stream = progress.run_streaming(key, run_name, lambda: processing.process_images(p), job_count=p.n_iter)
-        while True:
-            try:
-                tick = next(stream)
-            except StopIteration as stop:
-                job = stop.value
-                break
-            gallery = [_preview_for(tick.preview, p.width, p.height)] if tick.preview is not None else gr.skip()
-            yield gallery, gr.skip(), gr.skip(), tick.html, gr.skip()
-        processed = job.result
-        if job.error is not None or processed is None:
-            yield gr.skip(), gr.skip(), gr.skip(), progress.finished_html(job, 0), gr.skip()
-            return
-        gen_info = json.loads(processed.js())
-        info = processed.infotexts[0] if processed.infotexts else ""
-        yield (list(processed.images), info, gen_info,
-               progress.finished_html(job, len(processed.images), processed.warnings), 0)
+        yield from run_generation(make_p, progress.session_key(request, tab), run_name, list(args[:n_extra]), values)
 
     form.generate.click(generate, inputs=inputs, outputs=outputs, show_progress="hidden",
                         concurrency_limit=8, concurrency_id="serena_generate", api_visibility="undocumented")
@@ -248,8 +263,8 @@ def paste_updates(form: GenerationForm, text: str, *, with_seed: bool = True) ->
     if not with_seed:
         pasted.fields.pop("seed", None)
     out = []
-    for _, name in paste.FORM_FIELDS:
-        out.append(pasted.fields[name] if name in pasted.fields else gr.skip())
+    for _, _, component in paste.FORM_FIELDS:
+        out.append(pasted.fields[component] if component in pasted.fields else gr.skip())
     out.append(gr.update(choices=pasted.overrides, value=pasted.overrides, visible=bool(pasted.overrides)))
     text = f"Pasted {len(pasted.fields)} fields"
     if pasted.overrides:

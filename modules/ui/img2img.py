@@ -52,14 +52,14 @@ def inputs_for_mode(mode: str, image, editor, upload_image, upload_mask):
 
 
 def make_p(extra: list, values: dict):
-    from modules import processing
+    from modules import processing, request_preparation
 
     mode, image, editor, upload_image, upload_mask, mask_invert = extra
     init, mask = inputs_for_mode(mode or "img2img", image, editor, upload_image, upload_mask)
-    kwargs = generation.common_p_kwargs(values)
-    return processing.StableDiffusionProcessingImg2Img(
-        init_images=[init], mask=mask, inpainting_mask_invert=1 if mask_invert == "Inpaint not masked" else 0,
-        denoising_strength=float(values["denoising_strength"]), **kwargs)
+    return request_preparation.build_processing(processing.StableDiffusionProcessingImg2Img, dict(
+        generation.common_p_kwargs(values), init_images=[init], mask=mask,
+        inpainting_mask_invert=1 if mask_invert == "Inpaint not masked" else 0,
+        denoising_strength=float(values["denoising_strength"])))
 
 
 def _constant(value):

@@ -1,40 +1,31 @@
 """Pasted generation parameters: filling the form, and the "Override settings" field.
 
 A1111 behaviour, kept: parameters of a pasted infotext that belong to a form field (prompt, steps, size...) fill
-that field; those that name a *setting* (``Clip skip: 2``, ``Model hash: ...``) and differ from the current value
-become entries ``"Label: value"`` of a visible, removable multiselect. The entries left there when Generate is
+that field; those that name a *setting* (``Clip skip: 2``, ``VAE: ...``) and differ from the current value
+become entries ``"Label: value"`` of a visible, removable multiselect. The checkpoint (``Model hash``) is not
+pasted, as in A1111 by default: pasting never switches models. The entries left there when Generate is
 clicked become ``p.override_settings`` of that generation only: the stored settings (and the settings page) never
 change because of them.
 
-Parsing goes through ``modules.infotext`` (``parse_generation_parameters``, ``infotext_to_overrides``).
+Which parameters fill which field, and which settings become entries, is decided by the preparation the API shares
+(``request_preparation.paste_infotext``); this module only turns that into form values and entries.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from modules import shared
+from modules import request_preparation, shared
 
-log = logging.getLogger("serena.ui")
-
-# (infotext key, form field) for every parameter that fills a field rather than a setting. "Size" arrives split
-# into "Size-1" (width) and "Size-2" (height), as A1111's parser does.
-FORM_FIELDS = (
-    ("Prompt", "prompt"),
-    ("Negative prompt", "negative_prompt"),
-    ("Steps", "steps"),
-    ("Sampler", "sampler"),
-    ("Schedule type", "scheduler"),
-    ("CFG scale", "cfg_scale"),
-    ("Seed", "seed"),
-    ("Size-1", "width"),
-    ("Size-2", "height"),
-    ("Batch size", "batch_size"),
-    ("Denoising strength", "denoising_strength"),
-)
+# The form component each pasted processing field fills; the form has no variation seed fields.
+_COMPONENTS = {"prompt": "prompt", "negative_prompt": "negative_prompt", "steps": "steps", "sampler_name": "sampler",
+               "scheduler": "scheduler", "cfg_scale": "cfg_scale", "seed": "seed", "width": "width",
+               "height": "height", "batch_size": "batch_size", "denoising_strength": "denoising_strength"}
+# (infotext key, processing field, form component), in the shared paste order.
+FORM_FIELDS = tuple((key, name, _COMPONENTS[name]) for key, name in request_preparation.PASTE_FIELDS
+                    if name in _COMPONENTS)
 INT_FIELDS = {"steps", "seed", "width", "height", "batch_size"}
 FLOAT_FIELDS = {"cfg_scale", "denoising_strength"}
 
@@ -55,12 +46,6 @@ def looks_like_infotext(text: str) -> bool:
         return False
     last = text.strip().splitlines()[-1]
     return "Steps:" in last or "Seed:" in last or "Sampler:" in last
-
-
-def parse(text: str) -> dict:
-    from modules import infotext
-
-    return dict(infotext.parse_generation_parameters(text))
 
 
 def _field_value(name: str, raw: Any):
@@ -114,59 +99,21 @@ def entry(key: str, value: Any) -> str:
     return f"{option_label(key)}: {format_value(value)}"
 
 
-def _effective_for_compare(key: str):
-    value = shared.opts.get(key)
-    if key == "sd_model_checkpoint" and not value:
-        from modules import sd_models
-
-        try:
-            return sd_models.effective_checkpoint().title
-        except ValueError:
-            return None
-    return value
-
-
-def _normalise(key: str, value: Any):
-    """``value`` checked as an override of ``key``: ``(normalised, None)`` or ``(None, reason)``."""
-    result = shared.opts.check({key: shared.opts.cast_value(key, value)}, for_override=True)
-    if result.errors:
-        return None, next(iter(result.errors.values()))
-    return result.values[key], None
-
-
 def from_infotext(text: str, mode: str = "txt2img") -> Pasted:
     """Turn a pasted infotext into field values and override entries (only settings that differ)."""
-    from modules import infotext
-
-    pasted = Pasted()
-    params = parse(text)
-    pasted.params = params
-    for key, name in FORM_FIELDS:
-        if key not in params or (params[key] in (None, "") and name not in ("prompt", "negative_prompt")):
-            continue
-        if name == "denoising_strength" and mode != "img2img":
+    prepared = request_preparation.paste_infotext(text)
+    pasted = Pasted(params=prepared.params)
+    for key, name, component in FORM_FIELDS:
+        if name not in prepared.fields or (component == "denoising_strength" and mode != "img2img"):
             continue
         try:
-            pasted.fields[name] = _field_value(name, params[key])
+            pasted.fields[component] = _field_value(component, prepared.fields[name])
         except (TypeError, ValueError) as e:
             pasted.rejected.append(f"{key}: {e}")
-    overrides: dict = {}
-    for key, info in shared.opts.data_labels.items():
-        # One option at a time, so that one value that does not fit rejects only its own entry.
-        if not info.infotext or info.infotext not in params:
-            continue
-        try:
-            overrides.update(infotext.infotext_to_overrides({info.infotext: params[info.infotext]}, {key: info}))
-        except ValueError as e:
-            pasted.rejected.append(f"{info.infotext}: {params[info.infotext]} ({e})")
-    for key, value in overrides.items():
-        normalised, reason = _normalise(key, value)
-        if reason is not None:
-            pasted.rejected.append(f"{option_label(key)}: {value} ({reason})")
-            continue
-        if normalised == _effective_for_compare(key):
-            continue
-        pasted.overrides.append(entry(key, value))
+    for key, reason in {**prepared.unreadable, **prepared.rejected}.items():
+        label = shared.opts.data_labels[key].infotext
+        pasted.rejected.append(f"{label}: {prepared.params[label]} ({reason})")
+    pasted.overrides = [entry(key, value) for key, value in prepared.overrides.items()]
     return pasted
 
 

@@ -1,59 +1,16 @@
 """The PNG Info tab: drop an image, read the generation parameters stored in it, send them to txt2img/img2img.
 
-Parameters are read from the PNG text chunk ``parameters`` (what Serena and A1111 write for PNG) or from the EXIF
-UserComment (JPEG/WEBP). "Send to" fills the form fields and the override settings field of the target tab, as a
-paste does, and switches to it; img2img also receives the image.
+Parameters are read by the reader the API's ``png-info`` uses (``modules.image_parameters``): the PNG text chunk
+``parameters`` or the EXIF UserComment (JPEG/WEBP). "Send to" fills the form fields and the override settings
+field of the target tab, as a paste does, and switches to it; img2img also receives the image.
 """
 
 from __future__ import annotations
 
-import logging
-
 import gradio as gr
 
-from modules import shared
+from modules import image_parameters, infotext, shared
 from modules.ui import common
-
-log = logging.getLogger("serena.ui")
-
-EXIF_USER_COMMENT = 0x9286
-EXIF_IFD = 0x8769
-
-
-def _decode_user_comment(value) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return value
-    data = bytes(value)
-    for prefix, encodings in ((b"UNICODE\x00", ("utf-16-be", "utf-16-le")), (b"ASCII\x00\x00\x00", ("ascii",))):
-        if data.startswith(prefix):
-            body = data[len(prefix):]
-            for enc in encodings:
-                try:
-                    text = body.decode(enc)
-                except UnicodeDecodeError:
-                    continue
-                if text.isprintable() or "\n" in text:
-                    return text
-    return data.decode("utf8", errors="replace")
-
-
-def read_parameters(image) -> tuple[str | None, dict]:
-    """``(parameters text or None, other text items)`` of a PIL image."""
-    if image is None:
-        return None, {}
-    info = dict(getattr(image, "info", {}) or {})
-    items = {k: v for k, v in info.items() if isinstance(v, str)}
-    text = items.pop("parameters", None)
-    if text is None:
-        try:
-            exif = image.getexif()
-            comment = exif.get(EXIF_USER_COMMENT) or exif.get_ifd(EXIF_IFD).get(EXIF_USER_COMMENT)
-            text = _decode_user_comment(comment)
-        except Exception as e:  # noqa: BLE001 - a broken EXIF block means "no parameters"
-            log.info("could not read EXIF of the dropped image: %s", e)
-    return text, items
 
 
 def open_image(path):
@@ -74,15 +31,13 @@ def describe(path) -> tuple[str, str]:
         return "", common.status_html(f"Not an image Serena can read: {e}", "error")
     if image is None:
         return "", ""
-    text, items = read_parameters(image)
+    text, items = image_parameters.read_parameters(image)
     if not text:
         extra = "".join(f"<p><b>{common.esc(k)}</b>: {common.esc(v)}</p>" for k, v in items.items())
         return "", common.status_html("No generation parameters in this image", "warn") + extra
     rows = []
     try:
-        from modules.ui import paste
-
-        params = paste.parse(text)
+        params = infotext.parse_generation_parameters(text)
     except Exception as e:  # noqa: BLE001 - the raw text is still shown
         params = {}
         rows.append(f"<tr><td colspan=2>could not parse: {common.esc(e)}</td></tr>")

@@ -26,9 +26,9 @@ from typing import Any
 
 import gradio as gr
 
-from modules import jobs, shared
+from modules import jobs, settings_change, shared
 from modules.option_info import OptionError, same_value
-from modules.options import OptionsRejected, SettingsSaveError
+from modules.options import OptionsRejected, SettingsFrozenError, SettingsSaveError
 from modules.ui import common
 
 log = logging.getLogger("serena.ui")
@@ -226,18 +226,16 @@ def apply_values(keys: list, values: list, baseline: dict | None = None) -> tupl
         wanted[key], old[key] = value, current
     if not wanted:
         return {}, {}
-    if opts.frozen:
-        return {}, {k: "settings are frozen by --freeze-settings" for k in wanted}
-    # Under the queue lock, like POST /options: a running generation never sees stored settings change mid-job.
-    with jobs.queue_lock:
-        try:
-            opts.set_many(wanted, save=True)  # all or nothing: a failed callback or write puts every value back
-        except OptionsRejected as e:
-            return {}, dict(e.errors)
-        except OptionError as e:
-            return {}, {e.key: e.reason}
-        except SettingsSaveError as e:
-            return {}, {"config.json": f"{e}; nothing was changed"}
+    try:
+        settings_change.change_settings(wanted)  # all or nothing, saved, under the queue lock (as POST /options)
+    except SettingsFrozenError as e:
+        return {}, {k: e.reason for k in wanted}
+    except OptionsRejected as e:
+        return {}, dict(e.errors)
+    except OptionError as e:
+        return {}, {e.key: e.reason}
+    except SettingsSaveError as e:
+        return {}, {"config.json": f"{e}; nothing was changed"}
     return {k: (old[k], opts.get(k)) for k in wanted}, {}
 
 
@@ -376,8 +374,7 @@ def set_quick(key: str, value) -> tuple[Any, str]:
     if value is None or same_value(value, opts.get(key)) or same_value(value, display_value(key)):
         return quick_value(key), None  # nothing to do (gradio may send the same choice twice): keep the message
     try:
-        with jobs.queue_lock:
-            opts.set_many({key: value}, save=True)
+        settings_change.change_settings({key: value})
     except OptionsRejected as e:
         return quick_value(key), common.status_html(f"{_label(key)} not changed: {e.errors[key]}", "error")
     except (OptionError, SettingsSaveError) as e:

@@ -10,10 +10,10 @@ TAB = "txt2img"
 
 
 def make_p(extra: list, values: dict):
-    from modules import processing
+    from modules import processing, request_preparation
 
-    kwargs = generation.common_p_kwargs(values)
-    return processing.StableDiffusionProcessingTxt2Img(**kwargs)
+    return request_preparation.build_processing(processing.StableDiffusionProcessingTxt2Img,
+                                                generation.common_p_kwargs(values))
 
 
 def create_tab() -> generation.GenerationForm:

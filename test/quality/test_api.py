@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from PIL import Image, PngImagePlugin
 
 from modules import jobs, processing, shared, upscalers
-from modules.api import api as api_module
+from modules.api import errors as api_errors
 from modules.api.api import Api, parse_credentials
 
 SNAPSHOT = os.path.join(os.path.dirname(__file__), "openapi_snapshot.json")
@@ -590,25 +590,28 @@ def test_openapi_matches_snapshot():
 def test_error_response_shapes():
     from modules.option_info import OptionError
 
-    response = api_module.error_response(OptionError("sd_vae", "no VAE named 'x'"))
+    response = api_errors.error_response(OptionError("sd_vae", "no VAE named 'x'"))
     assert response.status_code == 422 and json.loads(response.body)["errors"] == {"sd_vae": "no VAE named 'x'"}
 
 
 # -- the size of a request that gives none ---------------------------------------------------------------------
 
 
-def declaring_checkpoint(data_dir, name: str, sample_size: int) -> str:
-    """A checkpoint file that declares its size (Serena's safetensors metadata), as the embedded models do."""
-    import torch
-    from safetensors.torch import save_file
+def declaring_checkpoint(data_dir, monkeypatch, name: str, native_size: int) -> str:
+    """A checkpoint that declares its native size, as the embedded models do. The stand-in model cache reads no
+    file, so it reports the size as the real cache's inspection would (``ModelFacts.native_size``)."""
+    from modules import sd_models
+    from modules.sd_models_loader import ModelFacts
 
-    config = {"unet": {"sample_size": sample_size}, "vae": {"block_out_channels": [8, 8]}}  # VAE factor 2
-    path = data_dir / "models" / "Stable-diffusion" / f"{name}.safetensors"
-    save_file({"w": torch.zeros(1)}, str(path), metadata={"serena_config": json.dumps(config)})
+    (data_dir / "models" / "Stable-diffusion" / f"{name}.safetensors").write_bytes(b"declaring weights")
+    facts = sd_models.model_manager.facts
+    declared = ModelFacts(text_encoder_layers=12, latent_channels=4, native_size=native_size)
+    monkeypatch.setattr(sd_models.model_manager, "facts",
+                        lambda info: declared if info.model_name == name else facts(info))
     return name
 
 
-def test_omitted_size_is_the_checkpoints_native_size(client, data_dir):
+def test_omitted_size_is_the_checkpoints_native_size(client, data_dir, monkeypatch):
     from modules import sd_models
     # alpha (the default here) declares nothing: a standard SD 1.x file, A1111's 512.
     r = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 1})
@@ -616,7 +619,7 @@ def test_omitted_size_is_the_checkpoints_native_size(client, data_dir):
     assert (r.json()["parameters"]["width"], r.json()["parameters"]["height"]) == (512, 512)
     assert decode(r.json()["images"][0]).size == (512, 512)
     # A checkpoint that declares its size, chosen by override for this request only: its size, not the stored one's.
-    declaring_checkpoint(data_dir, "gamma", 12)
+    declaring_checkpoint(data_dir, monkeypatch, "gamma", 24)
     sd_models.refresh_checkpoints()
     r = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 1,
                                                "override_settings": {"sd_model_checkpoint": "gamma"}})

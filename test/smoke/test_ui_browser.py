@@ -59,11 +59,12 @@ def test_paste_fills_fields_and_lists_only_differing_settings(data_dir, fake_mod
     pasted = paste.from_infotext(text)
     assert pasted.fields == {"prompt": "a cat", "negative_prompt": "a dog", "steps": 5, "sampler": "Euler",
                              "scheduler": "Automatic", "cfg_scale": 6.5, "seed": 12, "width": 64, "height": 96}
-    # ENSD 0 and the implied RNG "CPU" equal the current settings: not listed.
-    assert sorted(pasted.overrides) == sorted(["Clip skip: 2", f"Model hash: {beta.shorthash}"])
+    # ENSD 0 and the implied RNG "CPU" equal the current settings: not listed. The checkpoint is never pasted
+    # (A1111's disable_weights_auto_swap, on by default), as in the API.
+    assert pasted.overrides == ["Clip skip: 2"]
     assert pasted.rejected == []
     overrides = paste.overrides_from_entries(pasted.overrides)
-    assert overrides == {"CLIP_stop_at_last_layers": 2, "sd_model_checkpoint": beta.shorthash}
+    assert overrides == {"CLIP_stop_at_last_layers": 2}
     assert not shared.opts.check(overrides, for_override=True).errors
     # Pasting never stores anything.
     assert shared.opts.stored() == {}
@@ -73,11 +74,13 @@ def test_paste_rejects_what_cannot_apply(data_dir):
     from modules.ui import paste
 
     pasted = paste.from_infotext("x\nSteps: 5, Sampler: No Such Sampler, Seed: 1, Clip skip: 99, "
-                                 "Model hash: 0123456789")
-    assert "sampler" not in pasted.fields and pasted.fields["steps"] == 5
+                                 "Model hash: 0123456789, VAE: missing.safetensors, ENSD: lots, Batch size: 3")
+    assert "sampler" not in pasted.fields and pasted.fields["steps"] == 5 and pasted.fields["batch_size"] == 3
     assert any(r.startswith("Sampler:") for r in pasted.rejected)
     assert any(r.startswith("Clip skip: 99") and "maximum" in r for r in pasted.rejected), pasted.rejected
-    assert any(r.startswith("Model hash: 0123456789") for r in pasted.rejected), pasted.rejected
+    assert any(r.startswith("VAE: missing.safetensors") for r in pasted.rejected), pasted.rejected
+    assert any(r.startswith("ENSD: lots") for r in pasted.rejected), pasted.rejected
+    assert not any(r.startswith("Model hash") for r in pasted.rejected), pasted.rejected  # never pasted
     assert pasted.overrides == []
     with pytest.raises(ValueError, match="not 'Setting: value'"):
         paste.overrides_from_entries(["Nonsense: 1"])
@@ -230,7 +233,7 @@ def test_png_info_reads_png_text_and_exif(tmp_path):
     assert png_info.describe(str(plain))[0] == ""
     (tmp_path / "junk.png").write_bytes(b"not an image")
     assert "Not an image" in png_info.describe(str(tmp_path / "junk.png"))[1]
-    assert png_info._decode_user_comment(b"UNICODE\x00" + "hi".encode("utf-16-be")) == "hi"
+    assert png_info.image_parameters.user_comment_text(b"UNICODE\x00" + "hi".encode("utf-16-be")) == "hi"
 
 
 def test_img2img_inputs_and_masks():
@@ -256,13 +259,12 @@ def test_img2img_inputs_and_masks():
 
 
 def test_default_size_is_the_checkpoints_native_size(data_dir):
-    from modules import native_size
-    from modules.ui import common
+    from modules import sd_models, sd_models_loader
 
-    assert native_size.declared_size(str(ROOT / "models" / "Stable-diffusion" / "serena-tiny-v1.safetensors")) == 64
-    # The fixture's checkpoints carry no configuration: a standard SD file, A1111's 512.
-    assert native_size.declared_size(str(data_dir / "models" / "Stable-diffusion" / "alpha.safetensors")) is None
-    assert common.default_size() == 512
+    tiny = sd_models_loader.inspect_checkpoint(str(ROOT / "models" / "Stable-diffusion" / "serena-tiny-v1.safetensors"))
+    assert tiny.native_size == 64
+    # The fixture's checkpoints are not loadable files: the generation refuses them, the form starts at A1111's 512.
+    assert sd_models.checkpoint_defaults() == sd_models.CheckpointDefaults(size=512, cfg_scale=7.0)
 
 
 def test_generation_kwargs_are_typed(data_dir):

@@ -1,0 +1,157 @@
+"""Request preparation shared by the three front doors (the API, the UI and the CLI).
+
+Each front door reads its own input (JSON, form values, flags) and calls these for everything else, so the three
+cannot disagree:
+
+* ``paste_infotext``: an infotext as request fields (``PASTE_FIELDS``), setting overrides, and what does not apply;
+* ``build_processing``: the processing object, checked before it queues (sampler and schedule type, the object's
+  own input checks, every override key in one ``OverrideError``), so a bad request never waits behind a running
+  generation and never changes anything.
+
+The image parameters reader is ``modules.image_parameters``, a checkpoint's defaults (native size, recommended CFG)
+``modules.sd_models.checkpoint_defaults``, the settings change ``modules.settings_change``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from modules import infotext, shared
+from modules.option_info import same_value
+from modules.runtime_utils import OverrideError
+
+
+class RequestFieldError(ValueError):
+    """Request fields Serena cannot act on (unknown sampler, too large, bad image...): ``errors`` maps each to why."""
+
+    status_code = 422
+
+    def __init__(self, errors: Mapping[str, str]):
+        self.errors = dict(errors)
+        super().__init__("; ".join(f"{k}: {v}" for k, v in self.errors.items()))
+
+
+# (infotext key, processing field) for every parameter that fills a request field rather than a setting: A1111
+# 1.10's paste fields (txt2img_paste_fields plus its Sampler and Seed scripts) for the fields Serena has. "Size"
+# arrives split into "Size-1" (width) and "Size-2" (height), as A1111's parser does. A front door fills the fields
+# its form or schema has.
+PASTE_FIELDS = (
+    ("Prompt", "prompt"),
+    ("Negative prompt", "negative_prompt"),
+    ("Steps", "steps"),
+    ("Sampler", "sampler_name"),
+    ("Schedule type", "scheduler"),
+    ("CFG scale", "cfg_scale"),
+    ("Seed", "seed"),
+    ("Size-1", "width"),
+    ("Size-2", "height"),
+    ("Batch size", "batch_size"),
+    ("Variation seed", "subseed"),
+    ("Variation seed strength", "subseed_strength"),
+    ("Denoising strength", "denoising_strength"),
+)
+# An empty prompt in an infotext empties the field; an empty number is no value (A1111's paste keeps the field).
+_TEXT_FIELDS = ("prompt", "negative_prompt")
+# A1111 skips the checkpoint when pasting (disable_weights_auto_swap, on by default): an image made on a model this
+# server lacks must still be reproducible, and pasting never switches models.
+_NOT_PASTED = ("sd_model_checkpoint",)
+
+
+@dataclass
+class Pasted:
+    """What an infotext turns into.
+
+    ``fields``: ``{processing field: value as written}`` (each front door converts to its own types);
+    ``overrides``: ``{option: value}`` for the settings that differ from the effective ones and pass their checks;
+    ``unreadable``: ``{option: why}`` for values that are not of the option's type (``"Clip skip: lots"``);
+    ``rejected``: ``{option: why}`` for values this server cannot apply (a VAE it lacks, a clip skip too deep).
+    """
+
+    params: dict = field(default_factory=dict)
+    fields: dict = field(default_factory=dict)
+    overrides: dict = field(default_factory=dict)
+    unreadable: dict = field(default_factory=dict)
+    rejected: dict = field(default_factory=dict)
+
+
+def paste_infotext(text: str) -> Pasted:
+    """Parse an infotext (``infotext.parse_generation_parameters``) into fields and overrides (A1111's
+    ``get_override_settings``: only settings whose value differs from the current one, never the checkpoint).
+
+    Raises ``ValueError`` only when the text cannot be parsed at all; a value that does not fit is reported in
+    ``unreadable`` or ``rejected`` with its option, so one bad entry never hides the others.
+    """
+    opts = shared.opts
+    params = dict(infotext.parse_generation_parameters(text))
+    pasted = Pasted(params=params)
+    for key, name in PASTE_FIELDS:
+        if key in params and (params[key] != "" or name in _TEXT_FIELDS):
+            pasted.fields[name] = params[key]
+    wanted = {}
+    for key, info in opts.data_labels.items():
+        if not info.infotext or info.infotext not in params or key in _NOT_PASTED:
+            continue
+        try:  # one option at a time: a value that does not fit rejects only its own entry
+            value = infotext.infotext_to_overrides({info.infotext: params[info.infotext]}, {key: info})[key]
+        except ValueError as e:
+            pasted.unreadable[key] = str(e)
+            continue
+        if not same_value(value, opts.get(key)):
+            wanted[key] = value
+    check = opts.check(wanted, for_override=True)
+    pasted.rejected = dict(check.errors)
+    # A value that only normalises to the current one ("sharp" for "sharp.safetensors") is no change either.
+    pasted.overrides = {k: v for k, v in wanted.items()
+                        if k not in check.errors and not same_value(check.values[k], opts.get(k))}
+    return pasted
+
+
+def resolve_sampling(sampler_name, scheduler, *, sampler_field: str = "sampler_name") -> tuple[dict, dict]:
+    """``({"sampler_name", "scheduler"} canonical, {})`` or ``({}, {field: why})``; A1111's old combined names
+    ("DPM++ 2M Karras") are read too. ``sampler_field`` is the field the name came from, for the error."""
+    from modules import sd_samplers  # imports torch: not when the UI only pastes
+
+    try:
+        sampler, schedule = sd_samplers.resolve_sampler_and_scheduler(sampler_name, scheduler)
+    except ValueError:
+        errors = {}
+        for name, resolve, value in ((sampler_field, sd_samplers.resolve_sampler, sampler_name),
+                                     ("scheduler", sd_samplers.resolve_scheduler, scheduler)):
+            try:
+                resolve(value)
+            except ValueError as e:
+                errors[name] = str(e)
+        return {}, errors
+    return {"sampler_name": sampler.name, "scheduler": schedule.label}, {}
+
+
+def check_overrides(overrides: Mapping | None) -> None:
+    """``OverrideError`` listing every override key that ``temporary_opts`` would refuse; nothing is applied."""
+    check = shared.opts.check(overrides, for_override=True)
+    if check.errors:
+        raise OverrideError(check.errors)
+
+
+def build_processing(cls, fields: Mapping, *, sampler_field: str = "sampler_name", errors: Mapping | None = None):
+    """``cls(**fields)``, the processing object of one generation, or the error listing what is wrong with it.
+
+    Checked in this order, each step only when the one before passed: the sampler and schedule type (made
+    canonical) together with the front door's own ``errors`` (limits, scripts) as one ``RequestFieldError``; the
+    object's ``check_inputs`` (a ``RequestFieldError`` naming its field); then every override key
+    (``OverrideError``: nothing applied, no hook fired). Call it before queueing.
+    """
+    p = cls(**fields)  # a field not given is the class default, the sampler too
+    sampling, problems = resolve_sampling(p.sampler_name, p.scheduler, sampler_field=sampler_field)
+    problems.update(errors or {})
+    if problems:
+        raise RequestFieldError(problems)
+    p.sampler_name, p.scheduler = sampling["sampler_name"], sampling["scheduler"]
+    try:
+        p.check_inputs()
+    except ValueError as e:
+        name = re.search(r"`(\w+)`", str(e))
+        raise RequestFieldError({name.group(1) if name else "request": str(e)}) from None
+    check_overrides(p.override_settings)
+    return p
