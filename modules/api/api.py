@@ -153,9 +153,9 @@ def build_processing(req, cls, **fields) -> processing.StableDiffusionProcessing
     kwargs.update(fields, sampler_name=req.sampler_name or req.sampler_index,
                   override_settings=dict(req.override_settings or {}), is_api=True,
                   do_not_save_samples=not req.save_images, do_not_save_grid=not req.save_images)
-    p = request_preparation.build_processing(cls, kwargs, sampler_field="sampler_name" if req.sampler_name
-                                             else "sampler_index", errors={**_check_scripts(req),
-                                                                           **_check_limits(req)})
+    sampler_field = "sampler_name" if req.sampler_name else "sampler_index"
+    p = request_preparation.build_processing(cls, kwargs, sampler_field=sampler_field,
+                                             errors={**_check_scripts(req), **_check_limits(req)})
     p.warnings.extend(unsupported_warnings(req))
     return p
 
