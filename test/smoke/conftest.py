@@ -45,12 +45,16 @@ def embedded_model():
 
 @pytest.fixture(scope="module")
 def real_env(tmp_path_factory):
-    """Shared handles pointed at a fresh data folder; the shipped checkpoints are found in Serena's models/."""
+    """Shared handles pointed at a fresh data folder; the shipped checkpoints are found in Serena's models/.
+
+    A fresh model cache that inspects files as the server's does: checkpoint defaults (native size, CFG) and the
+    checks of overrides come from that inspection."""
     data = tmp_path_factory.mktemp("data")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(shared, "data_paths", paths.Paths(str(data), str(data / "config.json")))
         mp.setattr(shared.opts, "filename", str(data / "config.json"))
-        mp.setattr(sd_models, "model_manager", sd_models.LoadedModels(sd_models._load_from_disk))
+        mp.setattr(sd_models, "model_manager", sd_models.LoadedModels(sd_models._load_from_disk,
+                                                                      sd_models._inspect_on_disk))
         shared.opts.load()
         yield data
         shared.opts.load(str(data / "missing.json"))
