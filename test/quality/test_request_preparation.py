@@ -14,6 +14,8 @@ import threading
 import types
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from modules import cli, image_parameters, images, jobs, request_preparation, sd_models, shared
@@ -196,6 +198,12 @@ def test_user_comment_character_codes():
     assert read(b"\0" * 8 + b"Steps: 3") == "Steps: 3"
     assert read(b"JIS\0\0\0\0\0" + "\u732b".encode("shift_jis")) == "\u732b"
     assert read(b"Steps: 3") == "Steps: 3" and read("already text") == "already text"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([b"UNICODE\0", b"ASCII\0\0\0", b"JIS\0\0\0\0\0", b"\0" * 8, b""]), st.binary(max_size=64))
+def test_any_user_comment_reads_as_text(prefix, body):
+    assert isinstance(image_parameters.user_comment_text(prefix + body), str)
 
 
 def test_api_and_ui_read_the_same_parameters(data_dir, api_client, tmp_path):
