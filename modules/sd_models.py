@@ -14,6 +14,7 @@ import logging
 import os
 import tempfile
 import threading
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from modules import shared
