@@ -43,7 +43,8 @@ def read_parameters(image) -> tuple[str, dict]:
     """``(parameters text, other metadata)`` of a PIL image; ``""`` when it holds no parameters.
 
     The other metadata are the scalar ``image.info`` entries (text chunks, JFIF version...); the raw EXIF and ICC
-    blocks are bytes, so never among them. A broken EXIF block means "no parameters", never an error: the image itself is still usable.
+    blocks are bytes, so never among them. A broken EXIF block means "no parameters", never an error: the image
+    itself is still usable.
     """
     items = {k: v for k, v in image.info.items() if isinstance(v, (str, int, float, bool))}
     text = items.pop("parameters", None)

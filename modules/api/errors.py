@@ -73,8 +73,8 @@ def _json_safe(value, depth: int = 0):
 
 
 def validation_error_response(request, exc: RequestValidationError) -> JSONResponse:
-    """FastAPI's ``422 {"detail": [...]}``: the first ``MAX_LISTED_ERRORS`` errors, each made JSON-safe (``_json_safe``),
-    and one ``too_many_errors`` entry counting the rest."""
+    """FastAPI's ``422 {"detail": [...]}``: the first ``MAX_LISTED_ERRORS`` errors, each made JSON-safe
+    (``_json_safe``), and one ``too_many_errors`` entry counting the rest."""
     errors = exc.errors()
     detail = [_json_safe(error, -1) for error in errors[:MAX_LISTED_ERRORS]]  # -1: the input's depth counts from 0
     if len(errors) > MAX_LISTED_ERRORS:

@@ -26,7 +26,6 @@ class RequestTooLarge(RequestFieldError):
     status_code = 413
 
 
-
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
