@@ -130,15 +130,23 @@ class ProcessTime:
 
 
 def load_starting_model(started: float) -> threading.Thread:
-    """Load the starting checkpoint in a thread that holds the generation queue until it is in memory.
+    """Check the starting checkpoint, then load its weights in a thread that holds the generation queue until
+    the model is in memory.
 
-    The server answers while the model loads (as A1111's does), and every request that needs the model queues
-    behind the load, in arrival order: generations, settings changes, checkpoint refresh, reload and unload all
-    take ``jobs.queue_lock``. None of them fails for want of a model or runs on another one. The lock is taken
-    here, before the server accepts a connection, so no request can get ahead of the load.
+    The check (its header, on PyTorch's meta device) runs here, before serving: what requests read about the
+    starting checkpoint without running it (its title in ``GET /options``, the facts that overrides are validated
+    against) is known when the server answers. The server then answers while the weights load (as A1111's does),
+    and every request that needs the model queues behind the load, in arrival order: generations, settings
+    changes, checkpoint refresh, reload and unload all take ``jobs.queue_lock``. None of them fails for want of a
+    model or runs on another one. The lock is taken here, before the server accepts a connection, so no request
+    can get ahead of the load.
     """
     from modules import sd_models
 
+    try:
+        sd_models.model_manager.facts(sd_models.effective_checkpoint())
+    except ValueError:
+        pass  # the load below falls back to a working checkpoint and logs why
     jobs.queue_lock.acquire()
 
     def load():

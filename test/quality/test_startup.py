@@ -12,8 +12,8 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-#: Modules whose import costs seconds and that an API-only server does not need before it answers: the web UI,
-#: and the model stack the starting checkpoint's load (in the background, after the app is built) brings in.
+#: Modules whose import costs seconds: the web UI, and the model stack that the starting checkpoint's check and
+#: load bring in (``webui.load_starting_model``, after the app is built).
 HEAVY = ["gradio", "pandas", "diffusers", "transformers", "accelerate", "modules.sd_models_loader", "modules.ui"]
 
 

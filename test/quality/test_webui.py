@@ -3,6 +3,7 @@ starting checkpoint loaded behind the generation queue while the server answers.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -143,16 +144,21 @@ def test_settings_page_offers_the_checkpoints_and_vaes_the_model_layer_lists(dat
 
 @pytest.fixture
 def slow_models(data_dir, monkeypatch):
-    """A loaded-models cache whose loads wait for ``release`` (set it to let a load finish)."""
-    release, loaded = threading.Event(), []
+    """A loaded-models cache whose loads wait for ``release`` (set it to let a load finish); ``inspected`` lists
+    the files checked, in order."""
+    release, loaded, inspected = threading.Event(), [], []
 
     def load(info):
         release.wait(30)
         loaded.append(info.name)
         return types.SimpleNamespace(info=info, vae_name=None)
 
-    manager = sd_models.LoadedModels(load)
-    manager.release, manager.loaded_names = release, loaded
+    def inspect(kind, path):
+        inspected.append(os.path.basename(path))
+        return types.SimpleNamespace(text_encoder_layers=2, latent_channels=4)
+
+    manager = sd_models.LoadedModels(load, inspect)
+    manager.release, manager.loaded_names, manager.inspected = release, loaded, inspected
     monkeypatch.setattr(sd_models, "model_manager", manager)
     yield manager
     release.set()
@@ -166,7 +172,9 @@ def test_app_is_built_without_loading_a_model(data_dir, fake_models):
 def test_requests_that_need_the_model_wait_for_the_starting_load(data_dir, slow_models):
     with TestClient(api_app(data_dir)) as client:
         loader = webui.load_starting_model(time.perf_counter())
+        assert slow_models.inspected == ["alpha.safetensors"]  # checked before serving; only the weights load late
         assert jobs.queue_lock.locked()  # taken before the first request can queue
+        assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"].startswith("alpha")
         assert client.get("/sdapi/v1/progress").status_code == 200  # the server answers meanwhile
         answered = []
         reload = threading.Thread(target=lambda: answered.append(client.post("/sdapi/v1/reload-checkpoint")))
