@@ -1,4 +1,5 @@
-"""The composition root: parse flags, initialise, build the FastAPI app (API + web UI), serve it with uvicorn.
+"""The composition root: parse flags, initialise, build the FastAPI app (API + web UI), serve it with uvicorn while
+the starting checkpoint loads behind the generation queue.
 
 ``python launch.py`` prepares the environment and runs this file with the same flags.
 """
