@@ -1,4 +1,5 @@
-"""The composition root: parse flags, initialise, build the FastAPI app (API + web UI), serve it with uvicorn.
+"""The composition root: parse flags, initialise, build the FastAPI app (API + web UI), serve it with uvicorn while
+the starting checkpoint loads behind the generation queue.
 
 ``python launch.py`` prepares the environment and runs this file with the same flags.
 """
@@ -6,11 +7,13 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import sys
+import threading
 import time
 
-from modules import cmd_args, extensions, initialize, plugins, shared
+from modules import cmd_args, extensions, initialize, jobs, plugins, shared
 
 log = logging.getLogger("serena")
 
@@ -127,7 +130,44 @@ class ProcessTime:
                          time.perf_counter() - started)
 
 
-def serve(cmd_opts) -> int:
+def load_starting_model(started: float) -> threading.Thread:
+    """Check the starting checkpoint, then load its weights in a thread that holds the generation queue until
+    the model is in memory.
+
+    The check (its header, on PyTorch's meta device) runs here, before serving: what requests read about the
+    starting checkpoint without running it (its title in ``GET /options``, the facts that overrides are validated
+    against) is known when the server answers. The server then answers while the weights load (as A1111's does),
+    and every request that needs the model queues behind the load, in arrival order: generations, settings
+    changes, checkpoint refresh, reload and unload all take ``jobs.queue_lock``. None of them fails for want of a
+    model or runs on another one. The lock is taken here, before the server accepts a connection, so no request
+    can get ahead of the load.
+    """
+    from modules import sd_models
+
+    try:
+        sd_models.model_manager.facts(sd_models.effective_checkpoint())
+    except ValueError:
+        pass  # the load below falls back to a working checkpoint and logs why
+    jobs.queue_lock.acquire()
+
+    def load():
+        try:
+            sd_models.current_model()
+        except (ValueError, OSError) as e:
+            log.error("no model loaded at start-up: %s", e)
+        finally:
+            jobs.queue_lock.release()
+        log.info("start-up took %.1f s (checkpoint: %s)", time.perf_counter() - started,
+                 getattr(sd_models.model_manager.current, "title", None))
+
+    # A copy of the start-up context: the load and on_model_loaded see what they saw on the main thread.
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(load,), name="serena-model-load",
+                              daemon=True)
+    thread.start()
+    return thread
+
+
+def serve(cmd_opts, started: float) -> int:
     import uvicorn
 
     host = "0.0.0.0" if cmd_opts.listen else "127.0.0.1"
@@ -135,6 +175,7 @@ def serve(cmd_opts) -> int:
     app = create_app(cmd_opts)
     app.state.url = f"http://{host}:{port}"
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    load_starting_model(started)
     server.run()
     return 0
 
@@ -155,14 +196,7 @@ def main(argv=None) -> int:
     if cmd_opts.txt2img is not None:
         from modules import cli
         return cli.run_txt2img(cmd_opts)
-    from modules import sd_models
-    try:
-        sd_models.current_model()  # load the starting checkpoint before serving: the first request is fast
-    except (ValueError, OSError) as e:
-        log.error("no model loaded at start-up: %s", e)
-    log.info("start-up took %.1f s (checkpoint: %s)", time.perf_counter() - started,
-             getattr(sd_models.model_manager.current, "title", None))
-    return serve(shared.cmd_opts)
+    return serve(shared.cmd_opts, started)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,19 @@
-"""The composed app: API before the UI, extension routes not shadowed, --gradio-auth, CORS flags, --api-log."""
+"""The composed app: API before the UI, extension routes not shadowed, --gradio-auth, CORS flags, --api-log, the
+starting checkpoint loaded behind the generation queue while the server answers."""
 
 from __future__ import annotations
 
+import os
 import re
+import threading
+import time
+import types
 
 import pytest
 from fastapi.testclient import TestClient
 
 import webui
-from modules import cmd_args
+from modules import cmd_args, jobs, sd_models
 
 
 @pytest.fixture
@@ -133,3 +138,64 @@ def test_settings_page_offers_the_checkpoints_and_vaes_the_model_layer_lists(dat
     assert [t.split(" [")[0] for t in titles] == ["alpha.safetensors", "beta.safetensors"]
     assert settings.quick_choices("sd_model_checkpoint") == titles
     assert settings.quick_choices("sd_vae") == ["Automatic", "None", "sharp.safetensors"]
+
+
+# -- the starting checkpoint loads while the server answers ----------------------------------------------------
+
+@pytest.fixture
+def slow_models(data_dir, monkeypatch):
+    """A loaded-models cache whose loads wait for ``release`` (set it to let a load finish); ``inspected`` lists
+    the files checked, in order."""
+    release, loaded, inspected = threading.Event(), [], []
+
+    def load(info):
+        release.wait(30)
+        loaded.append(info.name)
+        return types.SimpleNamespace(info=info, vae_name=None)
+
+    def inspect(kind, path):
+        inspected.append(os.path.basename(path))
+        return types.SimpleNamespace(text_encoder_layers=2, latent_channels=4)
+
+    manager = sd_models.LoadedModels(load, inspect)
+    manager.release, manager.loaded_names, manager.inspected = release, loaded, inspected
+    monkeypatch.setattr(sd_models, "model_manager", manager)
+    yield manager
+    release.set()
+
+
+def test_app_is_built_without_loading_a_model(data_dir, fake_models):
+    webui.create_app(cmd_args.parse_args(["--data-dir", str(data_dir)]))  # API and web UI
+    assert fake_models.loads == 0 and fake_models.current is None
+
+
+def test_requests_that_need_the_model_wait_for_the_starting_load(data_dir, slow_models):
+    with TestClient(api_app(data_dir)) as client:
+        loader = webui.load_starting_model(time.perf_counter())
+        assert slow_models.inspected == ["alpha.safetensors"]  # checked before serving; only the weights load late
+        assert jobs.queue_lock.locked()  # taken before the first request can queue
+        assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"].startswith("alpha")
+        assert client.get("/sdapi/v1/progress").status_code == 200  # the server answers meanwhile
+        answered = []
+        reload = threading.Thread(target=lambda: answered.append(client.post("/sdapi/v1/reload-checkpoint")))
+        reload.start()
+        reload.join(0.5)
+        assert not answered  # queued behind the load, not failed
+        slow_models.release.set()
+        loader.join(10)
+        reload.join(10)
+    assert answered[0].status_code == 200
+    assert slow_models.loaded_names == ["alpha.safetensors"]  # the reload found the starting model, loaded once
+    assert slow_models.current.name == "alpha.safetensors" and not jobs.queue_lock.locked()
+
+
+def test_starting_model_that_cannot_load_is_logged_and_frees_the_queue(data_dir, monkeypatch, caplog):
+    def broken(info):
+        raise ValueError(f"{info.name}: truncated")
+
+    monkeypatch.setattr(sd_models, "model_manager", sd_models.LoadedModels(broken))
+    with caplog.at_level("INFO", logger="serena"):
+        webui.load_starting_model(time.perf_counter()).join(10)
+    assert not jobs.queue_lock.locked()
+    assert "no model loaded at start-up" in caplog.text and "truncated" in caplog.text
+    assert "start-up took" in caplog.text and "(checkpoint: None)" in caplog.text
