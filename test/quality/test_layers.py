@@ -194,3 +194,33 @@ def test_every_core_option_is_declared_in_shared_options():
                         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                         and node.func.attr == "add_option"]
     assert not registering, registering
+
+
+ARCHITECTURE_PAGE = os.path.join(ROOT, "docs", "architecture.md")
+
+
+def architecture_layers() -> dict[str, int]:
+    """``{dotted module: row}`` from the layer table of ``docs/architecture.md`` (row 0 is the bottom layer)."""
+    import re
+    with open(ARCHITECTURE_PAGE, encoding="utf-8") as f:
+        page = f.read()
+    table = page.split("## Layers", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[2] for line in table.splitlines() if line.startswith("| ") and "`" in line]
+    placed = {}
+    for index, cell in enumerate(rows):
+        for name in re.findall(r"`([a-z0-9_/]+)`", cell):
+            if name not in ("webui.py", "launch.py"):
+                placed["modules." + name.replace("/", ".")] = index
+    return placed
+
+
+def test_architecture_page_places_every_module_in_a_layer_its_imports_respect():
+    # The contributors' page is true to the code: every module is in the table, and none imports a module that
+    # the table puts in a higher layer.
+    placed = architecture_layers()
+    modules = set(module_files()) - {"modules"}
+    assert sorted(modules - set(placed)) == [], "modules missing from docs/architecture.md's layer table"
+    assert sorted(set(placed) - modules) == [], "docs/architecture.md names modules that do not exist"
+    upward = sorted(f"{m} (layer {placed[m]}) imports {dep} (layer {placed[dep]})"
+                    for m in modules for dep in imports_of(m) if dep in placed and placed[dep] > placed[m])
+    assert upward == []
