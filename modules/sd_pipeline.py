@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from modules import prompt_parser, sd_samplers, sd_schedules
+from modules import prompt_parser, sd_samplers, sd_schedules, tiling
 
 CHUNK = 75  # tokens per CLIP window, between the start and end tokens (A1111)
 PREVIEW_EVERY = 5
@@ -199,6 +199,7 @@ class SamplingRequest:
         denoising_strength (`float` or `None`): img2img: the part of the schedule that is walked (1: all of it).
         mask (PIL image or `None`): img2img: where to repaint (white), resized to the image.
         inpainting_mask_invert (`bool`): repaint where the mask is black instead.
+        tiling (`bool`): seamless tiling: the UNet and VAE pad circularly while the batch runs (``modules.tiling``).
     """
 
     prompts: tuple[str, ...]
@@ -218,6 +219,7 @@ class SamplingRequest:
     denoising_strength: float | None = None
     mask: Any = None
     inpainting_mask_invert: bool = False
+    tiling: bool = False
 
     def check_inputs(self) -> None:
         """Raise ``ValueError`` for a batch the pipeline cannot run (the processing object checked its fields)."""
@@ -326,6 +328,7 @@ def prepare_img2img_latents(request: SamplingRequest, model, noise: torch.Tensor
 
 
 @torch.inference_mode()
+@tiling.with_request_padding
 def sample_batch(request: SamplingRequest, model, state, callback_on_step_end: Callable | None = None
                  ) -> list[Image.Image]:
     """Generate one batch; returns PIL images.
