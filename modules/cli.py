@@ -34,6 +34,7 @@ def run_txt2img(cmd_opts, out=sys.stdout) -> int:
             cfg_scale=defaults.cfg_scale if cmd_opts.cfg_scale is None else cmd_opts.cfg_scale,
             width=cmd_opts.width or defaults.size, height=cmd_opts.height or defaults.size,
             batch_size=cmd_opts.batch_size, n_iter=cmd_opts.n_iter, override_settings=overrides,
+            styles=list(cmd_opts.styles), tiling=True if cmd_opts.tiling else None,
             outpath_samples=cmd_opts.out, save_samples=True))
     except ValueError as e:  # OverrideError and RequestFieldError are ValueErrors
         print(f"serena: error: {e}", file=sys.stderr)

@@ -54,6 +54,9 @@ def make_parser() -> argparse.ArgumentParser:
                        help="base folder for config.json, models/, extensions/ and outputs/ (default: Serena's folder)")
     paths.add_argument("--ui-settings-file", default=None, metavar="FILE",
                        help="settings file (default: <data-dir>/config.json)")
+    paths.add_argument("--styles-file", action="append", default=[], metavar="FILE",
+                       help="a styles file, or a wildcard such as 'styles/*.csv'; repeat for several (A1111; "
+                            "default: styles.csv in the data folder)")
     paths.add_argument("--ckpt", default=None, metavar="FILE",
                        help="a checkpoint to register and load at start-up")
     paths.add_argument("--allow-pickle-checkpoints", action="store_true",
@@ -115,6 +118,9 @@ def make_parser() -> argparse.ArgumentParser:
     gen.add_argument("--height", type=int, default=None, help="default: the checkpoint's native size")
     gen.add_argument("--batch-size", type=int, default=1)
     gen.add_argument("--n-iter", type=int, default=1)
+    gen.add_argument("--styles", action="append", default=[], metavar="NAME",
+                     help="a prompt style of the styles file; repeat for several, applied in order")
+    gen.add_argument("--tiling", action="store_true", help="a seamless tileable image (circular padding)")
     gen.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                      help="a per-generation setting override; repeat for several")
     gen.add_argument("--out", default=None, metavar="DIR", help="where to write the images (default: outputs/)")

@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from modules import infotext, jobs, plugins, sd_models, sd_samplers, shared
+from modules import infotext, jobs, plugins, sd_models, sd_samplers, shared, styles
 from modules.runtime_utils import temporary_opts, with_overrides
 
 log = logging.getLogger("serena.processing")
@@ -35,11 +35,12 @@ class GenerationSettings:
     clip_skip: int = 1
     eta_noise_seed_delta: int = 0
     randn_source: str = "CPU"
+    tiling: bool = False  # the "tiling" option: what a request that leaves ``tiling`` unset gets (A1111)
 
     @classmethod
     def capture(cls, opts) -> "GenerationSettings":
         return cls(clip_skip=int(opts.CLIP_stop_at_last_layers), eta_noise_seed_delta=int(opts.eta_noise_seed_delta),
-                   randn_source=opts.randn_source)
+                   randn_source=opts.randn_source, tiling=bool(opts.tiling))
 
     def fit(self, model, warnings: list) -> "GenerationSettings":
         """These settings within what ``model`` can do. Values from a request were checked against its model
@@ -120,6 +121,7 @@ class StableDiffusionProcessing:
                 raise ValueError(f"`{name}` must be an integer of at least 1, got {value!r}")
         sd_samplers.resolve_sampler(self.sampler_name)
         sd_samplers.resolve_scheduler(self.scheduler)
+        styles.check_names(self.styles)
 
     def init_seeds(self):
         """Seeds for every image: -1 picks a random seed; image i of the whole run uses seed + i (A1111)."""
@@ -129,8 +131,14 @@ class StableDiffusionProcessing:
         count = self.batch_size * self.n_iter
         self.all_seeds = [(seed + i) % (SEED_MAX + 1) for i in range(count)]
         self.all_subseeds = [(subseed + i) % (SEED_MAX + 1) for i in range(count)]
-        self.all_prompts = [self.prompt] * count
-        self.all_negative_prompts = [self.negative_prompt] * count
+        # The styles' text goes into the prompts every image is made and recorded with (A1111's setup_prompts)
+        self.all_prompts = [styles.database().apply_to_prompt(self.prompt, self.styles)] * count
+        self.all_negative_prompts = [styles.database().apply_to_negative_prompt(self.negative_prompt,
+                                                                                self.styles)] * count
+
+    def uses_tiling(self) -> bool:
+        """Whether this generation tiles: the request's ``tiling``, or the option when the request leaves it unset."""
+        return bool(self.tiling) if self.tiling is not None else self.settings.tiling
 
     def sampling_request(self, prompts: list[str], negative_prompts: list[str], seeds: list[int],
                          subseeds: list[int]):
@@ -142,7 +150,7 @@ class StableDiffusionProcessing:
             subseeds=tuple(subseeds), subseed_strength=float(self.subseed_strength), width=self.width,
             height=self.height, sampler_name=self.sampler_name, scheduler=self.scheduler, steps=self.steps,
             cfg_scale=float(self.cfg_scale), eta=None if self.eta is None else float(self.eta),
-            settings=self.settings)
+            settings=self.settings, tiling=self.uses_tiling())
 
     def sample_batch(self, model, prompts: list[str], negative_prompts: list[str], seeds: list[int],
                      subseeds: list[int]) -> list:
@@ -172,6 +180,7 @@ class StableDiffusionProcessing:
             "Clip skip": clip_skip if clip_skip > 1 else None,
             "ENSD": settings.eta_noise_seed_delta or None,
             "RNG": settings.randn_source if settings.randn_source != "CPU" else None,
+            "Tiling": "True" if self.uses_tiling() else None,
         }
         if self.subseed_strength:
             params.update({"Variation seed": self.all_subseeds[index],

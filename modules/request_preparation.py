@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from modules import infotext, shared
+from modules import infotext, shared, styles
 from modules.option_info import same_value
 from modules.runtime_utils import OverrideError
 
@@ -86,6 +86,10 @@ def paste_infotext(text: str) -> Pasted:
     opts = shared.opts
     params = dict(infotext.parse_generation_parameters(text))
     pasted = Pasted(params=params)
+    # Styles first: their text leaves the prompts that fill the fields (A1111's infotext_styles)
+    found_styles = styles.from_infotext(params)
+    if found_styles is not None:
+        pasted.fields["styles"] = found_styles
     for key, name in PASTE_FIELDS:
         if key in params and (params[key] != "" or name in _TEXT_FIELDS):
             pasted.fields[name] = params[key]

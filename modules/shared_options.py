@@ -18,6 +18,8 @@ options_templates.update(options_section(("sd", "Stable Diffusion", "sd"), {
     "sd_vae": OptionInfo("Automatic", "SD VAE", "Dropdown", infotext="VAE"),
     "CLIP_stop_at_last_layers": OptionInfo(
         1, "Clip skip", "Slider", {"minimum": 1, "maximum": 12, "step": 1}, infotext="Clip skip"),
+    # A1111 1.10 keeps tiling as a setting; a request's own ``tiling`` wins over it (modules.tiling).
+    "tiling": OptionInfo(False, "Tiling", infotext="Tiling").info("produce a tileable picture"),
 }))
 
 options_templates.update(options_section(("sampler-params", "Sampler parameters", "sd"), {
@@ -47,6 +49,15 @@ options_templates.update(options_section(("saving-paths", "Paths for saving", "s
 
 options_templates.update(options_section(("ui", "User interface", "ui"), {
     "send_seed": OptionInfo(True, "Send seed when sending prompt or image to other interface"),
+}))
+
+options_templates.update(options_section(("infotext", "Infotext", "ui"), {
+    "infotext_styles": OptionInfo(
+        "Apply if any", "Infer styles from prompts of pasted infotext", "Radio",
+        {"choices": ["Ignore", "Apply", "Discard", "Apply if any"]}).info(
+        "when reading generation parameters from text: Ignore keeps the prompt; Apply removes the styles' text "
+        "and selects the styles found; Discard only removes their text; Apply if any selects them when some are "
+        "found"),
 }))
 
 options_templates.update(options_section((None, "Hidden options"), {

@@ -26,7 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
 from modules import (extensions, image_parameters, infotext, jobs, plugins, processing, request_preparation,
-                     runtime_utils, sd_models, sd_samplers, sd_vae, settings_change, shared, upscalers)
+                     runtime_utils, sd_models, sd_samplers, sd_vae, settings_change, shared, styles, upscalers)
 from modules.api import models
 from modules.api.errors import validation_error_response
 from modules.api.image_codec import check_image_count, decode_images, encode_image
@@ -394,7 +394,8 @@ class Api:
         return []
 
     def get_prompt_styles(self):
-        return []
+        return [models.PromptStyleItem(name=style.name, prompt=style.prompt, negative_prompt=style.negative_prompt)
+                for style in styles.database().styles.values()]
 
     def get_embeddings(self):
         return models.EmbeddingsResponse(loaded={}, skipped={})

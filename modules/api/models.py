@@ -33,7 +33,8 @@ class _GenerationRequest(BaseModel):
     prompt: str = Field("", description="The prompt.")
     negative_prompt: str = Field("", description="The negative prompt.")
     styles: list[str] | None = Field(
-        None, description="Prompt style names (Serena has none; a non-empty list is ignored).")
+        None, description="Prompt style names (GET /prompt-styles), applied in order to the prompt and the negative "
+                          "prompt; an unknown name is a 422 (A1111 skips it).")
     seed: int = Field(-1, description="Seed of the first image; -1 picks a random one. Image i uses seed + i.")
     subseed: int = Field(-1, description="Variation seed; -1 picks a random one.")
     subseed_strength: float = Field(0.0, description="How much of the variation seed's noise is mixed in (0 to 1).")
@@ -54,7 +55,8 @@ class _GenerationRequest(BaseModel):
     height: int | None = Field(None, description="Image height in pixels (a multiple of 8); omitted or null as "
                                                  "for `width`.")
     restore_faces: bool | None = Field(None, description="Face restoration (not supported; true is ignored).")
-    tiling: bool | None = Field(None, description="Seamless tiling (not supported; true is ignored).")
+    tiling: bool | None = Field(
+        None, description="Seamless tiling: the image wraps at its edges. null: the `tiling` setting decides.")
     do_not_save_samples: bool = Field(False, description="Superseded by `save_images`, as in A1111.")
     do_not_save_grid: bool = Field(False, description="Superseded by `save_images`, as in A1111.")
     eta: float | None = Field(None, description="Noise multiplier for samplers whose step takes `eta`.")
@@ -137,11 +139,9 @@ class StableDiffusionImg2ImgProcessingAPI(_GenerationRequest):
 # A second table entry restricts the check to requests where the condition field is set (mask options matter
 # only with a mask).
 UNSUPPORTED_FIELDS: dict[str, tuple[tuple, str | None]] = {
-    "styles": (([],), None),
     "seed_resize_from_h": ((0,), None),
     "seed_resize_from_w": ((0,), None),
     "restore_faces": ((False,), None),
-    "tiling": ((False,), None),
     "s_min_uncond": ((0,), None),
     # webuiapi sends s_tmax=0, s_tmin=0, s_churn=0, s_noise=1 by default: A1111 treats those as "off".
     "s_churn": ((0,), None),
@@ -359,7 +359,7 @@ class RealesrganItem(BaseModel):
 
 
 class PromptStyleItem(BaseModel):
-    """A1111 shape; Serena lists none."""
+    """One style of the styles files (A1111's shape)."""
 
     name: str
     prompt: str | None = None
