@@ -135,8 +135,9 @@ class StyleDatabase:
                                                if n in self.styles])
 
     def extract_from_prompt(self, prompt: str, negative_prompt: str) -> tuple[list[str], str, str]:
-        """The styles whose text ``prompt`` and ``negative_prompt`` hold, in the order they were applied, and the
-        prompts without them (A1111's ``extract_styles_from_prompt``: the last applied is found first)."""
+        """The styles whose text ``prompt`` and ``negative_prompt`` hold, in an order that applied to the prompts
+        without them gives the prompts back, and those prompts (A1111's ``extract_styles_from_prompt``: the
+        outermost style is taken off first)."""
         extracted = []
         candidates = list(self.styles.values())
         while True:
