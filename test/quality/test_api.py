@@ -275,9 +275,9 @@ def test_legacy_fields_accepted_with_warnings(client):
     assert body["warnings"] == [] and len(body["images"]) == 1
     # Settings Serena does not act on: still 200, and said so.
     body = client.post("/sdapi/v1/txt2img", json=dict(TXT, restore_faces=True, enable_hr=True, s_churn=0.5,
-                                                        styles=["cinematic"], sampler="Euler")).json()
+                                                        sampler="Euler")).json()
     warned = " ".join(body["warnings"])
-    for field in ("restore_faces", "enable_hr", "s_churn", "styles", "unknown field `sampler`"):
+    for field in ("restore_faces", "enable_hr", "s_churn", "unknown field `sampler`"):
         assert field in warned
     assert json.loads(body["info"])["warnings"] == body["warnings"]
 
