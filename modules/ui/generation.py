@@ -15,11 +15,12 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from modules.ui import common, paste, progress
+from modules.ui import common, paste, progress, prompt_styles
 
 # Component order of the form values passed to ``make_p`` (after the tab's own extra inputs).
 FORM_VALUE_NAMES = ("prompt", "negative_prompt", "sampler", "scheduler", "steps", "cfg_scale", "width", "height",
-                    "seed", "batch_count", "batch_size", "denoising_strength", "override_settings")
+                    "seed", "batch_count", "batch_size", "denoising_strength", "override_settings", "styles",
+                    "tiling")
 
 
 @dataclass
@@ -44,6 +45,8 @@ class GenerationForm:
     batch_size: Any = None
     denoising_strength: Any = None
     override_settings: Any = None
+    styles: Any = None
+    tiling: Any = None
     progress: Any = None
     gallery: Any = None
     info: Any = None
@@ -58,8 +61,9 @@ class GenerationForm:
         return [getattr(self, name) for name in FORM_VALUE_NAMES]
 
     def paste_targets(self) -> list:
-        """Components a paste fills, in ``paste.FORM_FIELDS`` order, then the override field."""
-        return [getattr(self, component) for _, _, component in paste.FORM_FIELDS] + [self.override_settings]
+        """Components a paste fills, in ``paste.FORM_FIELDS`` order, then the styles and the override field."""
+        return [getattr(self, component) for _, _, component in paste.FORM_FIELDS] + [self.styles,
+                                                                                     self.override_settings]
 
 
 def build_prompt_row(form: GenerationForm):
@@ -71,6 +75,7 @@ def build_prompt_row(form: GenerationForm):
                                                  f"{common.PASTE_SYMBOL} to fill every field)")
             form.negative_prompt = gr.Textbox(label="Negative prompt", elem_id=f"{t}_neg_prompt", lines=2,
                                               max_lines=12, placeholder="Negative prompt")
+            prompt_styles.build(form)
         with gr.Column(scale=1, min_width=180):
             form.generate = gr.Button("Generate", variant="primary", elem_id=f"{t}_generate", size="lg")
             with gr.Row():
@@ -110,6 +115,9 @@ def build_parameters(form: GenerationForm, *, img2img: bool = False):
                                         elem_id=f"{t}_batch_size")
     form.cfg_scale = gr.Slider(minimum=1.0, maximum=30.0, step=0.5, value=defaults.cfg_scale, label="CFG Scale",
                                elem_id=f"{t}_cfg_scale")
+    # Unticked leaves the "tiling" setting to decide, as a request without `tiling` does
+    form.tiling = gr.Checkbox(label="Tiling", value=False, elem_id=f"{t}_tiling",
+                              info="A seamless image: its edges wrap around")
     form.denoising_strength = gr.Slider(minimum=0.0, maximum=1.0, step=0.01, value=0.75, visible=img2img,
                                         label="Denoising strength", elem_id=f"{t}_denoising_strength")
     with gr.Row(equal_height=True):
@@ -162,6 +170,8 @@ def common_p_kwargs(values: dict) -> dict:
         n_iter=max(1, _int(values["batch_count"], 1)),
         batch_size=max(1, _int(values["batch_size"], 1)),
         override_settings=override_settings,
+        styles=list(values.get("styles") or []),
+        tiling=True if values.get("tiling") else None,
     )
 
 
@@ -265,6 +275,7 @@ def paste_updates(form: GenerationForm, text: str, *, with_seed: bool = True) ->
     out = []
     for _, _, component in paste.FORM_FIELDS:
         out.append(pasted.fields[component] if component in pasted.fields else gr.skip())
+    out.append(pasted.styles if pasted.styles is not None else gr.skip())
     out.append(gr.update(choices=pasted.overrides, value=pasted.overrides, visible=bool(pasted.overrides)))
     text = f"Pasted {len(pasted.fields)} fields"
     if pasted.overrides:

@@ -38,6 +38,7 @@ class Pasted:
     overrides: list = field(default_factory=list)
     rejected: list = field(default_factory=list)
     params: dict = field(default_factory=dict)
+    styles: list | None = None  # the styles found in the prompts (``modules.styles.from_infotext``); None: leave them
 
 
 def looks_like_infotext(text: str) -> bool:
@@ -102,7 +103,7 @@ def entry(key: str, value: Any) -> str:
 def from_infotext(text: str, mode: str = "txt2img") -> Pasted:
     """Turn a pasted infotext into field values and override entries (only settings that differ)."""
     prepared = request_preparation.paste_infotext(text)
-    pasted = Pasted(params=prepared.params)
+    pasted = Pasted(params=prepared.params, styles=prepared.fields.get("styles"))
     for key, name, component in FORM_FIELDS:
         if name not in prepared.fields or (component == "denoising_strength" and mode != "img2img"):
             continue

@@ -277,6 +277,21 @@ def test_generation_kwargs_are_typed(data_dir):
     assert kwargs["steps"] == 4 and isinstance(kwargs["steps"], int) and kwargs["n_iter"] == 2
     assert kwargs["negative_prompt"] == "" and kwargs["cfg_scale"] == 6.0
     assert kwargs["override_settings"] == {"CLIP_stop_at_last_layers": 2}
+    assert kwargs["styles"] == [] and kwargs["tiling"] is None  # unticked: the "tiling" setting decides
+    kwargs = generation.common_p_kwargs(dict(values, styles=["a", "b"], tiling=True))
+    assert kwargs["styles"] == ["a", "b"] and kwargs["tiling"] is True
+
+
+def test_styles_row_applies_styles_and_paste_finds_them(data_dir):
+    from modules.ui import paste, prompt_styles
+
+    (data_dir / "styles.csv").write_text('name,prompt,negative_prompt\nfilm,"film still of {prompt}",cartoon\n')
+    assert prompt_styles.names() == ["film"]
+    assert prompt_styles.apply_to_prompts("a cat", "dark", ["film", "gone"]) == ("film still of a cat",
+                                                                               "dark, cartoon", [])
+    pasted = paste.from_infotext("film still of a cat\nNegative prompt: dark, cartoon\nSteps: 5, Seed: 1")
+    assert pasted.styles == ["film"]
+    assert (pasted.fields["prompt"], pasted.fields["negative_prompt"]) == ("a cat", "dark")
 
 
 def test_create_ui_adds_extension_tabs_and_options(data_dir, register, monkeypatch):
@@ -422,6 +437,7 @@ def write_probe_extension(data_dir: Path):
 def server(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("serena-ui-data")
     write_probe_extension(data_dir)
+    (data_dir / "styles.csv").write_text('name,prompt,negative_prompt\ngreen,"{prompt}, green",blurry\n')
     server = Server(data_dir)
     try:
         server.wait_ready()
@@ -579,6 +595,23 @@ def test_pasted_override_applies_to_one_generation_only(page, server):
                            " || !document.querySelector('#txt2img_override_settings').innerText.includes('Clip skip')")
     text = generate(page)
     assert "Clip skip" not in text, text
+
+
+def test_styles_and_tiling_reach_the_generation(page):
+    open_tab(page, "txt2img")
+    page.fill("#txt2img_prompt textarea", "a square")
+    page.fill("#txt2img_neg_prompt textarea", "")
+    page.locator("#txt2img_styles input").first.click()
+    page.get_by_role("option", name="green").click()
+    page.locator("#txt2img_tiling input[type=checkbox]").check()
+    text = generate(page)
+    assert text.startswith("a square, green\nNegative prompt: blurry\n") and "Tiling: True" in text, text
+    # 📋 writes the styles into the prompt boxes and clears the selection: the same prompts, no style applied twice
+    page.click("#txt2img_styles_apply")
+    wait_value(page, "#txt2img_prompt textarea", "a square, green")
+    page.locator("#txt2img_tiling input[type=checkbox]").uncheck()
+    text = generate(page)
+    assert text.startswith("a square, green\nNegative prompt: blurry\n") and "Tiling" not in text, text
 
 
 def test_png_info_sends_parameters_to_txt2img(page, server):
