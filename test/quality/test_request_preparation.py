@@ -36,7 +36,8 @@ def form_values(**changes) -> dict:
 
 def cli_options(**changes) -> types.SimpleNamespace:
     options = dict(txt2img="a cat", negative_prompt="", steps=2, seed=1, sampler="Euler", schedule_type="Automatic",
-                   cfg_scale=None, width=64, height=64, batch_size=1, n_iter=1, override=[], out=None)
+                   cfg_scale=None, width=64, height=64, batch_size=1, n_iter=1, override=[], out=None, styles=[],
+                   tiling=False)
     options.update(changes)
     return types.SimpleNamespace(**options)
 
@@ -254,6 +255,17 @@ def test_cli_and_ui_start_from_the_checkpoint_defaults(data_dir, fake_models, mo
     assert (p.width, p.height, p.cfg_scale) == (64, 64, 4.0)
     kwargs = generation.common_p_kwargs(form_values(width=None, height=None, cfg_scale=None))
     assert (kwargs["width"], kwargs["height"], kwargs["cfg_scale"]) == (64, 64, 4.0)
+
+
+def test_cli_styles_and_tiling_flags_reach_the_generation_and_an_unknown_style_is_a_usage_error(
+        data_dir, fake_models, queued, capsys):
+    (data_dir / "styles.csv").write_text("name,prompt\nfilm,film still of {prompt}\n")
+    assert cli.run_txt2img(cli_options(styles=["film"], tiling=True)) == 0
+    [p] = queued
+    assert (p.styles, p.tiling) == (["film"], True)
+    assert cli.run_txt2img(cli_options()) == 0 and queued[1].tiling is None  # no flag: the "tiling" setting decides
+    assert cli.run_txt2img(cli_options(styles=["film", "nope"])) == 2 and len(queued) == 2
+    assert "'nope'" in capsys.readouterr().err
 
 
 # -- settings change ---------------------------------------------------------------------------------------------
