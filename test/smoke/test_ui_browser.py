@@ -289,7 +289,7 @@ def test_styles_row_applies_styles_and_paste_finds_them(data_dir):
     assert prompt_styles.names() == ["film"]
     assert prompt_styles.apply_to_prompts("a cat", "dark", ["film", "gone"]) == ("film still of a cat",
                                                                                "dark, cartoon", [])
-    pasted = paste.from_infotext("film still of a cat\nNegative prompt: dark, cartoon\nSteps: 5, Seed: 1")
+    pasted = paste.from_infotext("film still of a cat\nNegative prompt: dark, cartoon\nSteps: 5, Seed: 1, CFG scale: 7")
     assert pasted.styles == ["film"]
     assert (pasted.fields["prompt"], pasted.fields["negative_prompt"]) == ("a cat", "dark")
 
