@@ -191,8 +191,11 @@ def check_names(names: Iterable[str] | None) -> None:
     """``ValueError`` naming every style of ``names`` that no styles file has (A1111 skips them without a word)."""
     unknown = database().unknown(names)
     if unknown:
+        files = style_files()
+        where = f"the styles of {', '.join(files)}" if files else "none: there is no styles file (styles.csv in " \
+            "the data folder, or --styles-file)"
         raise ValueError(f"`styles` has unknown style(s) {', '.join(map(repr, unknown))}; "
-                         f"GET /sdapi/v1/prompt-styles lists the styles of {' and '.join(style_files()) or 'none'}")
+                         f"GET /sdapi/v1/prompt-styles lists {where}")
 
 
 def from_infotext(params: MutableMapping, mode: str | None = None) -> list[str] | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -85,6 +86,24 @@ def test_the_next_request_without_tiling_is_byte_identical_to_a_fresh_run(client
     txt2img(client, seed=11, tiling=True)
     assert padding_modes() == {"zeros"}
     assert txt2img(client, seed=11)["images"] == fresh
+
+
+def test_img2img_tiles_too_and_restores(client):
+    init = txt2img(client, seed=2)["images"][0]
+    r = client.post("/sdapi/v1/img2img", json=dict(REQUEST, seed=2, init_images=[init], denoising_strength=0.6,
+                                                    tiling=True))
+    assert r.status_code == 200, r.text
+    assert "Tiling: True" in json.loads(r.json()["info"])["infotexts"][0] and padding_modes() == {"zeros"}
+
+
+def test_concurrent_tiled_and_untiled_requests_queue_and_each_gets_its_own_padding(client):
+    """Two clients at once: the queue runs one generation at a time, so each image is what it is alone."""
+    alone = {tiled: txt2img(client, seed=6, tiling=tiled)["images"] for tiled in (True, False)}
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = [(tiled, pool.submit(txt2img, client, seed=6, tiling=tiled)) for tiled in (True, False) * 2]
+        for tiled, future in futures:
+            assert future.result()["images"] == alone[tiled]
+    assert padding_modes() == {"zeros"}
 
 
 class Fails:
