@@ -132,9 +132,9 @@ class StableDiffusionProcessing:
         self.all_seeds = [(seed + i) % (SEED_MAX + 1) for i in range(count)]
         self.all_subseeds = [(subseed + i) % (SEED_MAX + 1) for i in range(count)]
         # The styles' text goes into the prompts every image is made and recorded with (A1111's setup_prompts)
-        self.all_prompts = [styles.database().apply_to_prompt(self.prompt, self.styles)] * count
-        self.all_negative_prompts = [styles.database().apply_to_negative_prompt(self.negative_prompt,
-                                                                                self.styles)] * count
+        style_db = styles.database()
+        self.all_prompts = [style_db.apply_to_prompt(self.prompt, self.styles)] * count
+        self.all_negative_prompts = [style_db.apply_to_negative_prompt(self.negative_prompt, self.styles)] * count
 
     def uses_tiling(self) -> bool:
         """Whether this generation tiles: the request's ``tiling``, or the option when the request leaves it unset."""
