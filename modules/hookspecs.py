@@ -243,3 +243,24 @@ def on_postprocess(p: Any, processed: Any) -> None:
 
     .. versionadded:: 0.1
     """
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Lists that extensions add to, read whenever they are needed
+# ---------------------------------------------------------------------------------------------------------------
+
+@hookspec
+def on_list_upscalers() -> Any:
+    """List image upscalers. Fires each time the list is read: ``GET /sdapi/v1/upscalers``, every extras request
+    (``extra-single-image``, ``extra-batch-images``, the Extras tab) and every ``modules.upscalers.upscale`` call
+    (Hires fix, SD upscale), so keep it cheap: scan model folders once and return what you found.
+
+    :returns: a list of ``modules.extensions_api.Upscaler`` (or one), or ``None``. They are listed after the
+        built-in None, Lanczos and Nearest, in hook order. An item whose name is already listed (case-insensitive),
+        or that is no ``Upscaler`` with a name, a function and a positive scale, is skipped and reported.
+
+    A1111 has no hook: an extension subclasses ``modules.upscaler.Upscaler`` and A1111 finds the subclass when it
+    loads the extension's scripts.
+
+    .. versionadded:: 0.1
+    """

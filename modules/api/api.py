@@ -36,8 +36,6 @@ from modules.request_preparation import RequestFieldError
 
 log = logging.getLogger("serena.api")
 
-# Largest side extras may produce: a scale of 8 on a big image would otherwise allocate gigabytes.
-MAX_UPSCALED_SIDE = 8192
 
 
 # -- from request to processing object --------------------------------------------------------------------------
@@ -297,14 +295,14 @@ class Api:
     def extras_single_image_api(self, req: models.ExtrasSingleImageRequest):
         [image] = decode_images([("image", req.image)])
         plan = _upscale_plan(req, [image])
-        [result] = jobs.run_job("extras", upscalers.run_plan, plan, [image])
+        [result] = _run_upscale_plan(plan, [image])
         return models.ExtrasSingleImageResponse(html_info=plan.describe(), image=encode_image(result))
 
     def extras_batch_images_api(self, req: models.ExtrasBatchImagesRequest):
         check_image_count(req.imageList, "imageList")
         batch = decode_images([(f"imageList[{i}].data", item.data) for i, item in enumerate(req.imageList)])
         plan = _upscale_plan(req, batch)
-        results = jobs.run_job("extras", upscalers.run_plan, plan, batch)
+        results = _run_upscale_plan(plan, batch)
         return models.ExtrasBatchImagesResponse(html_info=plan.describe(), images=[encode_image(r) for r in results])
 
     def pnginfoapi(self, req: models.PNGInfoRequest):
@@ -474,33 +472,23 @@ def _options_view() -> dict:
 
 
 def _upscale_plan(req, batch: list) -> upscalers.Plan:
-    """The extras request as an upscale plan, or the error naming the fields that cannot be honoured."""
-    errors, found = {}, {}
-    for field in ("upscaler_1", "upscaler_2"):
-        try:
-            found[field] = upscalers.resolve(getattr(req, field))
-        except ValueError as e:
-            errors[field] = str(e)
-    if errors:
-        raise RequestFieldError(errors)
+    """The extras request as an upscale plan (``upscalers.make_plan``, which the Extras tab uses too), or the error
+    naming the fields that cannot be honoured."""
     warnings = [f"`{f}` is not supported by Serena (no face restorers) and was ignored"
                 for f in ("gfpgan_visibility", "codeformer_visibility") if getattr(req, f)]
-    plan = upscalers.Plan(upscaler_1=found["upscaler_1"], upscaler_2=found["upscaler_2"],
-                          upscaler_2_visibility=req.extras_upscaler_2_visibility, resize_mode=req.resize_mode,
-                          scale=req.upscaling_resize, width=req.upscaling_resize_w, height=req.upscaling_resize_h,
-                          crop=req.upscaling_crop, warnings=warnings)
-    if not plan.active and found["upscaler_2"].upscale is not None and plan.upscaler_2_visibility > 0:
-        warnings.append("`upscaler_2` was ignored: it blends into the result of `upscaler_1`, which is None")
-    if plan.active:
-        largest = max((max(plan.scaled_size(image)) for image in batch), default=0)
-        if largest > MAX_UPSCALED_SIDE:
-            field = "upscaling_resize" if req.resize_mode == 0 else "upscaling_resize_w"
-            raise RequestFieldError({field: f"the result would be {largest} pixels wide or high; the limit is "
-                                            f"{MAX_UPSCALED_SIDE}"})
-        total = sum(w * h for w, h in map(plan.scaled_size, batch))
-        limit = shared.opts.api_max_output_pixels
-        if total > limit:
-            field = "upscaling_resize" if req.resize_mode == 0 else "upscaling_resize_w"
-            raise RequestFieldError({field: f"the results would hold {total} pixels together, above this server's "
-                                            f"limit of {limit} for one request (option api_max_output_pixels)"})
-    return plan
+    try:
+        return upscalers.make_plan(
+            batch, upscaler_1=req.upscaler_1, upscaler_2=req.upscaler_2, visibility=req.extras_upscaler_2_visibility,
+            resize_mode=req.resize_mode, scale=req.upscaling_resize, width=req.upscaling_resize_w,
+            height=req.upscaling_resize_h, crop=req.upscaling_crop, max_pixels=shared.opts.api_max_output_pixels,
+            warnings=warnings)
+    except upscalers.PlanError as e:
+        raise RequestFieldError(e.errors) from None
+
+
+def _run_upscale_plan(plan: upscalers.Plan, batch: list) -> list:
+    """The plan applied as one queued job; an upscaler that fails is a 422 naming its field."""
+    try:
+        return jobs.run_job("extras", upscalers.run_plan, plan, batch)
+    except upscalers.PlanError as e:
+        raise RequestFieldError(e.errors) from None

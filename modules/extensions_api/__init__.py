@@ -21,6 +21,7 @@ from modules.plugins import HookError, resolved_order
 from modules.runtime_utils import (OverrideError, active_overrides, run_in_thread, running_overrides, temporary_opts,
                                    with_overrides)
 from modules.shared import opts
+from modules.upscalers import Upscaler
 
 
 def hook_order() -> dict[str, list[str]]:
@@ -43,4 +44,5 @@ __all__ = [
     "OptionInfo",
     "options_section",
     "opts",
+    "Upscaler",
 ]

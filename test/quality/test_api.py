@@ -20,6 +20,7 @@ from PIL import Image, PngImagePlugin
 from modules import jobs, processing, shared, upscalers
 from modules.api import errors as api_errors
 from modules.api.api import Api, parse_credentials
+from modules.hookspecs import hookimpl
 
 SNAPSHOT = os.path.join(os.path.dirname(__file__), "openapi_snapshot.json")
 
@@ -376,24 +377,73 @@ def test_extras_single_image(client):
     assert decode(body["image"]).size == (20, 20)
 
 
-def test_extras_batch_and_registered_upscaler(client):
+class ListUpscalers:
+    """An extension listing upscalers through ``on_list_upscalers``."""
+
+    def __init__(self, *items):
+        self.items = list(items)
+
+    @hookimpl
+    def on_list_upscalers(self):
+        return self.items
+
+
+def test_extras_batch_with_an_upscaler_an_extension_lists(client, register):
     calls = []
 
     def doubler(image, width, height):
         calls.append((width, height))
         return image.resize((width, height))
 
-    upscalers.register(upscalers.Upscaler("Test doubler", doubler, scale=2))
-    try:
-        assert "Test doubler" in [u["name"] for u in client.get("/sdapi/v1/upscalers").json()]
-        body = client.post("/sdapi/v1/extra-batch-images", json={
-            "imageList": [{"data": png_b64(size=(4, 4)), "name": "a.png"},
-                          {"data": "data:image/png;base64," + png_b64(size=(8, 4)), "name": "b.png"}],
-            "upscaler_1": "Test doubler", "upscaling_resize": 2, "upscaler_2": "Nearest",
-            "extras_upscaler_2_visibility": 0.5}).json()
-        assert [decode(i).size for i in body["images"]] == [(8, 8), (16, 8)] and calls == [(8, 8), (16, 8)]
-    finally:
-        upscalers.unregister("Test doubler")
+    register(ListUpscalers(upscalers.Upscaler("Test doubler", doubler, scale=2, model_path="/m/d.pth")), "doubler")
+    listed = {u["name"]: u for u in client.get("/sdapi/v1/upscalers").json()}
+    assert listed["Test doubler"] == {"name": "Test doubler", "model_name": None, "model_path": "/m/d.pth",
+                                      "model_url": None, "scale": 2}
+    body = client.post("/sdapi/v1/extra-batch-images", json={
+        "imageList": [{"data": png_b64(size=(4, 4)), "name": "a.png"},
+                      {"data": "data:image/png;base64," + png_b64(size=(8, 4)), "name": "b.png"}],
+        "upscaler_1": "test DOUBLER", "upscaling_resize": 2, "upscaler_2": "Nearest",
+        "extras_upscaler_2_visibility": 0.5}).json()
+    assert [decode(i).size for i in body["images"]] == [(8, 8), (16, 8)] and calls == [(8, 8), (16, 8)]
+    assert "Postprocess upscaler 2: Nearest, visibility 0.5" in body["html_info"]
+
+
+def solid(value):
+    return lambda image, width, height: Image.new("RGB", (width, height), (value, value, value))
+
+
+@pytest.mark.parametrize("visibility", [0, 0.25, 0.5, 1])
+def test_extras_upscaler_2_blends_by_its_visibility(client, register, visibility):
+    register(ListUpscalers(upscalers.Upscaler("Black", solid(0)), upscalers.Upscaler("White", solid(200))), "solid")
+    body = client.post("/sdapi/v1/extra-single-image", json={
+        "image": png_b64(size=(3, 2)), "upscaler_1": "Black", "upscaler_2": "White", "upscaling_resize": 2,
+        "extras_upscaler_2_visibility": visibility}).json()
+    result = decode(body["image"])
+    assert result.size == (6, 4) and result.getpixel((5, 3)) == (round(200 * visibility),) * 3
+    assert ("Postprocess upscaler 2: White" in body["html_info"]) == (visibility > 0)
+
+
+@pytest.mark.parametrize("field", ["upscaler_1", "upscaler_2"])
+def test_a_failing_upscaler_is_a_422_naming_its_field_and_itself(client, register, field):
+    def broken(image, width, height):
+        raise OSError("model file truncated")
+
+    register(ListUpscalers(upscalers.Upscaler("Broken", broken)), "broken")
+    chosen = {"upscaler_1": "Lanczos", "upscaler_2": "Lanczos", field: "Broken"}
+    r = client.post("/sdapi/v1/extra-single-image", json=dict(
+        image=png_b64(), extras_upscaler_2_visibility=0.5, **chosen))
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"] == {field: "upscaler 'Broken' failed: OSError: model file truncated"}
+
+
+def test_an_extension_cannot_replace_a_builtin_upscaler(client, register):
+    register(ListUpscalers(upscalers.Upscaler("lanczos", solid(0))), "impostor")
+    names = [u["name"] for u in client.get("/sdapi/v1/upscalers").json()]
+    assert names == ["None", "Lanczos", "Nearest"]
+    body = client.post("/sdapi/v1/extra-single-image", json={
+        "image": png_b64(color=(200, 10, 10)), "upscaler_1": "lanczos"}).json()
+    assert decode(body["image"]).getpixel((0, 0)) == (200, 10, 10)
+    assert "extension 'impostor' listed an upscaler that was skipped: 'lanczos' is already listed" in body["html_info"]
 
 
 @pytest.mark.parametrize("payload,field", [

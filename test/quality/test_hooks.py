@@ -512,6 +512,35 @@ def test_hook_on_postprocess(fake_models, register):
     assert len(processed.images) == 2 and processed.infotexts[-1] == "clip skip 2"
 
 
+def test_hook_on_list_upscalers(register):
+    from modules import upscalers
+    from modules.extensions_api import Upscaler
+
+    def halve_then_grow(image, width, height):  # returns the wrong size on purpose: Serena resizes to fit
+        return image.resize((width // 2, height // 2))
+
+    class One:
+        @hookimpl
+        def on_list_upscalers(self):
+            return Upscaler("Hook upscaler", halve_then_grow, scale=2, model_name="hook")
+
+    class Many:
+        @hookimpl
+        def on_list_upscalers(self):
+            return [Upscaler("hook UPSCALER", halve_then_grow), Upscaler("Second", halve_then_grow, scale=3),
+                    "not an upscaler", Upscaler("Zero", halve_then_grow, scale=0)]
+
+    register(One(), "one-ext")
+    register(Many(), "many-ext")
+    warnings: list = []
+    listed = upscalers.all_upscalers(warnings)
+    assert [u.name for u in listed] == ["None", "Lanczos", "Nearest", "Hook upscaler", "Second"]
+    assert len(warnings) == 3 and all("'many-ext'" in w for w in warnings)
+    assert "'hook UPSCALER' is already listed by extension 'one-ext'" in warnings[0]
+    image = upscalers.upscale(Image.new("RGB", (5, 3), (9, 9, 9)), "hook upscaler", 15, 9)
+    assert image.size == (15, 9) and image.getpixel((7, 4)) == (9, 9, 9)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The built-in extensions, through process_images
 # ---------------------------------------------------------------------------------------------------------------
