@@ -1,12 +1,12 @@
 """Serena's web UI: gradio Blocks mounted at ``/`` by ``webui.create_app`` (unless ``--nowebui``).
 
 ``create_ui()`` builds the page: quick settings (checkpoint, VAE) on top, then the tabs txt2img, img2img,
-PNG Info, the tabs extensions add through ``on_ui_tabs``, Settings and Extensions. Generations run through
+Extras, PNG Info, the tabs extensions add through ``on_ui_tabs``, Settings and Extensions. Generations run through
 ``modules.jobs.run_job``, the FIFO queue the API uses too, so UI and API generations never overlap.
 
 One module per responsibility: ``generation`` (the form and events txt2img and img2img share), ``txt2img``,
 ``img2img``, ``progress`` (queueing, progress, preview, interrupt), ``paste`` (pasted parameters and the
-override settings field), ``png_info``, ``settings`` (settings page and quick settings), ``extensions_tab``.
+override settings field), ``extras``, ``png_info``, ``settings`` (settings page and quick settings), ``extensions_tab``.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def create_ui():
     import gradio as gr
 
     from modules import shared
-    from modules.ui import extensions_tab, img2img, png_info, settings, txt2img
+    from modules.ui import extensions_tab, extras, img2img, png_info, settings, txt2img
 
     ext_tabs = extension_tabs()
     # Gallery images are copied to gradio's cache as they are shown; the saved copies live in outputs/, so the
@@ -59,9 +59,11 @@ def create_ui():
                 t2i = txt2img.create_tab()
             with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
                 i2i = img2img.create_tab()
+            with gr.Tab("Extras", id="extras", elem_id="tab_extras") as extras_tab:
+                extras.create_tab(extras_tab)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png = png_info.create_tab()
-            used = {"txt2img", "img2img", "pnginfo", "settings", "extensions"}
+            used = {"txt2img", "img2img", "extras", "pnginfo", "settings", "extensions"}
             for component, title, elem_id in ext_tabs:
                 tab_id = elem_id if elem_id not in used else f"ext_{elem_id}"
                 used.add(tab_id)

@@ -320,8 +320,8 @@ def test_create_ui_adds_extension_tabs_and_options(data_dir, register, monkeypat
     blocks = create_ui()
     config = blocks.get_config_file()
     elem_ids = {c["props"].get("elem_id") for c in config["components"]}
-    assert {"probe_box", "txt2img_generate", "img2img_generate", "pnginfo_image", "settings_submit",
-            "setting_probe_option", "setting_CLIP_stop_at_last_layers", "extensions_table",
+    assert {"probe_box", "txt2img_generate", "img2img_generate", "extras_generate", "pnginfo_image",
+            "settings_submit", "setting_probe_option", "setting_CLIP_stop_at_last_layers", "extensions_table",
             "quick_sd_model_checkpoint"} <= elem_ids
     assert "setting_disabled_extensions" not in elem_ids  # hidden section
     # The Extensions tab's Apply stores the unticked ones (and keeps names of extensions no longer installed).
