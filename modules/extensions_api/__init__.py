@@ -15,6 +15,7 @@ extension's own tests are in ``modules.extensions_api.testing``.
 
 from modules import plugins as _plugins  # read at call time: tests swap the host (plugins.use_host)
 from modules.hookspecs import hookimpl
+from modules.image_grid import upscale_tiled
 from modules.option_info import OptionInfo, options_section
 from modules.override_state import OverrideState
 from modules.plugins import HookError, resolved_order
@@ -45,4 +46,5 @@ __all__ = [
     "options_section",
     "opts",
     "Upscaler",
+    "upscale_tiled",
 ]
