@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -22,6 +22,7 @@ tiles = st.integers(2, 40).flatmap(lambda t: st.tuples(st.just(t), st.integers(0
 
 @settings(max_examples=60, deadline=None)
 @given(size=sizes, tile=tiles, seed=st.integers(0, 2**16))
+@example(size=(1, 70), tile=(9, 0), seed=0)  # float steps left the last row uncovered
 def test_untouched_tiles_join_to_the_same_image(size, tile, seed):
     image = noise(*size, seed)
     grid = split_grid(image, tile[0], tile[0], tile[1])
