@@ -6,7 +6,9 @@ cannot disagree:
 * ``paste_infotext``: an infotext as request fields (``PASTE_FIELDS``), setting overrides, and what does not apply;
 * ``build_processing``: the processing object, checked before it queues (sampler and schedule type, the object's
   own input checks, every override key in one ``OverrideError``), so a bad request never waits behind a running
-  generation and never changes anything.
+  generation and never changes anything;
+* ``prepare_extras`` and ``run_extras``: an extras upscale (the API's ``extra-*`` endpoints, the Extras tab)
+  checked before it queues, then run as one queued job.
 
 The image parameters reader is ``modules.image_parameters``, a checkpoint's defaults (native size, recommended CFG)
 ``modules.sd_models.checkpoint_defaults``, the settings change ``modules.settings_change``.
@@ -18,7 +20,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from modules import infotext, shared, styles
+from modules import infotext, jobs, shared, styles, upscalers
 from modules.option_info import same_value
 from modules.runtime_utils import OverrideError
 
@@ -159,3 +161,51 @@ def build_processing(cls, fields: Mapping, *, sampler_field: str = "sampler_name
         raise RequestFieldError({name.group(1) if name else "request": str(e)}) from None
     check_overrides(p.override_settings)
     return p
+
+
+#: Largest side an extras request may produce: a scale of 8 on a big image would otherwise allocate gigabytes.
+MAX_UPSCALED_SIDE = 8192
+
+
+def prepare_extras(images: list, *, upscaler_1: str, upscaler_2: str = "None", visibility: float = 0.0,
+                   resize_mode: int = 0, scale: float = 2.0, width: int = 512, height: int = 512, crop: bool = True,
+                   warnings: list | None = None) -> upscalers.Plan:
+    """The extras upscale of ``images`` as a plan, or a ``RequestFieldError`` naming every field that cannot be
+    honoured: an unknown upscaler, or results over ``MAX_UPSCALED_SIDE`` a side or over ``api_max_output_pixels``
+    together (checked before anything is upscaled). Fields are the API's names."""
+    warnings = [] if warnings is None else warnings
+    errors, found = {}, {}
+    for name, value in (("upscaler_1", upscaler_1), ("upscaler_2", upscaler_2)):
+        try:
+            found[name] = upscalers.resolve(value, warnings)
+        except ValueError as e:
+            errors[name] = str(e)
+    if errors:
+        raise RequestFieldError(errors)
+    plan = upscalers.Plan(upscaler_1=found["upscaler_1"], upscaler_2=found["upscaler_2"],
+                          upscaler_2_visibility=visibility, resize_mode=resize_mode, scale=scale, width=width,
+                          height=height, crop=crop, warnings=warnings)
+    if not plan.active and plan.upscaler_2.upscale is not None and visibility > 0:
+        warnings.append("`upscaler_2` was ignored: it blends into the result of `upscaler_1`, which is None")
+    if plan.active:
+        size_field = "upscaling_resize" if resize_mode == 0 else "upscaling_resize_w"
+        largest = max((max(plan.scaled_size(image)) for image in images), default=0)
+        if largest > MAX_UPSCALED_SIDE:
+            raise RequestFieldError({size_field: f"the result would be {largest} pixels wide or high; the limit is "
+                                                 f"{MAX_UPSCALED_SIDE}"})
+        total = sum(w * h for w, h in map(plan.scaled_size, images))
+        limit = shared.opts.api_max_output_pixels
+        if total > limit:
+            raise RequestFieldError({size_field: f"the results would hold {total} pixels together, above this "
+                                                 f"server's limit of {limit} for one request (option "
+                                                 f"api_max_output_pixels)"})
+    return plan
+
+
+def run_extras(plan: upscalers.Plan, images: list) -> list:
+    """``plan`` applied to ``images`` as one queued job; an upscaler that fails is a ``RequestFieldError`` naming
+    the field that chose it and the upscaler."""
+    try:
+        return jobs.run_job("extras", upscalers.run_plan, plan, images)
+    except upscalers.UpscalerFailed as e:
+        raise RequestFieldError({e.field or "upscaler_1": str(e)}) from None

@@ -1,7 +1,7 @@
 """Image upscalers by name: None, Lanczos and Nearest built in, plus those extensions list through a hook.
 
 ``GET /sdapi/v1/upscalers`` lists them, the extras endpoints and the Extras tab resolve ``upscaler_1``/``upscaler_2``
-here, and Hires fix and SD upscale call ``upscale(image, name, width, height)``. An extension adds upscalers by
+here (through ``request_preparation.prepare_extras``), and Hires fix and SD upscale call ``upscale(image, name, width, height)``. An extension adds upscalers by
 implementing ``on_list_upscalers`` and returning ``Upscaler("My model", my_function, scale=4)`` objects;
 ``my_function(image, width, height)`` returns a PIL image of that size.
 
@@ -22,10 +22,6 @@ from modules import plugins
 log = logging.getLogger("serena.upscalers")
 
 UpscaleFn = Callable[[Image.Image, int, int], Image.Image]
-
-#: Largest side an extras request may produce: a scale of 8 on a big image would otherwise allocate gigabytes.
-MAX_UPSCALED_SIDE = 8192
-
 
 @dataclass(frozen=True)
 class Upscaler:
@@ -59,11 +55,12 @@ class Upscaler:
 
 
 class UpscalerFailed(RuntimeError):
-    """An upscaler's function raised or returned no image; ``name`` is the upscaler's."""
+    """An upscaler's function raised or returned no image; ``name`` is the upscaler's, ``field`` the request
+    field that chose it (``upscaler_1``/``upscaler_2``) when a ``Plan`` ran it."""
 
-    def __init__(self, name: str, reason: str):
+    def __init__(self, name: str, reason: str, field: str | None = None):
         super().__init__(f"upscaler {name!r} failed: {reason}")
-        self.name = name
+        self.name, self.reason, self.field = name, reason, field
 
 
 def _pil(resample) -> UpscaleFn:
@@ -145,14 +142,6 @@ def upscale(image: Image.Image, name: str, width: int, height: int) -> Image.Ima
     return resolve(name).run(image, width, height)
 
 
-class PlanError(ValueError):
-    """Extras fields that cannot be honoured: ``errors`` maps each field (the API's names) to why."""
-
-    def __init__(self, errors: dict[str, str]):
-        self.errors = dict(errors)
-        super().__init__("; ".join(f"{k}: {v}" for k, v in self.errors.items()))
-
-
 @dataclass
 class Plan:
     """What the extras endpoints do to each image: upscale, optionally blend a second upscaler, optionally crop.
@@ -205,7 +194,7 @@ class Plan:
         try:
             return upscaler.run(image, width, height)
         except UpscalerFailed as e:
-            raise PlanError({field_name: str(e)}) from e
+            raise UpscalerFailed(e.name, e.reason, field_name) from e.__cause__
 
     def describe(self) -> str:
         """What was done, in A1111's "Postprocess ..." words, then any warnings."""
@@ -217,38 +206,6 @@ class Plan:
                 lines.append(f"Postprocess upscaler 2: {self.upscaler_2.name}, "
                              f"visibility {self.upscaler_2_visibility:g}")
         return "\n".join(lines + list(self.warnings))
-
-
-def make_plan(images: list[Image.Image], *, upscaler_1: str, upscaler_2: str = "None", visibility: float = 0.0,
-              resize_mode: int = 0, scale: float = 2.0, width: int = 512, height: int = 512, crop: bool = True,
-              max_pixels: int, warnings: list | None = None) -> Plan:
-    """The extras request (API or Extras tab) for ``images`` as a plan, or ``PlanError`` naming every field that
-    cannot be honoured: an unknown upscaler, or results over ``MAX_UPSCALED_SIDE`` or ``max_pixels`` together
-    (checked before anything is upscaled)."""
-    warnings = [] if warnings is None else warnings
-    errors, found = {}, {}
-    for name, value in (("upscaler_1", upscaler_1), ("upscaler_2", upscaler_2)):
-        try:
-            found[name] = resolve(value, warnings)
-        except ValueError as e:
-            errors[name] = str(e)
-    if errors:
-        raise PlanError(errors)
-    plan = Plan(upscaler_1=found["upscaler_1"], upscaler_2=found["upscaler_2"], upscaler_2_visibility=visibility,
-                resize_mode=resize_mode, scale=scale, width=width, height=height, crop=crop, warnings=warnings)
-    if not plan.active and plan.upscaler_2.upscale is not None and visibility > 0:
-        warnings.append("`upscaler_2` was ignored: it blends into the result of `upscaler_1`, which is None")
-    if plan.active:
-        size_field = "upscaling_resize" if resize_mode == 0 else "upscaling_resize_w"
-        largest = max((max(plan.scaled_size(image)) for image in images), default=0)
-        if largest > MAX_UPSCALED_SIDE:
-            raise PlanError({size_field: f"the result would be {largest} pixels wide or high; the limit is "
-                                         f"{MAX_UPSCALED_SIDE}"})
-        total = sum(w * h for w, h in map(plan.scaled_size, images))
-        if total > max_pixels:
-            raise PlanError({size_field: f"the results would hold {total} pixels together, above this server's "
-                                         f"limit of {max_pixels} for one request (option api_max_output_pixels)"})
-    return plan
 
 
 def run_plan(plan: Plan, images: list[Image.Image]) -> list[Image.Image]:

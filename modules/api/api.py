@@ -295,14 +295,14 @@ class Api:
     def extras_single_image_api(self, req: models.ExtrasSingleImageRequest):
         [image] = decode_images([("image", req.image)])
         plan = _upscale_plan(req, [image])
-        [result] = _run_upscale_plan(plan, [image])
+        [result] = request_preparation.run_extras(plan, [image])
         return models.ExtrasSingleImageResponse(html_info=plan.describe(), image=encode_image(result))
 
     def extras_batch_images_api(self, req: models.ExtrasBatchImagesRequest):
         check_image_count(req.imageList, "imageList")
         batch = decode_images([(f"imageList[{i}].data", item.data) for i, item in enumerate(req.imageList)])
         plan = _upscale_plan(req, batch)
-        results = _run_upscale_plan(plan, batch)
+        results = request_preparation.run_extras(plan, batch)
         return models.ExtrasBatchImagesResponse(html_info=plan.describe(), images=[encode_image(r) for r in results])
 
     def pnginfoapi(self, req: models.PNGInfoRequest):
@@ -472,23 +472,11 @@ def _options_view() -> dict:
 
 
 def _upscale_plan(req, batch: list) -> upscalers.Plan:
-    """The extras request as an upscale plan (``upscalers.make_plan``, which the Extras tab uses too), or the error
-    naming the fields that cannot be honoured."""
+    """The extras request as an upscale plan (``request_preparation.prepare_extras``, as the Extras tab), or the
+    error naming the fields that cannot be honoured."""
     warnings = [f"`{f}` is not supported by Serena (no face restorers) and was ignored"
                 for f in ("gfpgan_visibility", "codeformer_visibility") if getattr(req, f)]
-    try:
-        return upscalers.make_plan(
-            batch, upscaler_1=req.upscaler_1, upscaler_2=req.upscaler_2, visibility=req.extras_upscaler_2_visibility,
-            resize_mode=req.resize_mode, scale=req.upscaling_resize, width=req.upscaling_resize_w,
-            height=req.upscaling_resize_h, crop=req.upscaling_crop, max_pixels=shared.opts.api_max_output_pixels,
-            warnings=warnings)
-    except upscalers.PlanError as e:
-        raise RequestFieldError(e.errors) from None
-
-
-def _run_upscale_plan(plan: upscalers.Plan, batch: list) -> list:
-    """The plan applied as one queued job; an upscaler that fails is a 422 naming its field."""
-    try:
-        return jobs.run_job("extras", upscalers.run_plan, plan, batch)
-    except upscalers.PlanError as e:
-        raise RequestFieldError(e.errors) from None
+    return request_preparation.prepare_extras(
+        batch, upscaler_1=req.upscaler_1, upscaler_2=req.upscaler_2, visibility=req.extras_upscaler_2_visibility,
+        resize_mode=req.resize_mode, scale=req.upscaling_resize, width=req.upscaling_resize_w,
+        height=req.upscaling_resize_h, crop=req.upscaling_crop, warnings=warnings)

@@ -1,8 +1,8 @@
 """The Extras tab: upscale one image with one or two upscalers, as ``POST /sdapi/v1/extra-single-image`` does.
 
-The Upscale button builds the plan with ``upscalers.make_plan`` and applies it with ``upscalers.run_plan`` in one
-queued job (``jobs.run_job``): the functions the extras endpoints use, so the tab and the API accept, refuse and
-limit exactly the same requests. The upscaler lists are read again (``on_list_upscalers``) whenever the tab is
+The Upscale button checks the request with ``request_preparation.prepare_extras`` and runs it with ``run_extras``
+(one queued job): the functions the extras endpoints use, so the tab and the API accept, refuse and limit exactly
+the same requests. The upscaler lists are read again (``on_list_upscalers``) whenever the tab is
 opened, so an upscaler an extension lists later appears without a restart.
 """
 
@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import gradio as gr
 
-from modules import jobs, shared, upscalers
+from modules import request_preparation, upscalers
 from modules.ui import common
 
 #: A1111's Extras tab names for ``resize_mode`` 0 and 1, in that order.
 RESIZE_MODES = ["Scale by", "Scale to"]
-#: The tab's labels for the API field names ``make_plan`` reports errors under.
+#: The tab's labels for the API field names ``prepare_extras`` and ``run_extras`` report errors under.
 FIELD_LABELS = {"upscaler_1": "Upscaler 1", "upscaler_2": "Upscaler 2", "upscaling_resize": "Resize",
                 "upscaling_resize_w": "Width"}
 
@@ -30,11 +30,11 @@ def upscale(image, resize_mode: int, scale: float, width: int, height: int, crop
     if image is None:
         return None, common.status_html("Drop an image to upscale first", "warn")
     try:
-        plan = upscalers.make_plan([image], upscaler_1=upscaler_1, upscaler_2=upscaler_2, visibility=visibility,
-                                   resize_mode=resize_mode or 0, scale=scale, width=int(width), height=int(height),
-                                   crop=crop, max_pixels=shared.opts.api_max_output_pixels)
-        [result] = jobs.run_job("extras", upscalers.run_plan, plan, [image])
-    except upscalers.PlanError as e:
+        plan = request_preparation.prepare_extras(
+            [image], upscaler_1=upscaler_1, upscaler_2=upscaler_2, visibility=visibility, resize_mode=resize_mode or 0,
+            scale=scale, width=int(width), height=int(height), crop=crop)
+        [result] = request_preparation.run_extras(plan, [image])
+    except request_preparation.RequestFieldError as e:
         return None, common.status_html(
             "; ".join(f"{FIELD_LABELS.get(k, k)}: {v}" for k, v in e.errors.items()), "error")
     lines = plan.describe().splitlines() or ["Upscaler 1 is None: the image is unchanged"]

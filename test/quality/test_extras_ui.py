@@ -1,5 +1,5 @@
 """The Extras tab: it answers what ``POST /sdapi/v1/extra-single-image`` answers, because it calls the same
-``upscalers.make_plan``/``run_plan``; its lists follow ``on_list_upscalers``; it is on the page."""
+``request_preparation.prepare_extras``/``run_extras``; its lists follow ``on_list_upscalers``; it is on the page."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ import schemathesis
 from PIL import Image, PngImagePlugin
 from schemathesis import GenerationMode
 
-from modules.upscalers import MAX_UPSCALED_SIDE
+from modules.request_preparation import MAX_UPSCALED_SIDE
 
 # As low as each limit goes (api_max_infotext_chars has a floor of 1024). A client cannot lift them through POST
 # /options or override_settings (restrict_api), so they hold for the whole run.
