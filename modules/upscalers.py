@@ -1,9 +1,10 @@
 """Image upscalers by name: None, Lanczos and Nearest built in, plus those extensions list through a hook.
 
 ``GET /sdapi/v1/upscalers`` lists them, the extras endpoints and the Extras tab resolve ``upscaler_1``/``upscaler_2``
-here (through ``request_preparation.prepare_extras``), and Hires fix and SD upscale call ``upscale(image, name, width, height)``. An extension adds upscalers by
-implementing ``on_list_upscalers`` and returning ``Upscaler("My model", my_function, scale=4)`` objects;
-``my_function(image, width, height)`` returns a PIL image of that size.
+here (through ``request_preparation.prepare_extras``), and Hires fix and SD upscale call
+``upscale(image, name, width, height)``. An extension adds upscalers by implementing ``on_list_upscalers`` and
+returning ``Upscaler("My model", my_function, scale=4)`` objects; ``my_function(image, width, height)`` returns a
+PIL image of that size.
 
 The hook is asked each time the list is read, so what an extension returns is current without a refresh endpoint
 (A1111 has none for upscalers either; it scans its model folders once at start-up).
@@ -22,6 +23,7 @@ from modules import plugins
 log = logging.getLogger("serena.upscalers")
 
 UpscaleFn = Callable[[Image.Image, int, int], Image.Image]
+
 
 @dataclass(frozen=True)
 class Upscaler:

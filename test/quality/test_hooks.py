@@ -539,6 +539,11 @@ def test_hook_on_list_upscalers(register):
     assert "'hook UPSCALER' is already listed by extension 'one-ext'" in warnings[0]
     image = upscalers.upscale(Image.new("RGB", (5, 3), (9, 9, 9)), "hook upscaler", 15, 9)
     assert image.size == (15, 9) and image.getpixel((7, 4)) == (9, 9, 9)
+    assert upscalers.upscale(image, "none", 4, 2).size == (4, 2)  # "None" still gives the size asked for
+    with pytest.raises(ValueError, match="available: None, Lanczos, Nearest, Hook upscaler, Second"):
+        upscalers.upscale(image, "Third", 4, 2)
+    with pytest.raises(upscalers.UpscalerFailed, match="'Bad' failed: returned str, not a PIL image"):
+        upscalers.Upscaler("Bad", lambda image, width, height: "oops").run(image, 4, 2)
 
 
 # ---------------------------------------------------------------------------------------------------------------
