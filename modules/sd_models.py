@@ -3,22 +3,25 @@
 Discovery and resolution import no torch; loading happens in ``modules.sd_models_loader`` and is reached only
 through ``LoadedModels``, which also inspects a file (its header only, cached by path, size and mtime) before it is
 selected, overridden or loaded, so a file that cannot load is refused by name instead of failing a generation.
+Hashes and successful inspections are kept across starts in ``<data-dir>/cache.json`` (``modules.cache_file``).
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 from modules import shared
+from modules.cache_file import CacheFile
 from modules.checkpoint_info import CheckpointInfo
+from modules.model_facts import ModelFacts
 from modules.option_info import OptionError
 
 log = logging.getLogger("serena.sd_models")
@@ -29,48 +32,6 @@ CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt")
 def model_dirs() -> list[str]:
     """``<data-dir>/models/Stable-diffusion`` first, then the folder shipped with Serena (the embedded model)."""
     return shared.data_paths.model_dirs("Stable-diffusion")
-
-
-class HashCache:
-    """sha256 of files, cached in ``<data-dir>/cache.json`` keyed by path, mtime and size."""
-
-    def __init__(self, filename: str):
-        self.filename = filename
-        self._lock = threading.Lock()
-        self._data: dict | None = None
-
-    def _load(self) -> dict:
-        if self._data is None:
-            try:
-                with open(self.filename, encoding="utf8") as f:
-                    self._data = json.load(f).get("hashes-sha256", {})
-            except (OSError, ValueError, AttributeError):
-                self._data = {}
-        return self._data
-
-    def sha256(self, path: str) -> str:
-        st = os.stat(path)
-        key = os.path.abspath(path)
-        with self._lock:
-            entry = self._load().get(key)
-            if entry and entry.get("mtime") == st.st_mtime and entry.get("size") == st.st_size:
-                return entry["sha256"]
-        digest = _sha256_of(path)
-        with self._lock:
-            self._load()[key] = {"mtime": st.st_mtime, "size": st.st_size, "sha256": digest}
-            self._write()
-        return digest
-
-    def _write(self):
-        directory = os.path.dirname(os.path.abspath(self.filename))
-        try:
-            os.makedirs(directory, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".cache-", dir=directory)
-            with os.fdopen(fd, "w", encoding="utf8") as f:
-                json.dump({"hashes-sha256": self._data}, f, indent=1)
-            os.replace(tmp, self.filename)
-        except OSError:
-            pass  # a read-only data folder only costs re-hashing next time
 
 
 def _sha256_of(path: str) -> str:
@@ -91,23 +52,35 @@ def _sha256_of(path: str) -> str:
     return h.hexdigest()
 
 
-_hash_cache: HashCache | None = None
+_cache_file: CacheFile | None = None
 _checkpoints: tuple[tuple, list[CheckpointInfo]] | None = None  # (where they were looked for, what was found)
 _list_lock = threading.Lock()
 extra_checkpoints: list[str] = []   # files named on the command line (--ckpt)
 
 
-def hash_cache() -> HashCache:
-    global _hash_cache
+def cache_file() -> CacheFile:
+    """``<data-dir>/cache.json`` of the current data folder: file hashes and checkpoint inspections."""
+    global _cache_file
     wanted = os.path.join(shared.data_paths.data_dir, "cache.json")
-    if _hash_cache is None or _hash_cache.filename != wanted:
-        _hash_cache = HashCache(wanted)
-    return _hash_cache
+    if _cache_file is None or _cache_file.filename != wanted:
+        _cache_file = CacheFile(wanted)
+    return _cache_file
+
+
+def file_sha256(path: str) -> str:
+    """sha256 of a file (or diffusers folder), kept in ``cache.json`` while its mtime and size are unchanged."""
+    st = os.stat(path)
+    key = os.path.abspath(path)
+    entry = cache_file().get("hashes-sha256", key)
+    if entry and entry.get("mtime") == st.st_mtime and entry.get("size") == st.st_size:
+        return entry["sha256"]
+    digest = _sha256_of(path)
+    cache_file().put("hashes-sha256", key, {"mtime": st.st_mtime, "size": st.st_size, "sha256": digest})
+    return digest
 
 
 def _discover(dirs, extra) -> list[CheckpointInfo]:
     found: dict[str, CheckpointInfo] = {}
-    cache = hash_cache()
     for base in dirs:
         if not os.path.isdir(base):
             continue
@@ -118,12 +91,12 @@ def _discover(dirs, extra) -> list[CheckpointInfo]:
                 if os.path.isfile(os.path.join(full, "model_index.json")):
                     dirs.remove(d)
                     rel = os.path.relpath(full, base).replace(os.sep, "/")
-                    found.setdefault(rel, CheckpointInfo(full, rel, cache.sha256(full)))
+                    found.setdefault(rel, CheckpointInfo(full, rel, file_sha256(full)))
             for name in sorted(files):
                 if name.endswith(CHECKPOINT_EXTENSIONS):
                     full = os.path.join(root, name)
                     rel = os.path.relpath(full, base).replace(os.sep, "/")
-                    found.setdefault(rel, CheckpointInfo(full, rel, cache.sha256(full)))
+                    found.setdefault(rel, CheckpointInfo(full, rel, file_sha256(full)))
     for filename in extra:
         if os.path.exists(filename):
             filename = os.path.abspath(filename)
@@ -131,7 +104,7 @@ def _discover(dirs, extra) -> list[CheckpointInfo]:
             if name in found and found[name].filename != filename:
                 # The user named this very file: list it under its path rather than drop it for a namesake.
                 name = filename
-            found.setdefault(name, CheckpointInfo(filename, name, cache.sha256(filename)))
+            found.setdefault(name, CheckpointInfo(filename, name, file_sha256(filename)))
     return sorted(found.values(), key=lambda c: c.name.lower())
 
 
@@ -282,6 +255,41 @@ def _signature(path: str) -> tuple:
     return tuple(entries)
 
 
+class StoredFacts:
+    """Successful inspections kept in ``cache.json`` (section ``serena-model-facts``), so that a start with
+    unchanged files reads the starting checkpoint's ``ModelFacts`` without importing the model stack.
+
+    An entry is keyed by kind and absolute path and holds only while the file's signature (size and mtime of it,
+    or of every file in a folder) and the digest of what decides the facts (``inspection_digest``) are the same.
+    """
+
+    SECTION = "serena-model-facts"
+
+    def __init__(self, digest: Callable[[], str]):
+        self._digest = digest
+
+    def get(self, kind: str, path: str, signature: tuple) -> ModelFacts | None:
+        entry = cache_file().get(self.SECTION, f"{kind}:{os.path.abspath(path)}")
+        if not isinstance(entry, dict) or entry.get("signature") != _as_json(signature) \
+                or entry.get("digest") != self._digest():
+            return None
+        try:
+            return ModelFacts(**entry["facts"])
+        except (KeyError, TypeError):
+            return None  # written by another version: inspect again
+
+    def put(self, kind: str, path: str, signature: tuple, facts):
+        if isinstance(facts, ModelFacts):
+            cache_file().put(self.SECTION, f"{kind}:{os.path.abspath(path)}",
+                             {"signature": _as_json(signature), "digest": self._digest(),
+                              "facts": asdict(facts)})
+
+
+def _as_json(value):
+    """``value`` as it reads back from JSON (tuples become lists), so a stored signature compares equal."""
+    return json.loads(json.dumps(value))
+
+
 class LoadedModels:
     """An LRU cache of loaded checkpoints, sized by ``sd_checkpoints_limit``.
 
@@ -289,13 +297,15 @@ class LoadedModels:
     benchmarks can prove it. Touched only under the generation queue lock (``facts`` from any thread).
 
     ``inspect_fn(kind, path)`` (``kind`` is ``"checkpoint"`` or ``"vae"``) checks a file without loading it and
-    returns its ``ModelFacts``; without one (a cache of stand-in models) nothing is inspected.
+    returns its ``ModelFacts``; without one (a cache of stand-in models) nothing is inspected. ``stored`` (a
+    ``StoredFacts``) keeps successful inspections across starts: ``_inspect`` asks memory, then it, then inspects.
     """
 
     def __init__(self, load_fn: Callable[[CheckpointInfo], Any],
-                 inspect_fn: Callable[[str, str], Any] | None = None):
+                 inspect_fn: Callable[[str, str], Any] | None = None, stored: StoredFacts | None = None):
         self._load_fn = load_fn
         self._inspect_fn = inspect_fn
+        self._stored = stored
         self._cache: collections.OrderedDict[str, Any] = collections.OrderedDict()
         self._lock = threading.RLock()
         self._facts: dict[tuple, tuple] = {}   # (kind, path) -> (signature, facts, error)
@@ -324,10 +334,17 @@ class LoadedModels:
         with self._facts_lock:
             cached = self._facts.get((kind, path))
         if cached is None or cached[0] != signature:
-            try:
-                cached = (signature, self._inspect_fn(kind, path), None)
-            except ValueError as e:
-                cached = (signature, None, str(e))
+            facts = self._stored.get(kind, path, signature) if self._stored is not None else None
+            if facts is not None:
+                cached = (signature, facts, None)
+            else:
+                try:
+                    cached = (signature, self._inspect_fn(kind, path), None)
+                except ValueError as e:
+                    cached = (signature, None, str(e))  # a failure is not stored: the next start checks again
+                else:
+                    if self._stored is not None:
+                        self._stored.put(kind, path, signature, cached[1])
             with self._facts_lock:
                 self._facts[(kind, path)] = cached
         if cached[2] is not None:
@@ -387,7 +404,32 @@ def _inspect_on_disk(kind: str, path: str):
     return sd_models_loader.inspect_checkpoint(path, allow_pickle=shared.cmd_opts.allow_pickle_checkpoints)
 
 
-model_manager = LoadedModels(_load_from_disk, _inspect_on_disk)
+@functools.lru_cache(maxsize=None)
+def inspection_digest(allow_pickle: bool) -> str:
+    """A digest of what decides an inspection's outcome besides the file: the loader's source and the SD1.x
+    configs (read, not imported), the versions of the packages it runs, and whether pickles are allowed."""
+    from importlib import metadata
+    h = hashlib.sha256()
+    loader_dir = os.path.dirname(os.path.abspath(__file__))
+    files = [os.path.join(loader_dir, "sd_models_loader.py")]
+    for root, dirs, names in os.walk(os.path.join(loader_dir, "sd_configs", "v1")):
+        dirs.sort()
+        files += [os.path.join(root, name) for name in sorted(names)]
+    for name in files:
+        h.update(os.path.relpath(name, loader_dir).encode())
+        with open(name, "rb") as f:
+            h.update(f.read())
+    for package in ("torch", "diffusers", "transformers", "accelerate", "safetensors"):
+        try:
+            h.update(f"{package}={metadata.version(package)}".encode())
+        except metadata.PackageNotFoundError:
+            h.update(f"{package}=none".encode())
+    h.update(f"allow_pickle={allow_pickle}".encode())
+    return h.hexdigest()
+
+
+model_manager = LoadedModels(_load_from_disk, _inspect_on_disk,
+                             StoredFacts(lambda: inspection_digest(bool(shared.cmd_opts.allow_pickle_checkpoints))))
 _vae_cache: dict[str, Any] = {}
 
 

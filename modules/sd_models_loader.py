@@ -42,6 +42,7 @@ from safetensors import SafetensorError, safe_open
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from modules.checkpoint_info import CheckpointInfo
+from modules.model_facts import ModelFacts
 
 # Next to this file, not under paths.script_path: the configs belong to the code, wherever it is imported from.
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sd_configs")
@@ -75,23 +76,6 @@ _SAFETENSORS_DTYPES = {
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool,
 }
-
-
-@dataclass(frozen=True)
-class ModelFacts:
-    """What a checkpoint (or VAE) can do, which some options depend on.
-
-    ``text_encoder_layers`` bounds clip skip (``CLIP_stop_at_last_layers``); ``latent_channels`` is what a VAE
-    must produce and consume to work with the UNet. ``None`` where it does not apply (a VAE has no text encoder).
-    ``native_size`` is the image side the checkpoint was made for (UNet sample size times the VAE's factor) and
-    ``cfg_scale`` the CFG scale it recommends (``serena_config`` sampling metadata), both ``None`` when unknown;
-    ``modules.sd_models.checkpoint_defaults`` turns them into a generation's defaults.
-    """
-
-    text_encoder_layers: int | None
-    latent_channels: int
-    native_size: int | None = None
-    cfg_scale: float | None = None
 
 
 def model_facts(unet=None, vae=None, text_encoder=None, sampling=None) -> ModelFacts:

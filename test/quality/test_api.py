@@ -651,7 +651,7 @@ def declaring_checkpoint(data_dir, monkeypatch, name: str, native_size: int) -> 
     """A checkpoint that declares its native size, as the embedded models do. The stand-in model cache reads no
     file, so it reports the size as the real cache's inspection would (``ModelFacts.native_size``)."""
     from modules import sd_models
-    from modules.sd_models_loader import ModelFacts
+    from modules.model_facts import ModelFacts
 
     (data_dir / "models" / "Stable-diffusion" / f"{name}.safetensors").write_bytes(b"declaring weights")
     facts = sd_models.model_manager.facts

@@ -26,6 +26,7 @@ from modules import jobs, paths, processing, sd_models, shared
 from modules import sd_models_loader as loader, sd_models_writer as writer
 from modules.checkpoint_info import CheckpointInfo
 from modules.hookspecs import hookimpl
+from modules.model_facts import ModelFacts
 from modules.runtime_utils import OverrideError, temporary_opts
 
 SHIPPED = os.path.join(paths.script_path, "models")
@@ -70,7 +71,7 @@ def models(tmp_path, monkeypatch, made):
     shutil.copy(made["wide"], vae_dir / "wide-latents.safetensors")
     monkeypatch.setattr(shared, "data_paths",
                         paths.Paths(str(tmp_path), str(tmp_path / "config.json"), shipped_models=False))
-    monkeypatch.setattr(sd_models, "_hash_cache", None)
+    monkeypatch.setattr(sd_models, "_cache_file", None)
     monkeypatch.setattr(sd_models, "_vae_cache", {})
     inspected = []
 
@@ -110,10 +111,10 @@ def generate(client, **fields):
 # --- the loader's checks, on the meta device ------------------------------------------------------------------------
 
 def test_inspection_gives_what_the_model_can_do(made):
-    assert loader.inspect_checkpoint(TINY) == loader.ModelFacts(text_encoder_layers=2, latent_channels=4,
+    assert loader.inspect_checkpoint(TINY) == ModelFacts(text_encoder_layers=2, latent_channels=4,
                                                                 native_size=64, cfg_scale=None)
     assert loader.inspect_checkpoint(made["deep"]).text_encoder_layers == 4
-    assert loader.inspect_vae(made["wide"]) == loader.ModelFacts(text_encoder_layers=None, latent_channels=8)
+    assert loader.inspect_vae(made["wide"]) == ModelFacts(text_encoder_layers=None, latent_channels=8)
     # A loaded model reports the same facts as its header did.
     model = loader.load_checkpoint(CheckpointInfo(made["deep"], "deep.safetensors", "0" * 64))
     assert model.facts == loader.inspect_checkpoint(made["deep"])
@@ -171,7 +172,7 @@ def test_a_full_size_sd15_checkpoint_passes_from_its_header(tmp_path):
     path = tmp_path / "v1-5-layout.safetensors"
     size = sparse_sd15(path)
     assert size > 2 * 10**9
-    assert loader.inspect_checkpoint(str(path)) == loader.ModelFacts(text_encoder_layers=12, latent_channels=4,
+    assert loader.inspect_checkpoint(str(path)) == ModelFacts(text_encoder_layers=12, latent_channels=4,
                                                                      native_size=512)
     os.truncate(path, size - 1)
     with pytest.raises(ValueError, match="v1-5-layout.safetensors: corrupt or truncated"):

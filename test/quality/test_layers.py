@@ -176,6 +176,12 @@ def test_checkpoint_info_is_a_leaf():
     assert imports_of("modules.checkpoint_info") <= {"modules.paths"}
 
 
+def test_model_facts_and_the_cache_file_are_leaves():
+    # Facts kept in cache.json are rebuilt at start-up without the model stack (test_startup.py, warm start).
+    for module in ("modules.model_facts", "modules.cache_file"):
+        assert imports_of(module) == set(), module
+
+
 def test_the_loader_and_writer_do_not_import_the_checkpoint_list():
     for module in ("modules.sd_models_loader", "modules.sd_models_writer"):
         assert "modules.sd_models" not in reachable(module), module

@@ -230,7 +230,7 @@ def test_broken_exif_means_no_parameters():
 # -- a checkpoint's defaults -------------------------------------------------------------------------------------
 
 def test_checkpoint_defaults_come_from_the_cached_inspection(data_dir, fake_models, monkeypatch):
-    from modules.sd_models_loader import ModelFacts
+    from modules.model_facts import ModelFacts
 
     # The stand-in cache inspects nothing: A1111's defaults.
     assert sd_models.checkpoint_defaults() == sd_models.CheckpointDefaults(size=512, cfg_scale=7.0)
@@ -245,7 +245,7 @@ def test_checkpoint_defaults_come_from_the_cached_inspection(data_dir, fake_mode
 
 
 def test_cli_and_ui_start_from_the_checkpoint_defaults(data_dir, fake_models, monkeypatch, queued):
-    from modules.sd_models_loader import ModelFacts
+    from modules.model_facts import ModelFacts
     from modules.ui import generation
 
     declared = ModelFacts(text_encoder_layers=2, latent_channels=4, native_size=64, cfg_scale=4.0)

@@ -24,7 +24,7 @@ def env(tmp_path, monkeypatch):
     monkeypatch.setattr(shared, "data_paths", paths.Paths(data_dir=str(data), config_file=str(data / "config.json")))
     monkeypatch.setattr(paths, "script_path", str(app))
     monkeypatch.setattr(shared, "opts", Options(shared_options.options_templates))
-    monkeypatch.setattr(sd_models, "_hash_cache", None)
+    monkeypatch.setattr(sd_models, "_cache_file", None)
     monkeypatch.setattr(sd_models, "extra_checkpoints", [])
     # The files here are placeholders: nothing inspects their headers (test_checkpoint_checks.py does, on real files).
     monkeypatch.setattr(sd_models, "model_manager", sd_models.LoadedModels(load_fn=None))
@@ -236,7 +236,7 @@ def test_hashes_are_reused_while_mtime_and_size_are_unchanged(env, hash_calls):
     assert hash_calls == ["m.safetensors"]
 
     # A restart reads the hashes back from cache.json.
-    sd_models._hash_cache = None
+    sd_models._cache_file = None
     sd_models.refresh_checkpoints()
     assert hash_calls == ["m.safetensors"]
     with open(os.path.join(shared.data_paths.data_dir, "cache.json"), encoding="utf8") as f:

@@ -1,0 +1,26 @@
+"""``ModelFacts``: what a checkpoint can do, as its inspection found.
+
+A leaf, importing neither torch nor diffusers: the options and the page read these facts, and facts kept across
+starts (``cache.json``) are rebuilt from JSON without loading the model stack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a checkpoint (or VAE) can do, which some options depend on.
+
+    ``text_encoder_layers`` bounds clip skip (``CLIP_stop_at_last_layers``); ``latent_channels`` is what a VAE
+    must produce and consume to work with the UNet. ``None`` where it does not apply (a VAE has no text encoder).
+    ``native_size`` is the image side the checkpoint was made for (UNet sample size times the VAE's factor) and
+    ``cfg_scale`` the CFG scale it recommends (``serena_config`` sampling metadata), both ``None`` when unknown;
+    ``modules.sd_models.checkpoint_defaults`` turns them into a generation's defaults.
+    """
+
+    text_encoder_layers: int | None
+    latent_channels: int
+    native_size: int | None = None
+    cfg_scale: float | None = None
