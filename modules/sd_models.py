@@ -391,13 +391,15 @@ def _placement() -> dict:
     return {"device": device, "dtype": devices.dtype(device)}
 
 
-def _load_from_disk(info: CheckpointInfo):
+def load_from_disk(info: CheckpointInfo):
+    """Load ``info``'s weights as the flags ask (device, dtype, pickles): the process's model cache's loader."""
     from modules import sd_models_loader
     return sd_models_loader.load_checkpoint(info, **_placement(),
                                             allow_pickle=shared.cmd_opts.allow_pickle_checkpoints)
 
 
-def _inspect_on_disk(kind: str, path: str):
+def inspect_on_disk(kind: str, path: str):
+    """Check a checkpoint's or VAE's header against the model it declares: the process's model cache's inspector."""
     from modules import sd_models_loader
     if kind == "vae":
         return sd_models_loader.inspect_vae(path)
@@ -428,7 +430,7 @@ def inspection_digest(allow_pickle: bool) -> str:
     return h.hexdigest()
 
 
-model_manager = LoadedModels(_load_from_disk, _inspect_on_disk,
+model_manager = LoadedModels(load_from_disk, inspect_on_disk,
                              StoredFacts(lambda: inspection_digest(bool(shared.cmd_opts.allow_pickle_checkpoints))))
 _vae_cache: dict[str, Any] = {}
 

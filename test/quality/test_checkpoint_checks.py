@@ -77,9 +77,9 @@ def models(tmp_path, monkeypatch, made):
 
     def inspect(kind, path):
         inspected.append((kind, os.path.basename(path)))
-        return sd_models._inspect_on_disk(kind, path)
+        return sd_models.inspect_on_disk(kind, path)
 
-    manager = sd_models.LoadedModels(sd_models._load_from_disk, inspect)
+    manager = sd_models.LoadedModels(sd_models.load_from_disk, inspect)
     manager.inspected = inspected
     monkeypatch.setattr(sd_models, "model_manager", manager)
     monkeypatch.setattr(shared.opts, "filename", str(tmp_path / "config.json"))

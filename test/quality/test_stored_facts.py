@@ -36,7 +36,7 @@ def start(digest="d1"):
 
     def inspect(kind, path):
         inspected.append(os.path.basename(path))
-        return sd_models._inspect_on_disk(kind, path)
+        return sd_models.inspect_on_disk(kind, path)
 
     sd_models._cache_file = None
     return sd_models.LoadedModels(None, inspect, sd_models.StoredFacts(lambda: digest)), inspected

@@ -53,8 +53,8 @@ def real_env(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(shared, "data_paths", paths.Paths(str(data), str(data / "config.json")))
         mp.setattr(shared.opts, "filename", str(data / "config.json"))
-        mp.setattr(sd_models, "model_manager", sd_models.LoadedModels(sd_models._load_from_disk,
-                                                                      sd_models._inspect_on_disk))
+        mp.setattr(sd_models, "model_manager", sd_models.LoadedModels(sd_models.load_from_disk,
+                                                                      sd_models.inspect_on_disk))
         shared.opts.load()
         yield data
         shared.opts.load(str(data / "missing.json"))
