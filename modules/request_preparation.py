@@ -61,6 +61,14 @@ _TEXT_FIELDS = ("prompt", "negative_prompt")
 _NOT_PASTED = ("sd_model_checkpoint",)
 
 
+def over_limit(key: str, value: float, amount: str, verb: str = "is") -> str | None:
+    """Why ``value`` (read to the client as ``amount``) is refused by the limit option ``key``; ``None`` within it.
+
+    Every request limit reads the same way, naming the option an administrator raises."""
+    limit = shared.opts.get(key)
+    return f"{amount} {verb} above this server's limit of {limit} (option {key})" if value > limit else None
+
+
 @dataclass
 class Pasted:
     """What an infotext turns into.

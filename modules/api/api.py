@@ -46,22 +46,15 @@ _PROMPT_FIELDS = ("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt"
 
 
 def _check_limits(req) -> dict:
-    opts = shared.opts
-    errors = {}
-    for field, key in (("width", "api_max_width"), ("height", "api_max_height"), ("steps", "api_max_steps")):
-        limit = opts.get(key)
-        if getattr(req, field) > limit:
-            errors[field] = f"{getattr(req, field)} is above this server's limit of {limit} (option {key})"
+    over = request_preparation.over_limit
+    sizes = (("width", "api_max_width"), ("height", "api_max_height"), ("steps", "api_max_steps"))
+    problems = {field: over(key, getattr(req, field), str(getattr(req, field))) for field, key in sizes}
     count = req.batch_size * req.n_iter
-    if count > opts.api_max_images:
-        errors["batch_size"] = (f"batch_size x n_iter = {count} images is above this server's limit of "
-                                f"{opts.api_max_images} (option api_max_images)")
+    problems["batch_size"] = over("api_max_images", count, f"batch_size x n_iter = {count} images")
     for field in _PROMPT_FIELDS:
         text = getattr(req, field, None) or ""
-        if len(text) > opts.api_max_prompt_chars:
-            errors[field] = (f"{len(text)} characters are above this server's limit of {opts.api_max_prompt_chars} "
-                             f"(option api_max_prompt_chars)")
-    return errors
+        problems[field] = over("api_max_prompt_chars", len(text), f"{len(text)} characters", "are")
+    return {field: problem for field, problem in problems.items() if problem}
 
 
 def _check_scripts(req) -> dict:
@@ -77,10 +70,9 @@ def _check_scripts(req) -> dict:
 
 def _check_infotext_size(text: str, field: str) -> None:
     # Parsing is linear, but a text of megabytes would still hold a worker thread for seconds.
-    limit = shared.opts.api_max_infotext_chars
-    if len(text) > limit:
-        raise RequestFieldError({field: f"infotext of {len(text)} characters is above this server's limit of "
-                                        f"{limit} (option api_max_infotext_chars)"})
+    problem = request_preparation.over_limit("api_max_infotext_chars", len(text), f"infotext of {len(text)} characters")
+    if problem:
+        raise RequestFieldError({field: problem})
 
 
 def apply_infotext(req):

@@ -11,7 +11,7 @@ import re
 from PIL import Image, UnidentifiedImageError
 
 from modules import images, shared
-from modules.request_preparation import RequestFieldError
+from modules.request_preparation import RequestFieldError, over_limit
 
 
 _DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
@@ -44,10 +44,9 @@ def _open_image(data: str, field: str) -> Image.Image:
 
 def check_image_count(images: list, field: str) -> None:
     """``RequestFieldError`` naming ``field`` when a request sends more images than ``api_max_input_images``."""
-    limit = shared.opts.api_max_input_images
-    if len(images) > limit:
-        raise RequestFieldError({field: f"{len(images)} images are above this server's limit of {limit} "
-                                        f"(option api_max_input_images)"})
+    problem = over_limit("api_max_input_images", len(images), f"{len(images)} images", "are")
+    if problem:
+        raise RequestFieldError({field: problem})
 
 
 def decode_images(items: list[tuple[str, str]]) -> list[Image.Image]:
