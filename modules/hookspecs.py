@@ -84,6 +84,22 @@ def on_ui_tabs() -> Any:
 
 
 @hookspec
+def on_list_scripts() -> Any:
+    """List scripts: the "Script" dropdown's entries (API ``script_name``) and always-on scripts
+    (``alwayson_scripts``). Fires whenever scripts are listed or a request names one (``GET /sdapi/v1/scripts``,
+    ``/script-info``, every generation request, the UI when it is built), so return the same objects each time
+    and do no work here.
+
+    :returns: a list of ``modules.extensions_api.Script`` instances (or one). Every implementation's scripts are
+        listed, in hook order; a title already listed (case-insensitively) is ignored with a log line.
+
+    A1111 name: none; A1111 finds ``scripts.Script`` subclasses in every ``scripts/*.py`` file.
+
+    .. versionadded:: 0.2
+    """
+
+
+@hookspec
 def on_model_loaded(sd_model: Any) -> None:
     """React to a checkpoint being loaded from disk. Fires after each real load, not on a switch to a model
     already in the loaded-models cache.

@@ -98,6 +98,9 @@ class StableDiffusionProcessing:
     outpath_grids: str | None = None
     is_api: bool = False
     warnings: list = field(default_factory=list)
+    # The scripts of this generation (``modules.scripts.ScriptRun``: the selected one and the always-on ones with
+    # their checked arguments), set by the request preparation; ``None`` runs none (A1111's ``p.scripts``).
+    scripts: Any = field(default=None, repr=False)
     settings: GenerationSettings = field(default_factory=GenerationSettings, init=False, repr=False)
 
     mode = "txt2img"

@@ -5,10 +5,13 @@ cannot disagree:
 
 * ``paste_infotext``: an infotext as request fields (``PASTE_FIELDS``), setting overrides, and what does not apply;
 * ``build_processing``: the processing object, checked before it queues (sampler and schedule type, the object's
-  own input checks, every override key in one ``OverrideError``), so a bad request never waits behind a running
-  generation and never changes anything;
+  own input checks, every override key in one ``OverrideError``, the scripts' own checks), so a bad request never
+  waits behind a running generation and never changes anything;
+* ``check_processing``: the same checks for a processing object made another way (a script's copy of one);
 * ``prepare_extras`` and ``run_extras``: an extras upscale (the API's ``extra-*`` endpoints, the Extras tab)
   checked before it queues, then run as one queued job.
+
+The scripts a request names are selected and checked against their schemas by ``modules.scripts.select``.
 
 The image parameters reader is ``modules.image_parameters``, a checkpoint's defaults (native size, recommended CFG)
 ``modules.sd_models.checkpoint_defaults``, the settings change ``modules.settings_change``.
@@ -154,9 +157,15 @@ def build_processing(cls, fields: Mapping, *, sampler_field: str = "sampler_name
     Checked in this order, each step only when the one before passed: the sampler and schedule type (made
     canonical) together with the front door's own ``errors`` (limits, scripts) as one ``RequestFieldError``; the
     object's ``check_inputs`` (a ``RequestFieldError`` naming its field); then every override key
-    (``OverrideError``: nothing applied, no hook fired). Call it before queueing.
+    (``OverrideError``: nothing applied, no hook fired); then the scripts' own ``check`` with ``p`` built (a
+    ``RequestFieldError``). Call it before queueing.
     """
     p = cls(**fields)  # a field not given is the class default, the sampler too
+    return check_processing(p, sampler_field=sampler_field, errors=errors)
+
+
+def check_processing(p, *, sampler_field: str = "sampler_name", errors: Mapping | None = None):
+    """``p`` checked (and its sampler and schedule type made canonical) as ``build_processing`` describes."""
     sampling, problems = resolve_sampling(p.sampler_name, p.scheduler, sampler_field=sampler_field)
     problems.update(errors or {})
     if problems:
@@ -168,6 +177,10 @@ def build_processing(cls, fields: Mapping, *, sampler_field: str = "sampler_name
         name = re.search(r"`(\w+)`", str(e))
         raise RequestFieldError({name.group(1) if name else "request": str(e)}) from None
     check_overrides(p.override_settings)
+    if p.scripts is not None:  # the scripts' own checks, with every argument already fitting its schema
+        problems = p.scripts.check(p)
+        if problems:
+            raise RequestFieldError(problems)
     return p
 
 

@@ -26,7 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
 from modules import (extensions, image_parameters, infotext, jobs, plugins, processing, request_preparation,
-                     runtime_utils, sd_models, sd_samplers, sd_vae, settings_change, shared, styles, upscalers)
+                     runtime_utils, scripts, sd_models, sd_samplers, sd_vae, settings_change, shared, styles, upscalers)
 from modules.api import models
 from modules.api.errors import validation_error_response
 from modules.api.image_codec import check_image_count, decode_images, encode_image
@@ -55,17 +55,6 @@ def _check_limits(req) -> dict:
         text = getattr(req, field, None) or ""
         problems[field] = over("api_max_prompt_chars", len(text), f"{len(text)} characters", "are")
     return {field: problem for field, problem in problems.items() if problem}
-
-
-def _check_scripts(req) -> dict:
-    # Serena has no A1111 scripts: a request that depends on one would silently do something else.
-    errors = {}
-    if req.script_name:
-        errors["script_name"] = f"no script named {req.script_name!r}; this server has none (GET /sdapi/v1/scripts)"
-    if req.alwayson_scripts:
-        names = ", ".join(map(repr, req.alwayson_scripts))
-        errors["alwayson_scripts"] = f"no always-on script named {names}; this server has none"
-    return errors
 
 
 def _check_infotext_size(text: str, field: str) -> None:
@@ -135,7 +124,7 @@ def build_processing(req, cls, **fields) -> processing.StableDiffusionProcessing
     """The processing object for a generation request, or the error listing everything wrong with it.
 
     The shared ``request_preparation.build_processing`` checks it before it queues; the API adds its own limits
-    and its refusal of A1111 scripts, reported with the sampler and schedule type.
+    limits; the scripts it names are checked with them (``scripts.select``).
     """
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {k: v for k, v in req.model_dump(exclude=set(req.model_extra or ())).items()
@@ -144,8 +133,10 @@ def build_processing(req, cls, **fields) -> processing.StableDiffusionProcessing
                   override_settings=dict(req.override_settings or {}), is_api=True,
                   do_not_save_samples=not req.save_images, do_not_save_grid=not req.save_images)
     sampler_field = "sampler_name" if req.sampler_name else "sampler_index"
-    p = request_preparation.build_processing(cls, kwargs, sampler_field=sampler_field,
-                                             errors={**_check_scripts(req), **_check_limits(req)})
+    errors = _check_limits(req)
+    kwargs["scripts"], problems = scripts.select(cls.mode, req.script_name, req.script_args, req.alwayson_scripts)
+    errors.update(problems)
+    p = request_preparation.build_processing(cls, kwargs, sampler_field=sampler_field, errors=errors)
     p.warnings.extend(unsupported_warnings(req))
     return p
 
@@ -261,7 +252,7 @@ class Api:
         req = fill_native_size(req)
         p = build_processing(req, processing.StableDiffusionProcessingTxt2Img)
         p.warnings.extend(warnings)
-        processed = jobs.run_job("txt2img", processing.process_images, p)
+        processed = jobs.run_job("txt2img", scripts.run, p)
         return models.TextToImageResponse(
             images=[encode_image(i) for i in processed.images] if req.send_images else [],
             parameters=request_parameters(req), info=processed.js(), warnings=processed.warnings)
@@ -277,7 +268,7 @@ class Api:
         init_images, mask = decoded[:len(items)], (decoded[-1] if req.mask else None)
         p = build_processing(req, processing.StableDiffusionProcessingImg2Img, init_images=init_images, mask=mask)
         p.warnings.extend(warnings)
-        processed = jobs.run_job("img2img", processing.process_images, p)
+        processed = jobs.run_job("img2img", scripts.run, p)
         return models.ImageToImageResponse(
             images=[encode_image(i) for i in processed.images] if req.send_images else [],
             parameters=request_parameters(req, hide_images=not req.include_init_images), info=processed.js(),
@@ -407,10 +398,11 @@ class Api:
                                           "total": ram.total}, cuda=cuda)
 
     def get_scripts_list(self):
-        return models.ScriptsList(txt2img=[], img2img=[])
+        # A1111 lists always-on scripts here too (its ``scripts`` holds both kinds), by lower-case title.
+        return models.ScriptsList(**{tab: [s.name for s in scripts.available(tab)] for tab in scripts.TABS})
 
     def get_script_info(self):
-        return []
+        return [models.ScriptInfo(**info) for info in scripts.api_info()]
 
     def get_extensions_list(self):
         # A1111's git fields are strings; Serena does not read extensions' git state, so they are "".

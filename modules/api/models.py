@@ -78,13 +78,17 @@ class _GenerationRequest(BaseModel):
     comments: dict[str, Any] | None = Field(None, description="Free-form comments (accepted, not used).")
 
     sampler_index: str = Field("Euler", description="Deprecated: the sampler used when `sampler_name` is not given.")
-    script_name: str | None = Field(None, description="A selectable script (Serena has none: any name is refused).")
-    script_args: list[Any] = Field(default_factory=list, description="Arguments of `script_name`.")
+    script_name: str | None = Field(
+        None, description="A selectable script's title, any case (GET /scripts); its `run` replaces the generation.")
+    script_args: list[Any] = Field(
+        default_factory=list, description="Arguments of `script_name` by position (GET /script-info); fewer take "
+                                          "the defaults. Each is checked before the request queues.")
     send_images: bool = Field(True, description="false returns `images: []` (the info is still returned).")
     save_images: bool = Field(False, description="Save the images to the output folder as the UI does.")
     alwayson_scripts: dict[str, Any] = Field(
         default_factory=dict,
-        description="Arguments of always-on scripts by name (Serena has none: any name is refused).")
+        description="Arguments of always-on scripts: {title: {\"args\": [...]}}; a script not named runs with its "
+                    "defaults.")
     force_task_id: str | None = Field(None, description="Accepted for A1111 clients; not used.")
     infotext: str | None = Field(
         None, description="Generation parameters text (as in a PNG's 'parameters'): fills the fields not given, "
@@ -386,19 +390,30 @@ class MemoryResponse(BaseModel):
 
 
 class ScriptsList(BaseModel):
-    """Selectable script titles per tab (empty in Serena: it has no A1111 scripts)."""
+    """Script names (lower-case titles) per tab, selectable and always-on ones, as A1111 lists them."""
 
     txt2img: list[str] = Field(default_factory=list)
     img2img: list[str] = Field(default_factory=list)
 
 
-class ScriptInfo(BaseModel):
-    """A1111 shape; Serena lists none."""
+class ScriptArg(BaseModel):
+    """One argument of a script, in the order ``script_args`` gives them (A1111's shape)."""
 
-    name: str | None = None
-    is_alwayson: bool | None = None
-    is_img2img: bool | None = None
-    args: list[Any] = Field(default_factory=list)
+    label: str | None = Field(None, description="Name of the argument in the UI; errors name it.")
+    value: Any | None = Field(None, description="Default value of the argument.")
+    minimum: Any | None = Field(None, description="Smallest allowed value, or null.")
+    maximum: Any | None = Field(None, description="Largest allowed value, or null.")
+    step: Any | None = Field(None, description="Step of the UI's slider, or null.")
+    choices: list[str] | None = Field(None, description="The allowed values, or null for any.")
+
+
+class ScriptInfo(BaseModel):
+    """A script on one tab (a script on both tabs is listed twice, as in A1111)."""
+
+    name: str | None = Field(None, description="The lower-case title.")
+    is_alwayson: bool | None = Field(None, description="Runs on every generation, with `alwayson_scripts` args.")
+    is_img2img: bool | None = Field(None, description="Listed for img2img (else txt2img).")
+    args: list[ScriptArg] = Field(default_factory=list, description="Its arguments, in order.")
 
 
 class ExtensionItem(BaseModel):
