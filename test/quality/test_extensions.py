@@ -825,8 +825,8 @@ class TestOptionsAndRecords:
                 elif hook is not None and line.split(".", 1)[0].strip().isdigit():
                     hook.append(line.split()[1])
             assert listed == api
-            assert api["on_process"] == ["bi", "b", "c", "a"]
-            assert api["on_before_process"] == ["bi", "a", "c", "b"]
+            assert api["on_process"] == ["serena.core", "bi", "b", "c", "a"]  # the core: always-on scripts
+            assert api["on_before_process"] == ["serena.core", "bi", "a", "c", "b"]
             assert api["on_opts_override_enter"] == ["early", "serena.core", "bi", "a", "b", "c", "late"]
             assert api["on_opts_override_exit"] == ["late", "c", "b", "a", "bi", "early"]
         finally:
@@ -864,7 +864,8 @@ def test_builtin_extensions_load_without_problems(host, data_dir):
     exts = extensions.load_all(builtin_dir=str(ROOT / "extensions-builtin"), user_dir=None, host=host,
                                entry_points=False)
     try:
-        assert [e.name for e in exts] == ["clip-skip-cache", "override-infotext", "override-inspector"]
+        assert [e.name for e in exts] == ["clip-skip-cache", "override-infotext", "override-inspector",
+                                         "prompts-from-file"]
         assert all(e.loaded and e.problems == [] for e in exts)
         for path in (ROOT / "extensions-builtin").glob("*/scripts/*.py"):
             imports = [line for line in path.read_text().splitlines() if line.startswith(("import ", "from "))]

@@ -83,7 +83,8 @@ def builtins(data_dir, option_labels):
     """The real ``extensions-builtin/`` loaded on the process-wide host, as start-up does, for one test."""
     exts = extensions.load_all(builtin_dir=str(ROOT / "extensions-builtin"), user_dir=str(data_dir / "extensions"),
                                disabled=[], disable_all=False, disable_extra=False, entry_points=False)
-    assert [e.name for e in exts if e.loaded] == ["clip-skip-cache", "override-infotext", "override-inspector"]
+    assert [e.name for e in exts if e.loaded] == ["clip-skip-cache", "override-infotext", "override-inspector",
+                                                      "prompts-from-file"]
     assert extensions.register_extension_options() == []
     yield {e.name: plugins.pm.get_plugin(e.name) for e in exts}
     extensions.unload(exts)
@@ -276,6 +277,24 @@ def test_hook_on_ui_tabs(register):
     register(Tabs(), "tabs-ext")
     register(NoTab(), "no-tab-ext")
     assert plugins.host.call("on_ui_tabs") == [[(tab, "Hook test", "hooktest_tab")]]
+
+
+def test_hook_on_list_scripts(register):
+    from modules import scripts
+    from modules.extensions_api import Script
+
+    class Upscale(Script):
+        title = "Only img2img"
+        tabs = ("img2img",)
+
+    class Lister:
+        @hookimpl
+        def on_list_scripts(self):
+            return [Upscale(), "not a script"]  # the second is logged and skipped
+
+    register(Lister(), "script-ext")
+    assert [s.title for s in scripts.available("img2img")] == ["Only img2img"]
+    assert scripts.available("txt2img") == [] and scripts.find("img2img", "ONLY IMG2IMG").tabs == ("img2img",)
 
 
 def test_hook_on_model_loaded(fake_models, register):
@@ -807,7 +826,7 @@ def test_docs_snippet_matches_its_source(doc, match):
 def test_writing_md_reference_lists_every_public_name():
     from modules import extensions_api
     text = (ROOT / "docs" / "extensions" / "writing.md").read_text(encoding="utf-8")
-    section = text.split("## 11. Reference: `modules.extensions_api`", 1)[1].split("\n## ", 1)[0]
+    section = re.split(r"## \d+\. Reference: `modules.extensions_api`", text, maxsplit=1)[1].split("\n## ", 1)[0]
     listed = re.findall(r"^\| `(\w+)` \|", section, re.M)
     assert sorted(listed) == sorted(extensions_api.__all__) and len(listed) == len(set(listed)), (
-        "docs/extensions/writing.md section 11 must list exactly modules.extensions_api.__all__")
+        "docs/extensions/writing.md's reference section must list exactly modules.extensions_api.__all__")
