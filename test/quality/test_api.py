@@ -218,7 +218,7 @@ def test_bad_overrides_are_422_listing_every_key(client, gate, data_dir, overrid
 @pytest.mark.parametrize("payload,field", [
     ({"sampler_name": "Nope"}, "sampler_name"), ({"sampler_index": "Nope"}, "sampler_index"),
     ({"scheduler": "Nope"}, "scheduler"), ({"script_name": "X/Y/Z plot"}, "script_name"),
-    ({"alwayson_scripts": {"ADetailer": {"args": []}}}, "alwayson_scripts"),
+    ({"alwayson_scripts": {"ADetailer": {"args": []}}}, "alwayson_scripts.ADetailer"),
     ({"width": 4096}, "width"), ({"height": 4096}, "height"), ({"steps": 151}, "steps"),
     ({"batch_size": 4, "n_iter": 5}, "batch_size"), ({"width": 60}, "width"),
 ])

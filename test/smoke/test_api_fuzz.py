@@ -103,7 +103,7 @@ def _narrow(raw: dict, options: dict, samplers: list[str], schedulers: list[str]
         fields["sampler_index"]["enum"] = samplers
         fields["scheduler"]["anyOf"][0]["enum"] = schedulers
         fields["styles"]["anyOf"][0]["maxItems"] = 0  # the fuzz data folder has no styles.csv (a name is a 422)
-        fields["script_name"] = {"type": "null"}
+        fields["script_name"] = {"type": "null"}  # scripts are checked by test_scripts.py
         fields["script_args"]["maxItems"] = 0
         fields["alwayson_scripts"]["maxProperties"] = 0
         fields["override_settings"]["anyOf"][0] = option_body
