@@ -5,10 +5,15 @@ batch 1x1) and the starting checkpoint's size and CFG scale (``sd_models.checkpo
 the buttons; the tab module supplies ``make_p(extra, values) -> processing object``, built and checked by the
 preparation the API and the CLI share (``request_preparation.build_processing``), and any extra inputs (img2img's
 images). A generation that fails those checks is refused before it queues, with the API's message.
+
+The Script dropdown ("None" plus the tab's selectable scripts) shows the chosen script's controls, built from its
+``ScriptArg`` schema: every script's controls are created once, in a group made visible when it is chosen, and its
+values reach the preparation by position, as the API's ``script_args`` do (``scripts.select`` checks both alike).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -56,6 +61,8 @@ class GenerationForm:
     init_image: Any = None          # img2img only: where "Send to img2img" puts the image
     mode_tabs_state: Any = None     # img2img only: the selected input mode
     mode_tabs: Any = None           # img2img only: the input mode sub-tabs
+    script: Any = None              # the Script dropdown
+    script_controls: list = field(default_factory=list)  # [(title, [component per ScriptArg])]
 
     def values(self) -> list:
         return [getattr(self, name) for name in FORM_VALUE_NAMES]
@@ -130,6 +137,57 @@ def build_parameters(form: GenerationForm, *, img2img: bool = False):
         label="Override settings", choices=[], value=[], multiselect=True, allow_custom_value=True, visible=False,
         elem_id=f"{t}_override_settings",
         info="From pasted parameters; used for the next generations only (remove an entry with its \u00d7)")
+    build_scripts(form)
+
+
+def script_control(arg, elem_id: str):
+    """The gradio component for one ``ScriptArg``, with its label, default, bounds and choices."""
+    common = dict(label=arg.label, value=arg.value, elem_id=elem_id)
+    if arg.type == "bool":
+        return gr.Checkbox(**common)
+    if arg.choices is not None:
+        return (gr.Radio(choices=list(arg.choices), **common) if len(arg.choices) <= 4 else
+                gr.Dropdown(choices=list(arg.choices), **common))
+    if arg.type == "str":
+        return gr.Textbox(lines=arg.lines, max_lines=max(arg.lines, 20), **common)
+    if arg.minimum is not None and arg.maximum is not None:
+        step = arg.step if arg.step is not None else (1 if arg.type == "int" else 0.01)
+        return gr.Slider(minimum=arg.minimum, maximum=arg.maximum, step=step, **common)
+    return gr.Number(precision=0 if arg.type == "int" else None, **common)
+
+
+def build_scripts(form: GenerationForm):
+    """The Script dropdown and, per selectable script of the tab, its controls in a group shown when chosen."""
+    from modules import scripts
+
+    listed = scripts.available(form.tab, alwayson=False)
+    form.script = gr.Dropdown(label="Script", choices=["None"] + [s.title for s in listed], value="None",
+                              elem_id=f"{form.tab}_script")
+    groups = []
+    for number, script in enumerate(listed):
+        with gr.Group(visible=False, elem_id=f"{form.tab}_script_{number}") as group:
+            controls = [script_control(arg, f"{form.tab}_script_{number}_arg_{i}") for i, arg in enumerate(script.args)]
+        groups.append(group)
+        form.script_controls.append((script.title, controls))
+    if groups:
+        form.script.change(functools.partial(visible_groups, [s.title for s in listed]), inputs=[form.script],
+                           outputs=groups, queue=False, api_visibility="undocumented", show_progress="hidden")
+
+
+def visible_groups(titles: list[str], chosen) -> list:
+    """The Script dropdown's change: show the chosen script's controls, hide every other script's."""
+    return [gr.update(visible=chosen == title) for title in titles]
+
+
+def script_values(form: GenerationForm, title, control_values: list) -> tuple[str | None, list]:
+    """``(script title or None, its arguments by position)`` from the dropdown and every script's control values
+    (in ``form.script_controls`` order)."""
+    offset = 0
+    for script_title, controls in form.script_controls:
+        if script_title == title:
+            return title, list(control_values[offset:offset + len(controls)])
+        offset += len(controls)
+    return None, []
 
 
 def build_outputs(form: GenerationForm):
@@ -158,6 +216,7 @@ def common_p_kwargs(values: dict) -> dict:
     override_settings = paste.overrides_from_entries(values["override_settings"])
     defaults = sd_models.checkpoint_defaults(override_settings)
     return dict(
+        scripts=_scripts_for(values),
         prompt=values["prompt"] or "",
         negative_prompt=values["negative_prompt"] or "",
         sampler_name=values["sampler"] or "Euler a",
@@ -173,6 +232,17 @@ def common_p_kwargs(values: dict) -> dict:
         styles=list(values.get("styles") or []),
         tiling=True if values.get("tiling") else None,
     )
+
+
+def _scripts_for(values: dict):
+    """The scripts of the form's ``script`` value, ``(tab, title, args)``, checked as the API checks them."""
+    from modules import request_preparation, scripts
+
+    tab, title, args = values.get("script") or ("txt2img", None, [])
+    run, problems = scripts.select(tab, title, args)
+    if problems:
+        raise request_preparation.RequestFieldError(problems)
+    return run
 
 
 def _preview_for(image, width, height):
@@ -191,9 +261,9 @@ def run_generation(make_p: Callable, key: tuple, run_name: str, extra: list, val
     except ValueError as e:
         yield gr.skip(), gr.skip(), gr.skip(), common.status_html(f"Error: {e}", "error"), gr.skip()
         return
-    from modules import processing
+    from modules import scripts
 
-    stream = progress.run_streaming(key, run_name, lambda: processing.process_images(p), job_count=p.n_iter)
+    stream = progress.run_streaming(key, run_name, lambda: scripts.run(p), job_count=p.n_iter)
     while True:
         try:
             tick = next(stream)
@@ -215,12 +285,15 @@ def run_generation(make_p: Callable, key: tuple, run_name: str, extra: list, val
 def wire(form: GenerationForm, make_p: Callable, *, run_name: str):
     """Connect Generate, Interrupt, Skip, seed buttons, paste and gallery selection for one tab."""
     tab = form.tab
-    inputs = list(form.extra_inputs) + form.values()
-    n_extra = len(form.extra_inputs)
+    controls = [c for _, group in form.script_controls for c in group]
+    inputs = list(form.extra_inputs) + form.values() + [form.script] + controls
+    n_extra, n_form = len(form.extra_inputs), len(FORM_VALUE_NAMES)
     outputs = [form.gallery, form.info, form.gen_info, form.progress, form.selected]
 
     def generate(request: gr.Request, *args):
-        values = dict(zip(FORM_VALUE_NAMES, args[n_extra:]))
+        values = dict(zip(FORM_VALUE_NAMES, args[n_extra:n_extra + n_form]))
+        title, script_args = script_values(form, args[n_extra + n_form], list(args[n_extra + n_form + 1:]))
+        values["script"] = (tab, title, script_args)
         yield from run_generation(make_p, progress.session_key(request, tab), run_name, list(args[:n_extra]), values)
 
     form.generate.click(generate, inputs=inputs, outputs=outputs, show_progress="hidden",

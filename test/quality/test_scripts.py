@@ -354,3 +354,62 @@ def _png() -> str:
     buffer = io.BytesIO()
     Image.new("RGB", (64, 64)).save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode()
+
+
+# -- the UI: the Script dropdown and the chosen script's controls --------------------------------------------------
+
+
+def _form_values(**changes) -> dict:
+    values = dict(prompt="", negative_prompt="", sampler="Euler", scheduler="Automatic", steps=2, cfg_scale=7,
+                  width=64, height=64, seed=1, batch_count=1, batch_size=1, denoising_strength=0.75,
+                  override_settings=[])
+    values.update(changes)
+    return values
+
+
+def test_ui_script_dropdown_shows_the_chosen_scripts_controls(data_dir, fake_models, test_scripts, prompts_ext):
+    import gradio as gr
+
+    from modules.ui import generation, txt2img
+
+    with gr.Blocks():
+        form = txt2img.create_tab()
+    assert form.script.choices == [("None", "None"), ("Seeded Test", "Seeded Test"),
+                                   ("Prompts from file or textbox", "Prompts from file or textbox")]
+    (title, controls), (_, prompt_controls) = form.script_controls
+    assert title == "Seeded Test"
+    assert [type(c).__name__ for c in controls] == ["Checkbox", "Radio", "Slider", "Slider"]
+    assert (controls[2].minimum, controls[2].maximum, controls[2].step, controls[2].value) == (0, 10, 1, 3)
+    assert [c.label for c in prompt_controls] == ["Iterate seed every line", "Use same random seed for all lines",
+                                                  "Insert prompts at the", "List of prompt inputs"]
+    assert prompt_controls[3].lines == 7
+    # Choosing a script shows its group only; "None" hides them all.
+    titles = [t for t, _ in form.script_controls]
+    assert [u["visible"] for u in generation.visible_groups(titles, "Prompts from file or textbox")] == [False, True]
+    assert [u["visible"] for u in generation.visible_groups(titles, "None")] == [False, False]
+
+
+def test_ui_runs_the_chosen_script_with_its_controls_values(data_dir, fake_models, seen, prompts_ext):
+    import gradio as gr
+
+    from modules.ui import generation, txt2img
+
+    with gr.Blocks():
+        form = txt2img.create_tab()
+    title, args = generation.script_values(form, "Prompts from file or textbox",
+                                           [False, False, "start", "--prompt a --steps 4\nb"])
+    events = list(generation.run_generation(txt2img.make_p, ("session", "txt2img"), "txt2img", [],
+                                            _form_values(script=("txt2img", title, args))))
+    gallery, info = events[-1][0], events[-1][1]
+    assert len(gallery) == 2 and info.startswith("a\nSteps: 4")
+    assert [s["steps"] for s in seen] == [4, 2]
+
+
+def test_ui_refuses_a_bad_line_with_the_apis_message(data_dir, fake_models, seen, prompts_ext):
+    from modules.ui import generation, txt2img
+
+    [event] = generation.run_generation(txt2img.make_p, ("session", "txt2img"), "txt2img", [],
+                                        _form_values(script=("txt2img", "Prompts from file or textbox",
+                                                             [False, False, "start", "--steps x"])))
+    assert "script_args[3] (List of prompt inputs): line 1 (&#x27;--steps x&#x27;)" in event[3]
+    assert seen == []
