@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from modules import jobs, processing, request_preparation, sd_models, shared
+from modules import jobs, processing, request_preparation, scripts, sd_models, shared
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -35,12 +35,13 @@ def run_txt2img(cmd_opts, out=sys.stdout) -> int:
             width=cmd_opts.width or defaults.size, height=cmd_opts.height or defaults.size,
             batch_size=cmd_opts.batch_size, n_iter=cmd_opts.n_iter, override_settings=overrides,
             styles=list(cmd_opts.styles), tiling=True if cmd_opts.tiling else None,
-            outpath_samples=cmd_opts.out, save_samples=True))
+            outpath_samples=cmd_opts.out, save_samples=True,
+            scripts=scripts.select("txt2img", None)[0]))  # no script flags: always-on scripts with their defaults
     except ValueError as e:  # OverrideError and RequestFieldError are ValueErrors
         print(f"serena: error: {e}", file=sys.stderr)
         return 2
     try:
-        processed = jobs.run_job("txt2img", processing.process_images, p)
+        processed = jobs.run_job("txt2img", scripts.run, p)
     except ValueError as e:
         print(f"serena: error: {e}", file=sys.stderr)
         return 2
