@@ -144,6 +144,23 @@ def resolve_sampling(sampler_name, scheduler, *, sampler_field: str = "sampler_n
     return {"sampler_name": sampler.name, "scheduler": schedule.label}, {}
 
 
+# Every prompt a generation request may carry, hires fix ones too (ignored, but still parsed and echoed).
+_PROMPT_FIELDS = ("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt")
+
+
+def check_limits(req) -> dict:
+    """``{field: why}`` for this server's API limits (``api_max_*`` options) that ``req`` exceeds: an API request,
+    or a processing object a script makes for one (each line of "Prompts from file" is held to them too)."""
+    sizes = (("width", "api_max_width"), ("height", "api_max_height"), ("steps", "api_max_steps"))
+    problems = {field: over_limit(key, getattr(req, field), str(getattr(req, field))) for field, key in sizes}
+    count = req.batch_size * req.n_iter
+    problems["batch_size"] = over_limit("api_max_images", count, f"batch_size x n_iter = {count} images")
+    for field in _PROMPT_FIELDS:
+        text = getattr(req, field, None) or ""
+        problems[field] = over_limit("api_max_prompt_chars", len(text), f"{len(text)} characters", "are")
+    return {field: problem for field, problem in problems.items() if problem}
+
+
 def check_overrides(overrides: Mapping | None) -> None:
     """``OverrideError`` listing every override key that ``temporary_opts`` would refuse; nothing is applied."""
     check = shared.opts.check(overrides, for_override=True)

@@ -158,21 +158,20 @@ def available(tab: str | None = None, *, alwayson: bool | None = None) -> list[S
     return [s for s in found if (tab is None or tab in s.tabs) and (alwayson is None or s.alwayson == alwayson)]
 
 
-def find(tab: str, title: str, *, alwayson: bool | None = None) -> Script | None:
+def find(tab: str, title: str) -> Script | None:
     """The script of ``tab`` titled ``title`` (any case), or ``None``."""
     wanted = title.lower()
-    return next((s for s in available(tab, alwayson=alwayson) if s.name == wanted), None)
+    return next((s for s in available(tab) if s.name == wanted), None)
 
 
 @dataclass
 class ScriptRun:
     """The scripts of one generation: the selected one (or ``None``) and every always-on one, each with its
-    checked arguments, and where each argument came from (for error messages)."""
+    checked arguments."""
 
     script: Script | None = None
     args: tuple = ()
     alwayson: list[tuple[Script, tuple]] = field(default_factory=list)
-    sources: dict[int, str] = field(default_factory=dict)
 
     def check(self, p) -> dict[str, str]:
         """``{field: why}`` for what the scripts' own ``check`` refuses with ``p`` built; ``{}`` when fine."""
@@ -287,13 +286,14 @@ def copy_for_item(p, **fields):
 
 def prepare_item(p, *, overrides: Mapping | None = None, **fields):
     """``copy_for_item(p, **fields)`` with ``overrides`` as its own, checked as a request is (sampler and schedule
-    type made canonical, ``check_inputs``, every override key): raises ``ValueError`` (``RequestFieldError``,
+    type made canonical, ``check_inputs``, every override key, and the API's limits for an API request): raises ``ValueError`` (``RequestFieldError``,
     ``OverrideError``) naming what is wrong. A script's ``check`` calls it to refuse a bad item before queueing."""
     from modules import request_preparation
 
     item = copy_for_item(p, **fields)
     item.override_settings = dict(overrides or {})
-    return request_preparation.check_processing(item)
+    # An API request's limits hold for every generation it makes, not only for the fields it sent.
+    return request_preparation.check_processing(item, errors=request_preparation.check_limits(item) if p.is_api else {})
 
 
 def process_item(p, *, overrides: Mapping | None = None, **fields):

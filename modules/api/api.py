@@ -41,22 +41,6 @@ log = logging.getLogger("serena.api")
 # -- from request to processing object --------------------------------------------------------------------------
 
 
-# Every prompt a generation request may carry, hires fix ones too (ignored, but still parsed and echoed).
-_PROMPT_FIELDS = ("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt")
-
-
-def _check_limits(req) -> dict:
-    over = request_preparation.over_limit
-    sizes = (("width", "api_max_width"), ("height", "api_max_height"), ("steps", "api_max_steps"))
-    problems = {field: over(key, getattr(req, field), str(getattr(req, field))) for field, key in sizes}
-    count = req.batch_size * req.n_iter
-    problems["batch_size"] = over("api_max_images", count, f"batch_size x n_iter = {count} images")
-    for field in _PROMPT_FIELDS:
-        text = getattr(req, field, None) or ""
-        problems[field] = over("api_max_prompt_chars", len(text), f"{len(text)} characters", "are")
-    return {field: problem for field, problem in problems.items() if problem}
-
-
 def _check_infotext_size(text: str, field: str) -> None:
     # Parsing is linear, but a text of megabytes would still hold a worker thread for seconds.
     problem = request_preparation.over_limit("api_max_infotext_chars", len(text), f"infotext of {len(text)} characters")
@@ -133,7 +117,7 @@ def build_processing(req, cls, **fields) -> processing.StableDiffusionProcessing
                   override_settings=dict(req.override_settings or {}), is_api=True,
                   do_not_save_samples=not req.save_images, do_not_save_grid=not req.save_images)
     sampler_field = "sampler_name" if req.sampler_name else "sampler_index"
-    errors = _check_limits(req)
+    errors = request_preparation.check_limits(req)
     kwargs["scripts"], problems = scripts.select(cls.mode, req.script_name, req.script_args, req.alwayson_scripts)
     errors.update(problems)
     p = request_preparation.build_processing(cls, kwargs, sampler_field=sampler_field, errors=errors)

@@ -19,10 +19,10 @@ from modules.image_grid import upscale_tiled
 from modules.option_info import OptionInfo, options_section
 from modules.override_state import OverrideState
 from modules.plugins import HookError, resolved_order
-from modules.scripts import Script, ScriptArg, ScriptArgError, interrupted, prepare_item, process_item
-from modules.scripts import combine as combine_processed
 from modules.runtime_utils import (OverrideError, active_overrides, run_in_thread, running_overrides, temporary_opts,
                                    with_overrides)
+from modules.scripts import Script, ScriptArg, ScriptArgError, interrupted, prepare_item, process_item
+from modules.scripts import combine as combine_processed
 from modules.shared import opts
 from modules.upscalers import Upscaler
 

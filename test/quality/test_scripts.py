@@ -303,10 +303,16 @@ def test_prompts_same_random_seed_for_all_lines(client, prompts_ext):
     ("--colour red", "line 1 ('--colour red'): unknown option --colour"),
     ("ok\n\n--steps", "line 3 ('--steps'): missing value for --steps"),
     ('--prompt "unclosed', "line 1 ('--prompt \"unclosed'): No closing quotation"),
-    ("--prompt a --width 100", "line 1 ('--prompt a --width 100'): width: `width` must be a positive multiple of 8"),
-    ("--prompt a --sampler_name Nope", "line 1 ('--prompt a --sampler_name Nope'): sampler_name: unknown sampler 'Nope'"),
-    ("--prompt a --sd_model gamma", "line 1 ('--prompt a --sd_model gamma'): invalid override settings: sd_model_checkpoint: no checkpoint named 'gamma'"),
+    ("--prompt a --width 100", "line 1 ('--prompt a --width 100'): width: `width` must be a positive multiple"),
+    ("--prompt a --sampler_name Nope",
+     "line 1 ('--prompt a --sampler_name Nope'): sampler_name: unknown sampler 'Nope'"),
+    ("--prompt a --sd_model gamma",
+     "line 1 ('--prompt a --sd_model gamma'): invalid override settings: sd_model_checkpoint: no checkpoint named"),
     ("--tiling yes --prompt a", "line 1 ('--tiling yes --prompt a'): --tiling: expected true or false"),
+    # The API's limits hold for every line, not only for the request's own fields.
+    ("--prompt a --width 4096", "line 1 ('--prompt a --width 4096'): width: 4096 is above this server's limit"),
+    ("--prompt a --steps 151", "line 1 ('--prompt a --steps 151'): steps: 151 is above this server's limit"),
+    ("\n".join(["--prompt a --batch_size 8"] * 20), "the lines make 160 images, above this server's limit"),
 ])
 def test_a_bad_line_is_a_422_naming_the_line_and_nothing_runs(client, prompts_ext, seen, text, message):
     r = _run_prompts(client, text)

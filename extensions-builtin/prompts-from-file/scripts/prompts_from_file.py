@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 import shlex
 
-from modules.extensions_api import (Script, ScriptArg, ScriptArgError, combine_processed, hookimpl, interrupted,
+from modules.extensions_api import (Script, ScriptArg, ScriptArgError, combine_processed, hookimpl, interrupted, opts,
                                     prepare_item, process_item)
 
 SEED_MAX = 4294967294  # A1111's random.randrange bound for "same seed for all lines"
@@ -112,12 +112,17 @@ class PromptsFromFile(Script):
             jobs = read_lines(prompt_txt)
         except ValueError as e:
             raise ScriptArgError(3, str(e)) from None
-        for number, line, parsed in jobs:  # each line's generation, checked as a request is
+        images = 0
+        for number, line, parsed in jobs:  # each line's generation, checked as a request is (its limits too)
             fields, overrides = item_settings(p, parsed, prompt_position)
             try:
-                prepare_item(p, overrides=overrides, **fields)
+                item = prepare_item(p, overrides=overrides, **fields)
             except ValueError as e:
                 raise ScriptArgError(3, f"line {number} ({line!r}): {e}") from None
+            images += item.batch_size * item.n_iter
+        if p.is_api and images > opts.api_max_images:  # one request's images, however many lines ask for them
+            raise ScriptArgError(3, f"the lines make {images} images, above this server's limit of "
+                                    f"{opts.api_max_images} for one request (option api_max_images)")
 
     def run(self, p, checkbox_iterate, checkbox_iterate_batch, prompt_position, prompt_txt):
         seed = p.seed
