@@ -104,8 +104,8 @@ OURS = {"alpha-good", "beta-good", "cycle-one", "cycle-two", "smoke-pkg"}
 def test_which_extensions_loaded_and_the_problems(http, setup):
     listed = {e["name"]: e for e in http.get("/sdapi/v1/extensions").json()}
     loaded = {name for name, e in listed.items() if e["loaded"]}
-    assert loaded == {"clip-skip-cache", "override-infotext", "override-inspector", "alpha-good", "beta-good",
-                      "cycle-one", "cycle-two", "smoke-pkg"}
+    assert loaded == {"clip-skip-cache", "override-infotext", "override-inspector", "prompts-from-file",
+                      "alpha-good", "beta-good", "cycle-one", "cycle-two", "smoke-pkg"}
     assert listed["smoke-pkg"]["group"] == "package" and listed["alpha-good"]["group"] == "user"
     broken = listed["broken-import"]
     assert not broken["loaded"] and broken["enabled"]
@@ -127,7 +127,7 @@ def test_resolved_order(http):
     assert hooks["on_opts_override_enter"] == ["serena.core", "clip-skip-cache", "override-infotext", "alpha-good",
                                                "beta-good", "cycle-one", "cycle-two", "smoke-pkg"]
     # [hooks/on_process] After = beta-good moves alpha-good for that hook only
-    assert hooks["on_process"] == ["beta-good", "alpha-good", "cycle-one", "cycle-two", "smoke-pkg"]
+    assert hooks["on_process"] == ["serena.core", "beta-good", "alpha-good", "cycle-one", "cycle-two", "smoke-pkg"]
 
 
 def test_generation_with_overrides_fires_hooks_in_that_order(http, setup):
