@@ -280,11 +280,20 @@ def test_prompts_per_line_settings_apply_to_that_line_only(client, prompts_ext, 
     assert shared.opts.CLIP_stop_at_last_layers == 1 and shared.opts.stored() == {}
 
 
+def test_prompts_from_file_on_img2img_keeps_the_init_image_and_denoising(client, prompts_ext, seen):
+    r = client.post("/sdapi/v1/img2img", json={
+        "init_images": [_png()], "denoising_strength": 0.4, "steps": 2, "width": 64, "height": 64, "seed": 3,
+        "script_name": "prompts from file or textbox", "script_args": [False, False, "start", "a\n--prompt b --seed 9"]})
+    assert r.status_code == 200, r.text
+    info = _infotexts(r)
+    assert [(i["Prompt"], i["Seed"], i["Denoising strength"]) for i in info] == [("a", "3", "0.4"), ("b", "9", "0.4")]
+
+
 def test_prompts_are_put_before_or_after_the_request_prompt(client, prompts_ext):
-    for position, expected in (("start", "cat, tabby"), ("end", "tabby cat,")):
+    for position, expected in (("start", "cat, tabby"), ("end", "tabby cat,")):  # A1111 joins with a space
         r = _run_prompts(client, "cat,", prompt="tabby", script_args=[False, False, position, "cat,"])
         assert r.status_code == 200, r.text
-        assert _infotexts(r)[0]["Prompt"] == (expected if position == "end" else "cat, tabby")
+        assert _infotexts(r)[0]["Prompt"] == expected
 
 
 def test_prompts_iterate_seed_every_line(client, prompts_ext):
