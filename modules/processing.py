@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from modules import infotext, jobs, plugins, sd_models, sd_samplers, shared, styles
+from modules import hires, infotext, jobs, plugins, sd_models, sd_samplers, shared, styles
 from modules.runtime_utils import temporary_opts, with_overrides
 
 log = logging.getLogger("serena.processing")
@@ -105,6 +105,15 @@ class StableDiffusionProcessing:
 
     mode = "txt2img"
 
+    @property
+    def denoises(self) -> bool:
+        """Whether ``denoising_strength`` is used (and written to the infotext)."""
+        return self.mode == "img2img"
+
+    def mode_params(self, index: int) -> dict:
+        """Infotext fields of this kind of generation only (Hires fix's), after the common ones."""
+        return {}
+
     def __post_init__(self):
         if self.override_settings is None:
             self.override_settings = {}
@@ -179,7 +188,7 @@ class StableDiffusionProcessing:
             "Model hash": used.info.shorthash if opts.add_model_hash_to_info else None,
             "Model": used.info.model_name if opts.add_model_name_to_info else None,
             "VAE": used.vae_name,
-            "Denoising strength": self.denoising_strength if self.mode == "img2img" else None,
+            "Denoising strength": self.denoising_strength if self.denoises else None,
             "Clip skip": clip_skip if clip_skip > 1 else None,
             "ENSD": settings.eta_noise_seed_delta or None,
             "RNG": settings.randn_source if settings.randn_source != "CPU" else None,
@@ -188,6 +197,7 @@ class StableDiffusionProcessing:
         if self.subseed_strength:
             params.update({"Variation seed": self.all_subseeds[index],
                            "Variation seed strength": self.subseed_strength})
+        params.update(self.mode_params(index))
         params.update(self.extra_generation_params)
         _fire("on_infotext", self, p=self, params=params)
         return params
@@ -195,16 +205,44 @@ class StableDiffusionProcessing:
 
 @dataclass
 class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
+    """txt2img, with A1111's Hires fix (``modules.hires``) when ``enable_hr`` is set."""
+
     enable_hr: bool = False
+    denoising_strength: float | None = 0.75  # A1111's txt2img default; used by Hires fix only
     hr_scale: float = 2.0
     hr_upscaler: str | None = None
     hr_second_pass_steps: int = 0
     hr_resize_x: int = 0
     hr_resize_y: int = 0
+    hr_checkpoint_name: str | None = None
+    hr_sampler_name: str | None = None
+    hr_scheduler: str | None = None
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
     firstphase_width: int = 0
     firstphase_height: int = 0
 
     mode = "txt2img"
+
+    @property
+    def denoises(self) -> bool:
+        return bool(self.enable_hr)
+
+    def check_inputs(self):
+        super().check_inputs()
+        if self.enable_hr:
+            hires.check_inputs(self)
+
+    def mode_params(self, index: int) -> dict:
+        return hires.infotext_params(self, index) if self.enable_hr else {}
+
+    def sample_batch(self, model, prompts, negative_prompts, seeds, subseeds):
+        """Without ``enable_hr``, one pass; with it, Hires fix's two (``hires.sample``), each from its own
+        ``SamplingRequest`` through the same pipeline functions."""
+        if not self.enable_hr:
+            return super().sample_batch(model, prompts, negative_prompts, seeds, subseeds)
+        first = self.sampling_request(prompts, negative_prompts, seeds, subseeds)
+        return hires.sample(self, model, first, jobs.state, lambda request: _step_hook(self, request))
 
 
 @dataclass

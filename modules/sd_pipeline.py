@@ -196,6 +196,8 @@ class SamplingRequest:
         eta (`float` or `None`): ancestral/SDE noise scale; `None` is the sampler's default.
         settings (`GenerationSettings`): the effective options of the generation (``modules.processing``).
         init_images (`tuple`): img2img's PIL images, reused in turn when fewer than images; empty for txt2img.
+        init_latents (`torch.Tensor` or `None`): img2img from latents already at this size, one per image (Hires
+            fix's latent upscalers), instead of encoding ``init_images``.
         denoising_strength (`float` or `None`): img2img: the part of the schedule that is walked (1: all of it).
         mask (PIL image or `None`): img2img: where to repaint (white), resized to the image.
         inpainting_mask_invert (`bool`): repaint where the mask is black instead.
@@ -220,14 +222,21 @@ class SamplingRequest:
     mask: Any = None
     inpainting_mask_invert: bool = False
     tiling: bool = False
+    init_latents: Any = None
+
+    @property
+    def is_img2img(self) -> bool:
+        return bool(self.init_images) or self.init_latents is not None
 
     def check_inputs(self) -> None:
         """Raise ``ValueError`` for a batch the pipeline cannot run (the processing object checked its fields)."""
         counts = {len(self.prompts), len(self.negative_prompts), len(self.seeds), len(self.subseeds)}
         if len(counts) != 1 or not self.prompts:
             raise ValueError("prompts, negative_prompts, seeds and subseeds must have one entry per image")
-        if self.mask is not None and not self.init_images:
+        if self.mask is not None and not self.is_img2img:
             raise ValueError("a mask needs init_images")
+        if self.init_latents is not None and len(self.init_latents) != len(self.seeds):
+            raise ValueError("init_latents must have one entry per image")
 
 
 @dataclass
@@ -313,10 +322,13 @@ def prepare_img2img_latents(request: SamplingRequest, model, noise: torch.Tensor
                             factor: int) -> LatentStart:
     """img2img starts part of the way: the init images encoded, noised to the level ``denoising_strength`` picks
     (1 walks every level; 0 still walks the last step)."""
-    count = len(request.seeds)
-    init_images = (request.init_images * count)[:count]
-    init_latents = images_to_latents(init_images, model.vae, request.width, request.height, model.device,
-                                     model.dtype).float()
+    if request.init_latents is not None:
+        init_latents = request.init_latents.to(device=model.device, dtype=torch.float32)
+    else:
+        count = len(request.seeds)
+        init_images = (request.init_images * count)[:count]
+        init_latents = images_to_latents(init_images, model.vae, request.width, request.height, model.device,
+                                         model.dtype).float()
     total_steps = len(sigmas) - 1
     start = min(total_steps - 1, int(total_steps * (1 - float(request.denoising_strength))))
     sigmas = sigmas[start:]
@@ -331,7 +343,15 @@ def prepare_img2img_latents(request: SamplingRequest, model, noise: torch.Tensor
 @tiling.with_request_padding
 def sample_batch(request: SamplingRequest, model, state, callback_on_step_end: Callable | None = None
                  ) -> list[Image.Image]:
-    """Generate one batch; returns PIL images.
+    """Generate one batch; returns PIL images (``sample_latents``, then the model's VAE decodes them)."""
+    return latents_to_images(sample_latents(request, model, state, callback_on_step_end), model.vae)
+
+
+@torch.inference_mode()
+@tiling.with_request_padding
+def sample_latents(request: SamplingRequest, model, state, callback_on_step_end: Callable | None = None
+                   ) -> torch.Tensor:
+    """Sample one batch and return its final latents, not yet decoded (Hires fix upscales them).
 
     Args:
         request (`SamplingRequest`): everything the images depend on besides the model.
@@ -366,7 +386,7 @@ def sample_batch(request: SamplingRequest, model, state, callback_on_step_end: C
     step_noise = _noise_source([torch.Generator("cpu").manual_seed(int(s) + ensd) for s in request.seeds], shape,
                                device)
     # 4. Initial latents: txt2img from noise; img2img (the request holds init images) from its images
-    if request.init_images:
+    if request.is_img2img:
         start = prepare_img2img_latents(request, model, noise, sigmas, factor)
     else:
         start = prepare_txt2img_latents(noise, sigmas)
@@ -391,5 +411,4 @@ def sample_batch(request: SamplingRequest, model, state, callback_on_step_end: C
         latents = denoiser.last_denoised if denoiser.last_denoised is not None else start.latents
     if denoiser.mask is not None:
         latents = denoiser.init_latents * (1 - denoiser.mask) + latents * denoiser.mask
-    # 6. Decode
-    return latents_to_images(latents, model.vae)
+    return latents
