@@ -56,9 +56,23 @@ PASTE_FIELDS = (
     ("Variation seed", "subseed"),
     ("Variation seed strength", "subseed_strength"),
     ("Denoising strength", "denoising_strength"),
+    # Hires fix (txt2img only). "Hires resize: 96x128" arrives split as "Size" does.
+    ("Hires upscale", "hr_scale"),
+    ("Hires upscaler", "hr_upscaler"),
+    ("Hires steps", "hr_second_pass_steps"),
+    ("Hires resize-1", "hr_resize_x"),
+    ("Hires resize-2", "hr_resize_y"),
+    ("Hires checkpoint", "hr_checkpoint_name"),
+    ("Hires sampler", "hr_sampler_name"),
+    ("Hires schedule type", "hr_scheduler"),
+    ("Hires prompt", "hr_prompt"),
+    ("Hires negative prompt", "hr_negative_prompt"),
 )
+# Which infotext keys turn Hires fix on when pasted (A1111's enable_hr paste field): a denoising strength together
+# with one of them.
+_HIRES_KEYS = ("Hires upscale", "Hires upscaler", "Hires resize-1")
 # An empty prompt in an infotext empties the field; an empty number is no value (A1111's paste keeps the field).
-_TEXT_FIELDS = ("prompt", "negative_prompt")
+_TEXT_FIELDS = ("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt")
 # A1111 skips the checkpoint when pasting (disable_weights_auto_swap, on by default): an image made on a model this
 # server lacks must still be reproducible, and pasting never switches models.
 _NOT_PASTED = ("sd_model_checkpoint",)
@@ -106,6 +120,8 @@ def paste_infotext(text: str) -> Pasted:
     for key, name in PASTE_FIELDS:
         if key in params and (params[key] != "" or name in _TEXT_FIELDS):
             pasted.fields[name] = params[key]
+    if "Denoising strength" in params and any(key in params for key in _HIRES_KEYS):
+        pasted.fields["enable_hr"] = True
     wanted = {}
     for key, info in opts.data_labels.items():
         if not info.infotext or info.infotext not in params or key in _NOT_PASTED:
@@ -158,7 +174,21 @@ def check_limits(req) -> dict:
     for field in _PROMPT_FIELDS:
         text = getattr(req, field, None) or ""
         problems[field] = over_limit("api_max_prompt_chars", len(text), f"{len(text)} characters", "are")
+    problems.update(_hires_limits(req))
     return {field: problem for field, problem in problems.items() if problem}
+
+
+def _hires_limits(req) -> dict:
+    """Hires fix's second pass is the largest image a request makes: the size limits hold for it too."""
+    scale = getattr(req, "hr_scale", None)
+    if not getattr(req, "enable_hr", False) or not isinstance(scale, (int, float)) or scale <= 0:
+        return {}  # a bad scale is the processing object's own error
+    from modules import hires  # imports torch: not when the UI only pastes
+
+    size = hires.target(req.width, req.height, scale, max(0, req.hr_resize_x), max(0, req.hr_resize_y))
+    field = "hr_resize_x" if req.hr_resize_x or req.hr_resize_y else "hr_scale"
+    return {field: over_limit("api_max_width", size.upscale_width, f"a second pass {size.upscale_width} wide")
+            or over_limit("api_max_height", size.upscale_height, f"a second pass {size.upscale_height} high")}
 
 
 def check_overrides(overrides: Mapping | None) -> None:

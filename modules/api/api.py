@@ -25,7 +25,7 @@ from fastapi import Depends, HTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
-from modules import (extensions, image_parameters, infotext, jobs, plugins, processing, request_preparation,
+from modules import (extensions, hires, image_parameters, infotext, jobs, plugins, processing, request_preparation,
                      runtime_utils, scripts, sd_models, sd_samplers, sd_vae, settings_change, shared, styles, upscalers)
 from modules.api import models
 from modules.api.errors import validation_error_response
@@ -340,7 +340,7 @@ class Api:
                                     model_url=u.model_url, scale=u.scale) for u in upscalers.all_upscalers()]
 
     def get_latent_upscale_modes(self):
-        return []  # latent upscaling belongs to hires fix, which Serena does not implement
+        return [models.LatentUpscalerModeItem(name=name) for name in hires.LATENT_UPSCALE_MODES]
 
     def get_sd_models(self):
         return [models.SDModelItem(title=c.title, model_name=c.model_name, hash=c.shorthash, sha256=c.sha256,

@@ -98,19 +98,33 @@ class _GenerationRequest(BaseModel):
 class StableDiffusionTxt2ImgProcessingAPI(_GenerationRequest):
     """Body of ``POST /sdapi/v1/txt2img``."""
 
-    enable_hr: bool = Field(False, description="Hires fix (not supported; true is ignored).")
+    enable_hr: bool = Field(False, description="Hires fix: a second pass at `hr_scale` (or `hr_resize_x`/`y`) "
+                                               "from the first pass, upscaled by `hr_upscaler`.")
+    denoising_strength: float | None = Field(
+        None, description="Hires fix: how much of the upscaled first pass is replaced (0 to 1); null is A1111's "
+                          "0.75.")
     firstphase_width: int = Field(0, description="Legacy hires first-pass width (not supported; ignored).")
     firstphase_height: int = Field(0, description="Legacy hires first-pass height (not supported; ignored).")
-    hr_scale: float = Field(2.0, description="Hires fix parameter (used only with `enable_hr`).")
-    hr_upscaler: str | None = Field(None, description="Hires fix parameter (used only with `enable_hr`).")
-    hr_second_pass_steps: int = Field(0, description="Hires fix parameter (used only with `enable_hr`).")
-    hr_resize_x: int = Field(0, description="Hires fix parameter (used only with `enable_hr`).")
-    hr_resize_y: int = Field(0, description="Hires fix parameter (used only with `enable_hr`).")
-    hr_checkpoint_name: str | None = Field(None, description="Hires fix parameter (used only with `enable_hr`).")
-    hr_sampler_name: str | None = Field(None, description="Hires fix parameter (used only with `enable_hr`).")
-    hr_scheduler: str | None = Field(None, description="Hires fix parameter (used only with `enable_hr`).")
-    hr_prompt: str = Field("", description="Hires fix parameter (used only with `enable_hr`).")
-    hr_negative_prompt: str = Field("", description="Hires fix parameter (used only with `enable_hr`).")
+    hr_scale: float = Field(2.0, description="Hires fix: the second pass's size as a multiple of the first's.")
+    hr_upscaler: str | None = Field(
+        None, description="Hires fix: a latent mode (GET /latent-upscale-modes) or an image upscaler "
+                          "(GET /upscalers); null is 'Latent'.")
+    hr_second_pass_steps: int = Field(0, description="Hires fix: second-pass steps; 0 is `steps`.")
+    hr_resize_x: int = Field(0, description="Hires fix: second-pass width instead of `hr_scale`; 0 keeps the aspect "
+                                            "ratio from `hr_resize_y` (both 0: use `hr_scale`).")
+    hr_resize_y: int = Field(0, description="Hires fix: second-pass height instead of `hr_scale`; 0 keeps the aspect "
+                                            "ratio from `hr_resize_x`.")
+    hr_checkpoint_name: str | None = Field(
+        None, description="Hires fix: the checkpoint of the second pass (GET /sd-models); null, '' or 'Use same "
+                          "checkpoint' keeps the first pass's.")
+    hr_sampler_name: str | None = Field(
+        None, description="Hires fix: the second pass's sampler; null, '' or 'Use same sampler' is `sampler_name`.")
+    hr_scheduler: str | None = Field(
+        None, description="Hires fix: the second pass's schedule type; null, '' or 'Use same scheduler' is "
+                          "`scheduler`.")
+    hr_prompt: str = Field("", description="Hires fix: the second pass's prompt; '' is `prompt`.")
+    hr_negative_prompt: str = Field("", description="Hires fix: the second pass's negative prompt; '' is "
+                                                    "`negative_prompt`.")
     firstpass_image: str | None = Field(None, description="A1111 hires input image (not supported; ignored).")
 
 
@@ -153,7 +167,6 @@ UNSUPPORTED_FIELDS: dict[str, tuple[tuple, str | None]] = {
     "s_tmin": ((0,), None),
     "s_noise": ((1,), None),
     "refiner_checkpoint": (("", "None"), None),
-    "enable_hr": ((), None),
     "firstphase_width": ((), None),
     "firstphase_height": ((), None),
     "firstpass_image": (("",), None),
@@ -313,7 +326,7 @@ class UpscalerItem(BaseModel):
 
 
 class LatentUpscalerModeItem(BaseModel):
-    """One entry of ``GET /latent-upscale-modes`` (empty in Serena: no hires fix)."""
+    """One entry of ``GET /latent-upscale-modes``: a latent mode of Hires fix's ``hr_upscaler``."""
 
     name: str
 

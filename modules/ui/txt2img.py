@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from modules.ui import generation
+from modules.ui import generation, hires
 
 TAB = "txt2img"
 
@@ -12,8 +12,9 @@ TAB = "txt2img"
 def make_p(extra: list, values: dict):
     from modules import processing, request_preparation
 
+    # The tab's extra inputs are the Hires fix section's values.
     return request_preparation.build_processing(processing.StableDiffusionProcessingTxt2Img,
-                                                generation.common_p_kwargs(values))
+                                                {**generation.common_p_kwargs(values), **hires.p_kwargs(extra)})
 
 
 def create_tab() -> generation.GenerationForm:
@@ -23,7 +24,10 @@ def create_tab() -> generation.GenerationForm:
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=320, elem_id=f"{TAB}_settings"):
             generation.build_parameters(form)
+            section = hires.build(TAB)
+            form.extra_inputs = section.inputs
         with gr.Column(scale=1, min_width=320, elem_id=f"{TAB}_results"):
             generation.build_outputs(form)
     generation.wire(form, make_p, run_name=TAB)
+    hires.wire_paste(section, form.paste, form.prompt)
     return form

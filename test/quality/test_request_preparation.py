@@ -135,9 +135,14 @@ def test_api_and_ui_paste_the_same_fields_and_overrides(data_dir, fake_models, p
     assert params["override_settings"] == {"CLIP_stop_at_last_layers": 2}
     pasted = paste.from_infotext(PASTED)
     assert pasted.fields["batch_size"] == 2 and pasted.overrides == ["Clip skip: 2"]
-    # The form has no variation seed fields; every field it has comes from the one list.
+    # The form has no variation seed fields; every field it has comes from the one list, and the Hires fix
+    # section pastes the rest.
+    from modules.ui import hires
+
+    section = {name for name, _, _ in hires.FIELDS}
     assert [f for _, f, _ in paste.FORM_FIELDS] == [f for _, f in request_preparation.PASTE_FIELDS
-                                                    if f not in ("subseed", "subseed_strength")]
+                                                    if f not in ("subseed", "subseed_strength") and not f.startswith("hr_")]
+    assert {f for _, f in request_preparation.PASTE_FIELDS if f.startswith("hr_")} <= section
 
 
 def test_paste_never_switches_the_checkpoint(data_dir, fake_models, painted, api_client):
