@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from modules import jobs, processing, request_preparation, scripts, sd_models, shared
+from modules import cmd_args, jobs, processing, request_preparation, scripts, sd_models, shared
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -20,6 +20,14 @@ def parse_overrides(items: list[str]) -> dict:
         key = key.strip()
         overrides[key] = shared.opts.cast_value(key, value)
     return overrides
+
+
+def hires_fields(cmd_opts) -> dict:
+    """The Hires fix fields the flags set (``cmd_args.HIRES_FLAGS``); none without ``--enable-hr``."""
+    if not cmd_opts.enable_hr:
+        return {}
+    names = [flag[2:].replace("-", "_") for flag, _, _ in cmd_args.HIRES_FLAGS]
+    return {"enable_hr": True, **{n: getattr(cmd_opts, n) for n in names if getattr(cmd_opts, n) is not None}}
 
 
 def run_txt2img(cmd_opts, out=sys.stdout) -> int:
@@ -35,7 +43,7 @@ def run_txt2img(cmd_opts, out=sys.stdout) -> int:
             width=cmd_opts.width or defaults.size, height=cmd_opts.height or defaults.size,
             batch_size=cmd_opts.batch_size, n_iter=cmd_opts.n_iter, override_settings=overrides,
             styles=list(cmd_opts.styles), tiling=True if cmd_opts.tiling else None,
-            outpath_samples=cmd_opts.out, save_samples=True,
+            outpath_samples=cmd_opts.out, save_samples=True, **hires_fields(cmd_opts),
             scripts=scripts.select("txt2img", None)[0]))  # no script flags: always-on scripts with their defaults
     except ValueError as e:  # OverrideError and RequestFieldError are ValueErrors
         print(f"serena: error: {e}", file=sys.stderr)

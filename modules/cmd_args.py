@@ -43,6 +43,14 @@ def notices(cmd_opts: argparse.Namespace) -> list[str]:
     return lines
 
 
+# --txt2img's Hires fix flags (with --enable-hr): each sets the processing field of its name (--hr-scale: hr_scale);
+# not given, the field keeps its default.
+HIRES_FLAGS = (("--hr-scale", float, "X"), ("--hr-upscaler", str, "NAME"), ("--hr-second-pass-steps", int, "N"),
+               ("--hr-resize-x", int, "PX"), ("--hr-resize-y", int, "PX"), ("--denoising-strength", float, "X"),
+               ("--hr-checkpoint-name", str, "NAME"), ("--hr-sampler-name", str, "NAME"),
+               ("--hr-scheduler", str, "NAME"), ("--hr-prompt", str, "TEXT"), ("--hr-negative-prompt", str, "TEXT"))
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = SerenaArgumentParser(
         prog="launch.py",
@@ -124,6 +132,10 @@ def make_parser() -> argparse.ArgumentParser:
     gen.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                      help="a per-generation setting override; repeat for several")
     gen.add_argument("--out", default=None, metavar="DIR", help="where to write the images (default: outputs/)")
+    hr = parser.add_argument_group("headless Hires fix (Serena): the API's fields of the same names (docs/api.md)")
+    hr.add_argument("--enable-hr", action="store_true", help="run Hires fix's second pass")
+    for flag, kind, metavar in HIRES_FLAGS:
+        hr.add_argument(flag, type=kind, default=None, metavar=metavar)
 
     compat = parser.add_argument_group(
         "A1111 compatibility: accepted so existing start scripts run; each prints why it does nothing here")

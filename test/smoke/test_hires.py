@@ -140,3 +140,23 @@ def test_bad_hires_fields_are_422_naming_the_field_before_queueing(client, field
 def test_hires_fields_without_enable_hr_change_nothing(client):
     body = client.post("/sdapi/v1/txt2img", json=dict(BASE, enable_hr=False, hr_upscaler="Latent (sideways)")).json()
     assert image_of(body).size == (64, 64) and "Hires" not in infotext_of(body)
+
+
+def test_cli_runs_hires_fix_and_refuses_a_bad_upscaler(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from modules import paths
+
+    cmd = [sys.executable, os.path.join(paths.script_path, "webui.py"), "--data-dir", str(tmp_path), "--txt2img",
+           "a red circle", "--steps", "2", "--seed", "3", "--enable-hr", "--hr-second-pass-steps", "2",
+           "--hr-upscaler", "Latent (bicubic)", "--out", str(tmp_path / "out")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    [path] = [line for line in done.stdout.splitlines() if line.endswith(".png")]
+    image = Image.open(path)
+    assert image.size == (128, 128) and "Hires upscaler: Latent (bicubic)" in image.info["parameters"]
+    bad = subprocess.run(cmd[:-2] + ["--hr-upscaler", "Latent (sideways)"], capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode == 2 and "hr_upscaler" in bad.stderr

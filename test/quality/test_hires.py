@@ -1,0 +1,47 @@
+"""Hires fix's pure parts: the target size (A1111's calculate_target_resolution) and the UI section's fields."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from modules import hires, request_preparation
+
+sides = st.integers(min_value=1, max_value=64).map(lambda n: n * 8)
+
+
+@given(sides, sides, st.floats(min_value=1.0, max_value=4.0))
+def test_scale_target_is_the_scaled_size_in_whole_cells(width, height, scale):
+    size = hires.target(width, height, scale, 0, 0)
+    assert (size.width, size.height) == (int(width * scale) // 8 * 8, int(height * scale) // 8 * 8)
+    assert (size.upscale_width, size.upscale_height) == (size.width, size.height)
+
+
+@given(sides, sides, sides, sides)
+def test_resize_target_covers_then_cuts_to_the_asked_size(width, height, rx, ry):
+    size = hires.target(width, height, 1.0, rx, ry)
+    assert (size.width, size.height) == (rx, ry)
+    assert size.upscale_width >= size.width and size.upscale_height >= size.height
+
+
+@given(sides, sides, sides)
+def test_one_resize_side_keeps_the_aspect_ratio(width, height, rx):
+    size = hires.target(width, height, 1.0, rx, 0)
+    assert size.width == rx and size.height == rx * height // width // 8 * 8
+
+
+def test_ui_section_gives_fields_only_when_enabled_and_pastes_an_infotext():
+    from modules.ui import hires as section
+
+    defaults = [default for _, _, default in section.FIELDS]
+    assert section.p_kwargs(defaults) == {}
+    on = dict(zip([n for n, _, _ in section.FIELDS], defaults), enable_hr=True, hr_resize_x="96")
+    fields = section.p_kwargs(list(on.values()))
+    assert fields["enable_hr"] is True and fields["hr_resize_x"] == 96 and fields["denoising_strength"] == 0.7
+    text = ("a cat\nSteps: 4, Sampler: Euler, Seed: 1, Size: 64x64, Denoising strength: 0.5, Hires upscale: 1.5, "
+            "Hires steps: 3, Hires upscaler: Latent (nearest), Hires prompt: a dog")
+    pasted = dict(zip([n for n, _, _ in section.FIELDS], section.paste_values(text)))
+    assert pasted == dict(zip(on, defaults), enable_hr=True, denoising_strength=0.5, hr_scale=1.5,
+                          hr_second_pass_steps=3, hr_upscaler="Latent (nearest)", hr_prompt="a dog")
+    assert section.paste_values("a cat\nSteps: 4, Seed: 1, Denoising strength: 0.5") == defaults
+    assert request_preparation.paste_infotext(text).fields["enable_hr"] is True
