@@ -104,11 +104,12 @@ class StableDiffusionProcessing:
     settings: GenerationSettings = field(default_factory=GenerationSettings, init=False, repr=False)
 
     mode = "txt2img"
+    uses_hires = False  # Hires fix's second pass (txt2img with enable_hr)
 
     @property
     def denoises(self) -> bool:
         """Whether ``denoising_strength`` is used (and written to the infotext)."""
-        return self.mode == "img2img"
+        return self.mode == "img2img" or self.uses_hires
 
     def mode_params(self, index: int) -> dict:
         """Infotext fields of this kind of generation only (Hires fix's), after the common ones."""
@@ -172,6 +173,8 @@ class StableDiffusionProcessing:
         """
         from modules import sd_pipeline
         request = self.sampling_request(prompts, negative_prompts, seeds, subseeds)
+        if self.uses_hires:  # two passes, each its own request through the same pipeline functions
+            return hires.sample(self, model, request, jobs.state, lambda r: _step_hook(self, r))
         return sd_pipeline.sample_batch(request, model, jobs.state, callback_on_step_end=_step_hook(self, request))
 
     def infotext_params(self, index: int, used: "ModelUsed") -> dict:
@@ -225,7 +228,7 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
     mode = "txt2img"
 
     @property
-    def denoises(self) -> bool:
+    def uses_hires(self) -> bool:
         return bool(self.enable_hr)
 
     def check_inputs(self):
@@ -235,14 +238,6 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
 
     def mode_params(self, index: int) -> dict:
         return hires.infotext_params(self, index) if self.enable_hr else {}
-
-    def sample_batch(self, model, prompts, negative_prompts, seeds, subseeds):
-        """Without ``enable_hr``, one pass; with it, Hires fix's two (``hires.sample``), each from its own
-        ``SamplingRequest`` through the same pipeline functions."""
-        if not self.enable_hr:
-            return super().sample_batch(model, prompts, negative_prompts, seeds, subseeds)
-        first = self.sampling_request(prompts, negative_prompts, seeds, subseeds)
-        return hires.sample(self, model, first, jobs.state, lambda request: _step_hook(self, request))
 
 
 @dataclass

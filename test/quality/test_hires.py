@@ -45,3 +45,12 @@ def test_ui_section_gives_fields_only_when_enabled_and_pastes_an_infotext():
                           hr_second_pass_steps=3, hr_upscaler="Latent (nearest)", hr_prompt="a dog")
     assert section.paste_values("a cat\nSteps: 4, Seed: 1, Denoising strength: 0.5") == defaults
     assert request_preparation.paste_infotext(text).fields["enable_hr"] is True
+
+
+def test_cli_flags_set_the_hires_fields_they_name_and_nothing_without_enable_hr():
+    from modules import cli, cmd_args
+
+    assert cli.hires_fields(cmd_args.parse_args(["--hr-scale", "1.5"])) == {}
+    fields = cli.hires_fields(cmd_args.parse_args(["--enable-hr", "--hr-scale", "1.5", "--hr-upscaler", "Lanczos",
+                                                   "--hr-checkpoint-name", "alt"]))
+    assert fields == {"enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Lanczos", "hr_checkpoint_name": "alt"}

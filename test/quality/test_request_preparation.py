@@ -37,7 +37,7 @@ def form_values(**changes) -> dict:
 def cli_options(**changes) -> types.SimpleNamespace:
     options = dict(txt2img="a cat", negative_prompt="", steps=2, seed=1, sampler="Euler", schedule_type="Automatic",
                    cfg_scale=None, width=64, height=64, batch_size=1, n_iter=1, override=[], out=None, styles=[],
-                   tiling=False)
+                   tiling=False, enable_hr=False)
     options.update(changes)
     return types.SimpleNamespace(**options)
 
