@@ -16,8 +16,6 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from PIL import Image
-
 from modules import sd_models, sd_samplers, shared, upscalers
 from modules.runtime_utils import temporary_opts
 
@@ -166,16 +164,12 @@ def _cut(latents, width: int, height: int):
 
 
 def upscale_images(images: list, name: str, size: Target) -> list:
-    """Decoded first-pass images upscaled by the image upscaler ``name``, then cut to the target (centred)."""
-    upscaler = upscalers.resolve(name)
-    out = []
-    for image in images:
-        wanted = (size.upscale_width, size.upscale_height)
-        # "None" has no function; A1111 resizes with Lanczos for it.
-        image = upscaler.upscale(image, *wanted) if upscaler.upscale else image.resize(wanted, Image.Resampling.LANCZOS)
-        left, top = (wanted[0] - size.width) // 2, (wanted[1] - size.height) // 2
-        out.append(image.crop((left, top, left + size.width, top + size.height)))
-    return out
+    """Decoded first-pass images upscaled by the image upscaler ``name`` (``upscalers.upscale``, the one entry
+    point Hires fix, SD upscale and the extras share), then cut to the target (centred)."""
+    wanted = (size.upscale_width, size.upscale_height)
+    left, top = (wanted[0] - size.width) // 2, (wanted[1] - size.height) // 2
+    return [upscalers.upscale(image, name, *wanted).crop((left, top, left + size.width, top + size.height))
+            for image in images]
 
 
 def second_pass_request(p, first, *, latents=None, images=None):
