@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from modules import sd_models, sd_samplers, shared, upscalers
+from modules import sd_models, sd_samplers, shared, styles, upscalers
 from modules.runtime_utils import temporary_opts
 
 # A1111's ``shared.latent_upscale_modes``: name -> (torch interpolate mode, antialias).
@@ -93,9 +93,12 @@ def second_sampler(p) -> tuple[str, str]:
 
 
 def second_prompts(p, prompts, negative_prompts) -> tuple[tuple, tuple]:
-    """Each image's second-pass prompts: ``hr_prompt``/``hr_negative_prompt``, or (empty) the image's own."""
-    return (tuple(p.hr_prompt or text for text in prompts),
-            tuple(p.hr_negative_prompt or text for text in negative_prompts))
+    """Each image's second-pass prompts: ``hr_prompt``/``hr_negative_prompt`` with the request's styles applied
+    (A1111's ``all_hr_prompts``), or, when empty, the image's own (already styled)."""
+    style_db = styles.database()
+    positive = style_db.apply_to_prompt(p.hr_prompt, p.styles) if p.hr_prompt else None
+    negative = style_db.apply_to_negative_prompt(p.hr_negative_prompt, p.styles) if p.hr_negative_prompt else None
+    return (tuple(positive or text for text in prompts), tuple(negative or text for text in negative_prompts))
 
 
 def check_inputs(p) -> None:

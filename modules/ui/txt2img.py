@@ -28,6 +28,8 @@ def create_tab() -> generation.GenerationForm:
             form.extra_inputs = section.inputs
         with gr.Column(scale=1, min_width=320, elem_id=f"{TAB}_results"):
             generation.build_outputs(form)
-    generation.wire(form, make_p, run_name=TAB)
+    # Before the form's own paste, which replaces the prompt box's infotext with its prompt: this one must read
+    # the infotext first (gradio runs one trigger's listeners in the order they were added).
     hires.wire_paste(section, form.paste, form.prompt)
+    generation.wire(form, make_p, run_name=TAB)
     return form

@@ -6,7 +6,8 @@ extension tabs and the built page.
 
 Browser tests start ``webui.py --port <free> --data-dir <tmp>`` as a process, wait for "Serena ready", and always
 kill it at teardown. They cover: a txt2img generation (progress, image, seed in the info, ♻ reuse), Interrupt,
-pasted parameters with a setting override (applied to that generation, never stored), PNG Info → Send to
+pasted parameters with a setting override (applied to that generation, never stored), the Hires fix section
+(a second pass at twice the size, pasted back), PNG Info → Send to
 txt2img/img2img, a setting changed and applied on the Settings tab (checked in ``config.json``), an extension's tab
 and option, the Extensions tab, ``--freeze-settings``, screenshots of the main tabs in ``test-artifacts/``, and a
 page of another origin calling the API (``--nowebui`` servers with and without ``--cors-allow-origins``).
@@ -612,6 +613,28 @@ def test_styles_and_tiling_reach_the_generation(page):
     page.locator("#txt2img_tiling input[type=checkbox]").uncheck()
     text = generate(page)
     assert text.startswith("a square, green\nNegative prompt: blurry\n") and "Tiling" not in text, text
+
+
+def test_hires_fix_section_generates_the_second_pass_and_pastes_back(page):
+    open_tab(page, "txt2img")
+    page.fill("#txt2img_prompt textarea", "a circle")
+    page.locator("#txt2img_hr").get_by_text("Hires. fix").first.click()  # open the accordion
+    page.locator("#txt2img_enable_hr input[type=checkbox]").check()
+    set_number(page, "txt2img_hires_steps", 2)
+    text = generate(page)
+    assert "Hires upscale: 2" in text and "Hires steps: 2" in text and "Denoising strength: 0.7" in text, text
+    size = page.wait_for_function("() => { const i = document.querySelector('#txt2img_gallery img');"
+                                  " return i && i.naturalWidth && [i.naturalWidth, i.naturalHeight]; }",
+                                  timeout=GENERATE_TIMEOUT).json_value()
+    assert size == [128, 128], size
+    # The section turned off, then a paste of that infotext turns it on again with its values.
+    page.locator("#txt2img_enable_hr input[type=checkbox]").uncheck()
+    set_number(page, "txt2img_hires_steps", 0)
+    page.fill("#txt2img_prompt textarea", text)
+    page.click("#txt2img_paste")
+    page.wait_for_function("() => document.querySelector('#txt2img_enable_hr input[type=checkbox]').checked")
+    wait_value(page, "#txt2img_hires_steps input[type=number]", "2")
+    page.locator("#txt2img_enable_hr input[type=checkbox]").uncheck()
 
 
 def test_png_info_sends_parameters_to_txt2img(page, server):
