@@ -160,3 +160,18 @@ def test_cli_runs_hires_fix_and_refuses_a_bad_upscaler(tmp_path):
     bad = subprocess.run(cmd[:-2] + ["--hr-upscaler", "Latent (sideways)"], capture_output=True, text=True,
                          timeout=300)
     assert bad.returncode == 2 and "hr_upscaler" in bad.stderr
+
+
+def test_a_second_pass_above_the_size_limits_is_a_422_naming_the_field(client):
+    r = client.post("/sdapi/v1/txt2img", json=dict(BASE, width=256, height=256, hr_scale=16))
+    assert r.status_code == 422 and "api_max_width" in r.json()["errors"]["hr_scale"], r.text
+    r = client.post("/sdapi/v1/txt2img", json=dict(BASE, width=64, height=8, hr_resize_y=4096))  # 32768 x 4096
+    assert r.status_code == 422 and "api_max_width" in r.json()["errors"]["hr_resize_x"], r.text
+    r = client.post("/sdapi/v1/txt2img", json=dict(BASE, width=8, height=64, hr_resize_x=1024))  # 1024 x 8192
+    assert r.status_code == 422 and "api_max_height" in r.json()["errors"]["hr_resize_x"], r.text
+
+
+def test_styles_apply_to_the_hires_prompt(client, real_env):
+    (real_env / "styles.csv").write_text('name,prompt,negative_prompt\ngreen,"{prompt}, green",\n')
+    body = client.post("/sdapi/v1/txt2img", json=dict(BASE, styles=["green"], hr_prompt="a square")).json()
+    assert 'Hires prompt: "a square, green"' in infotext_of(body), infotext_of(body)
