@@ -80,8 +80,9 @@ def test_latent_modes_are_listed(client):
 
 
 class Recorder:
-    def __init__(self):
+    def __init__(self, client=None):
         self.events = []
+        self.client, self.options_during = client, []
 
     @hookimpl
     def on_opts_override_enter(self, overrides, previous, p):
@@ -95,11 +96,21 @@ class Recorder:
     def on_sampling_step(self, p, request, step, total_steps, sigma, latents, denoised):
         from modules import sd_models
         self.events.append(("step", request.width, sd_models.current_model().info.model_name))
+        if self.client is not None and request.width == 128 and not self.options_during:
+            # Another request, while the second pass runs under its nested override, sees the stored values. It
+            # is made from a new thread (a fresh context, as a client's own connection has): TestClient would
+            # otherwise carry this thread's context, overrides and all, into the handler.
+            import threading
+
+            reader = threading.Thread(target=lambda: self.options_during.append(
+                self.client.get("/sdapi/v1/options").json()["sd_model_checkpoint"]))
+            reader.start()
+            reader.join()
 
 
 def test_hires_checkpoint_is_a_nested_override_and_the_outer_one_returns(client, register):
     stored = client.get("/sdapi/v1/options").json()["sd_model_checkpoint"]
-    recorder = register(Recorder(), "hires-recorder")
+    recorder = register(Recorder(client), "hires-recorder")
     body = client.post("/sdapi/v1/txt2img", json=dict(
         BASE, hr_checkpoint_name=ALT, override_settings={"CLIP_stop_at_last_layers": 1, "eta_noise_seed_delta": 3},
         hr_sampler_name="DDIM", hr_prompt="a blue square")).json()
@@ -120,6 +131,7 @@ def test_hires_checkpoint_is_a_nested_override_and_the_outer_one_returns(client,
     text = infotext_of(body)
     assert f"Hires checkpoint: {ALT} [" in text and "Hires sampler: DDIM" in text
     assert "Hires prompt: a blue square" in text and "Model: serena-shapes-v1" in text
+    assert recorder.options_during == [stored]
     assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == stored
     plain = client.post("/sdapi/v1/txt2img", json=dict(BASE, enable_hr=False)).json()
     assert json.loads(plain["info"])["sd_model_name"] == "serena-shapes-v1"
