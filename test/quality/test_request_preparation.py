@@ -140,8 +140,9 @@ def test_api_and_ui_paste_the_same_fields_and_overrides(data_dir, fake_models, p
     from modules.ui import hires
 
     section = {name for name, _, _ in hires.FIELDS}
+    not_in_form = ("subseed", "subseed_strength")
     assert [f for _, f, _ in paste.FORM_FIELDS] == [f for _, f in request_preparation.PASTE_FIELDS
-                                                    if f not in ("subseed", "subseed_strength") and not f.startswith("hr_")]
+                                                    if f not in not_in_form and not f.startswith("hr_")]
     assert {f for _, f in request_preparation.PASTE_FIELDS if f.startswith("hr_")} <= section
 
 
