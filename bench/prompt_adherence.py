@@ -196,7 +196,7 @@ def print_table(rows, title: str) -> dict:
         print(f"{i:>3}  {r['seed']:>5}  {c:>14}  {s:>18}  {'ok' if r['background_ok'] else 'no':>5}  {r['prompt']}")
     n = len(rows)
     summary = {k: sum(r[f"{k}_ok"] for r in rows) / n for k in ("colour", "shape", "background")}
-    print(f"\n| per | n | colour | shape | background |\n|---|---|---|---|---|")
+    print("\n| per | n | colour | shape | background |\n|---|---|---|---|---|")
     print(f"| all | {n} | {summary['colour']:.1%} | {summary['shape']:.1%} | {summary['background']:.1%} |")
     for key in ("shape", "colour"):
         for value in sorted({r[key] for r in rows}):

@@ -168,14 +168,14 @@ def check_limits(req) -> dict:
     """``{field: why}`` for this server's API limits (``api_max_*`` options) that ``req`` exceeds: an API request,
     or a processing object a script makes for one (each line of "Prompts from file" is held to them too)."""
     sizes = (("width", "api_max_width"), ("height", "api_max_height"), ("steps", "api_max_steps"))
-    problems = {field: over_limit(key, getattr(req, field), str(getattr(req, field))) for field, key in sizes}
+    problems = {name: over_limit(key, getattr(req, name), str(getattr(req, name))) for name, key in sizes}
     count = req.batch_size * req.n_iter
     problems["batch_size"] = over_limit("api_max_images", count, f"batch_size x n_iter = {count} images")
-    for field in _PROMPT_FIELDS:
-        text = getattr(req, field, None) or ""
-        problems[field] = over_limit("api_max_prompt_chars", len(text), f"{len(text)} characters", "are")
+    for name in _PROMPT_FIELDS:
+        text = getattr(req, name, None) or ""
+        problems[name] = over_limit("api_max_prompt_chars", len(text), f"{len(text)} characters", "are")
     problems.update(_hires_limits(req))
-    return {field: problem for field, problem in problems.items() if problem}
+    return {name: problem for name, problem in problems.items() if problem}
 
 
 def _hires_limits(req) -> dict:

@@ -28,7 +28,6 @@ import contextlib
 import json
 import os
 import threading
-from dataclasses import dataclass
 
 import torch
 from accelerate import init_empty_weights
