@@ -171,8 +171,11 @@ def upscale_images(images: list, name: str, size: Target) -> list:
     point Hires fix, SD upscale and the extras share), then cut to the target (centred)."""
     wanted = (size.upscale_width, size.upscale_height)
     left, top = (wanted[0] - size.width) // 2, (wanted[1] - size.height) // 2
-    return [upscalers.upscale(image, name, *wanted).crop((left, top, left + size.width, top + size.height))
-            for image in images]
+    try:
+        upscaled = [upscalers.upscale(image, name, *wanted) for image in images]
+    except upscalers.UpscalerFailed as e:  # the client chose it: reported as its field, as the extras do
+        raise upscalers.UpscalerFailed(e.name, e.reason, "hr_upscaler") from e.__cause__
+    return [image.crop((left, top, left + size.width, top + size.height)) for image in upscaled]
 
 
 def second_pass_request(p, first, *, latents=None, images=None):

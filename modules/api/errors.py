@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from modules.option_info import OptionError
 from modules.options import OptionsRejected, SettingsFrozenError, SettingsSaveError
 from modules.request_preparation import RequestFieldError
+from modules.upscalers import UpscalerFailed
 
 log = logging.getLogger("serena.api")
 
@@ -33,6 +34,8 @@ def error_response(e: Exception) -> JSONResponse:
     if isinstance(e, (OptionsRejected, RequestFieldError)):  # OverrideError is an OptionsRejected
         return JSONResponse(_error_body(type(e).__name__, str(e), e.errors),
                             status_code=getattr(e, "status_code", 422))
+    if isinstance(e, UpscalerFailed):  # an upscaler the request chose failed mid-job: name the field that chose it
+        return JSONResponse(_error_body(type(e).__name__, str(e), {e.field or "upscaler": str(e)}), status_code=422)
     if isinstance(e, OptionError):
         return JSONResponse(_error_body(type(e).__name__, str(e), {e.key: e.reason}), status_code=422)
     if isinstance(e, SettingsSaveError):  # the server's disk, not the client: a 5xx; nothing was changed

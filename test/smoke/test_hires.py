@@ -187,3 +187,26 @@ def test_styles_apply_to_the_hires_prompt(client, real_env):
     (real_env / "styles.csv").write_text('name,prompt,negative_prompt\ngreen,"{prompt}, green",\n')
     body = client.post("/sdapi/v1/txt2img", json=dict(BASE, styles=["green"], hr_prompt="a square")).json()
     assert 'Hires prompt: "a square, green"' in infotext_of(body), infotext_of(body)
+
+
+class BrokenUpscaler:
+    """An extension whose upscaler raises, as a broken model file would."""
+
+    @hookimpl
+    def on_list_upscalers(self):
+        from modules import upscalers
+
+        def fail(image, width, height):
+            raise RuntimeError("weights are corrupt")
+        return [upscalers.Upscaler("Broken", fail, scale=2)]
+
+
+def test_an_upscaler_that_fails_in_the_second_pass_is_a_422_naming_hr_upscaler(client, register):
+    register(BrokenUpscaler(), "broken-upscaler")
+    stored = shared.opts.stored()
+    r = client.post("/sdapi/v1/txt2img", json=dict(BASE, hr_upscaler="Broken"))
+    assert r.status_code == 422, r.text
+    body = r.json()
+    assert body["error"] == "UpscalerFailed" and "weights are corrupt" in body["errors"]["hr_upscaler"]
+    assert shared.opts.stored() == stored and not jobs.queue_lock.locked()
+    assert client.post("/sdapi/v1/txt2img", json=BASE).status_code == 200  # the next request is unaffected
