@@ -14,7 +14,7 @@ log = logging.getLogger("serena")
 EXIF_USER_COMMENT = 0x9286
 EXIF_IFD = 0x8769
 
-_UNICODE, _ASCII, _JIS, _UNDEFINED = b"UNICODE\0", b"ASCII\0\0\0", b"JIS\0\0\0\0\0", b"\0" * 8
+UNICODE_CODE, _ASCII, _JIS, _UNDEFINED = b"UNICODE\0", b"ASCII\0\0\0", b"JIS\0\0\0\0\0", b"\0" * 8
 
 
 def user_comment_text(value) -> str:
@@ -28,7 +28,7 @@ def user_comment_text(value) -> str:
         return value
     data = bytes(value)
     prefix, body = data[:8], data[8:]
-    if prefix == _UNICODE:
+    if prefix == UNICODE_CODE:
         if body[:2] in (b"\xff\xfe", b"\xfe\xff"):
             return body[2:].decode("utf-16-le" if body[:2] == b"\xff\xfe" else "utf-16-be", errors="replace")
         return body.decode("utf-16-be", errors="replace")

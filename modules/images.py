@@ -11,7 +11,7 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-from modules import plugins, shared
+from modules import image_parameters, plugins, shared
 
 _NUMBERED = re.compile(r"^(\d+)-")
 
@@ -50,7 +50,10 @@ def encode_image(image: Image.Image, fmt: str, parameters: str | None, target) -
         return
     exif = Image.Exif()
     if parameters:
-        exif[0x9286] = parameters  # EXIF UserComment, where A1111 puts parameters for JPEG/WEBP
+        # A1111's place for JPEG/WEBP parameters: the Exif IFD's UserComment, "UNICODE" code + UTF-16 BE (piexif's
+        # encoding="unicode"), so a prompt in any script survives; the one reader is modules.image_parameters.
+        exif.get_ifd(image_parameters.EXIF_IFD)[image_parameters.EXIF_USER_COMMENT] = (
+            image_parameters.UNICODE_CODE + parameters.encode("utf-16-be"))
     image.convert("RGB").save(target, format="JPEG" if fmt in ("jpg", "jpeg") else fmt.upper(), exif=exif,
                               quality=95)
 

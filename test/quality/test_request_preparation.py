@@ -186,8 +186,12 @@ def exif_jpeg(comment: bytes, byte_order: str) -> Image.Image:
 
 @pytest.mark.parametrize("fmt", ["png", "jpg", "webp"])
 def test_parameters_are_read_from_png_text_and_exif(fmt):
-    text = "a cat\nSteps: 3, Sampler: Euler, Seed: 7"
-    assert image_parameters.read_parameters(encoded(fmt, text))[0] == text
+    text = "a caf\u00e9 \u2615 \u6771\u4eac\nSteps: 3, Sampler: Euler, Seed: 7"  # any script survives the round trip
+    image = encoded(fmt, text)
+    assert image_parameters.read_parameters(image)[0] == text
+    if fmt != "png":  # where A1111 writes and reads it: the Exif IFD's UserComment, UNICODE = UTF-16 BE
+        comment = image.getexif().get_ifd(image_parameters.EXIF_IFD)[image_parameters.EXIF_USER_COMMENT]
+        assert comment == image_parameters.UNICODE_CODE + text.encode("utf-16-be")
 
 
 @pytest.mark.parametrize("byte_order", ["<", ">"])
