@@ -8,15 +8,11 @@ import html
 import io
 
 import gradio as gr
-import pytest
-from fastapi import FastAPI
-from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from modules import jobs, shared, upscalers
-from modules.api.api import Api
 from modules.hookspecs import hookimpl
 from modules.ui import extras
 
@@ -44,20 +40,12 @@ def encode(image) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-@pytest.fixture
-def api_client(data_dir, fake_models):
-    app = FastAPI()
-    Api(app)
-    with TestClient(app) as client:
-        yield client
-
-
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(size=st.tuples(st.integers(1, 24), st.integers(1, 24)), resize_mode=st.sampled_from([0, 1]),
        scale=st.floats(1, 4), target=st.tuples(st.integers(1, 40), st.integers(1, 40)), crop=st.booleans(),
        first=st.sampled_from(["None", "Lanczos", "Nearest", "Stripes"]),
        second=st.sampled_from(["None", "Lanczos", "Stripes"]), visibility=st.floats(0, 1))
-def test_the_tab_gives_the_api_s_pixels(api_client, register, size, resize_mode, scale, target, crop, first, second,
+def test_the_tab_gives_the_api_s_pixels(data_dir, fake_models, api_client, register, size, resize_mode, scale, target, crop, first, second,
                                         visibility):
     if not upscalers.all_upscalers()[3:]:
         register(Listing(upscalers.Upscaler("Stripes", stripes)), "stripes")

@@ -21,17 +21,10 @@ from PIL import Image
 from modules import cli, image_parameters, images, jobs, request_preparation, sd_models, shared
 from modules.options import OptionsRejected, SettingsFrozenError
 from modules.runtime_utils import OverrideError
+from ui_form import form_values
 
 BAD_OVERRIDES = {"CLIP_stop_at_last_layers": 99, "sd_vae": "missing.safetensors"}
 BAD_ENTRIES = ["Clip skip: 99", "VAE: missing.safetensors"]
-
-
-def form_values(**changes) -> dict:
-    values = dict(prompt="a cat", negative_prompt="", sampler="Euler", scheduler="Automatic", steps=2, cfg_scale=7,
-                  width=64, height=64, seed=1, batch_count=1, batch_size=1, denoising_strength=0.75,
-                  override_settings=[])
-    values.update(changes)
-    return values
 
 
 def cli_options(**changes) -> types.SimpleNamespace:

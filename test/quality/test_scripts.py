@@ -21,6 +21,7 @@ from modules import infotext, jobs, processing, scripts, shared
 from modules.api.api import Api
 from modules.extensions_api import Script, ScriptArg, hookimpl
 from modules.extensions_api.testing import loaded
+from ui_form import form_values
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPTS_FROM_FILE = ROOT / "extensions-builtin" / "prompts-from-file"
@@ -374,14 +375,6 @@ def _png() -> str:
 # -- the UI: the Script dropdown and the chosen script's controls --------------------------------------------------
 
 
-def _form_values(**changes) -> dict:
-    values = dict(prompt="", negative_prompt="", sampler="Euler", scheduler="Automatic", steps=2, cfg_scale=7,
-                  width=64, height=64, seed=1, batch_count=1, batch_size=1, denoising_strength=0.75,
-                  override_settings=[])
-    values.update(changes)
-    return values
-
-
 def test_ui_script_dropdown_shows_the_chosen_scripts_controls(data_dir, fake_models, test_scripts, prompts_ext):
     import gradio as gr
 
@@ -414,7 +407,7 @@ def test_ui_runs_the_chosen_script_with_its_controls_values(data_dir, fake_model
     title, args = generation.script_values(form, "Prompts from file or textbox",
                                            [False, False, "start", "--prompt a --steps 4\nb"])
     events = list(generation.run_generation(txt2img.make_p, ("session", "txt2img"), "txt2img", [],
-                                            _form_values(script=("txt2img", title, args))))
+                                            form_values(prompt="", script=("txt2img", title, args))))
     gallery, info = events[-1][0], events[-1][1]
     assert len(gallery) == 2 and info.startswith("a\nSteps: 4")
     assert [s["steps"] for s in seen] == [4, 2]
@@ -424,7 +417,7 @@ def test_ui_refuses_a_bad_line_with_the_apis_message(data_dir, fake_models, seen
     from modules.ui import generation, txt2img
 
     [event] = generation.run_generation(txt2img.make_p, ("session", "txt2img"), "txt2img", [],
-                                        _form_values(script=("txt2img", "Prompts from file or textbox",
+                                        form_values(prompt="", script=("txt2img", "Prompts from file or textbox",
                                                              [False, False, "start", "--steps x"])))
     assert "script_args[3] (List of prompt inputs): line 1 (&#x27;--steps x&#x27;)" in event[3]
     assert seen == []

@@ -58,3 +58,20 @@ def real_env(tmp_path_factory):
         shared.opts.load()
         yield data
         shared.opts.load(str(data / "missing.json"))
+
+
+@pytest.fixture(scope="module")
+def real_client(real_env):
+    """The API on the shipped checkpoints (Serena's models/), a fresh data folder, real model loads; the queue is
+    free again when the module's tests are done."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from modules import jobs
+    from modules.api.api import Api
+
+    app = FastAPI()
+    Api(app)
+    with TestClient(app) as client:
+        yield client
+    assert not jobs.queue_lock.locked()

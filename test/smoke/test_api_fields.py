@@ -14,12 +14,7 @@ import os
 import re
 
 import pytest
-from fastapi import FastAPI
-from fastapi.testclient import TestClient
 from PIL import Image
-
-from modules import jobs
-from modules.api.api import Api
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 with open(os.path.join(ROOT, "test", "quality", "a1111_api_fields.json"), encoding="utf8") as f:
@@ -77,16 +72,6 @@ def png_b64(size=(64, 64), color=(200, 30, 30)) -> str:
     buffer = io.BytesIO()
     Image.new("RGB", size, color).save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode()
-
-
-@pytest.fixture(scope="module")
-def real_client(real_env):
-    """The API on the shipped checkpoints (Serena's models/), a fresh data folder, real model loads."""
-    app = FastAPI()
-    Api(app)
-    with TestClient(app) as client:
-        yield client
-    assert not jobs.queue_lock.locked()
 
 
 SMALL = {"prompt": "a red square", "steps": 2, "seed": 5}

@@ -12,12 +12,9 @@ import io
 import json
 
 import pytest
-from fastapi import FastAPI
-from fastapi.testclient import TestClient
 from PIL import Image
 
 from modules import jobs, shared
-from modules.api.api import Api
 from modules.extensions_api import hookimpl
 
 ALT = "serena-shapes-alt"
@@ -28,11 +25,8 @@ LATENT_MODES = ["Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (b
 
 
 @pytest.fixture
-def client(real_env, plugin_host):
-    app = FastAPI()
-    Api(app)
-    with TestClient(app) as c:
-        yield c
+def client(real_env, plugin_host, api_client):
+    yield api_client
     assert not jobs.queue_lock.locked()
 
 

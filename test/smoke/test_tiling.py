@@ -15,12 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from fastapi import FastAPI
-from fastapi.testclient import TestClient
 from PIL import Image
 
 from modules import jobs, sd_models, tiling
-from modules.api.api import Api
 from modules.hookspecs import hookimpl
 
 # A shape on a plain background: its sharp edges show any seam. 8 seeds: one seam is 64 pixel pairs per image,
@@ -31,12 +28,8 @@ SEEDS = range(8)
 
 
 @pytest.fixture(scope="module")
-def client(real_env):
-    app = FastAPI()
-    Api(app)
-    with TestClient(app) as client:
-        yield client
-    assert not jobs.queue_lock.locked()
+def client(real_client):
+    return real_client
 
 
 def txt2img(client, **fields):
