@@ -65,6 +65,8 @@ def make_parser() -> argparse.ArgumentParser:
     paths.add_argument("--styles-file", action="append", default=[], metavar="FILE",
                        help="a styles file, or a wildcard such as 'styles/*.csv'; repeat for several (A1111; "
                             "default: styles.csv in the data folder)")
+    paths.add_argument("--embeddings-dir", default=None, metavar="DIR",
+                       help="textual inversion embeddings, subfolders included (default: <data-dir>/embeddings)")
     paths.add_argument("--ckpt", default=None, metavar="FILE",
                        help="a checkpoint to register and load at start-up")
     paths.add_argument("--allow-pickle-checkpoints", action="store_true",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from modules import sd_models, sd_samplers, shared, styles, upscalers
+from modules import sd_models, sd_samplers, shared, styles, textual_inversion, upscalers
 from modules.runtime_utils import temporary_opts
 
 # A1111's ``shared.latent_upscale_modes``: name -> (torch interpolate mode, antialias).
@@ -209,6 +209,9 @@ def sample(p, model, first, state, step_callback) -> list:
     overrides = {"sd_model_checkpoint": p.hr_checkpoint_name} if switches_checkpoint(p.hr_checkpoint_name) else {}
     with temporary_opts(overrides, p=p, owner="hires"):
         hires_model = sd_models.current_model(p.warnings) if overrides else model
+        embeddings = first.embeddings
+        if overrides and embeddings is not None:  # the embeddings the hires checkpoint can use
+            embeddings = textual_inversion.lookup_for(hires_model, used=embeddings.used)
         request = second_pass_request(p, dataclasses.replace(first, settings=first.settings.fit(
-            hires_model, p.warnings)), **start)
+            hires_model, p.warnings), embeddings=embeddings), **start)
         return sd_pipeline.sample_batch(request, hires_model, state, step_callback(request))

@@ -17,10 +17,17 @@ class ModelFacts:
     must produce and consume to work with the UNet. ``None`` where it does not apply (a VAE has no text encoder).
     ``native_size`` is the image side the checkpoint was made for (UNet sample size times the VAE's factor) and
     ``cfg_scale`` the CFG scale it recommends (``serena_config`` sampling metadata), both ``None`` when unknown;
-    ``modules.sd_models.checkpoint_defaults`` turns them into a generation's defaults.
+    ``modules.sd_models.checkpoint_defaults`` turns them into a generation's defaults. ``text_encoder_widths``
+    holds the hidden size of each text encoder, in order (empty for a VAE): a textual inversion embedding fits a
+    checkpoint whose widths are its vectors' (``modules.textual_inversion``).
     """
 
     text_encoder_layers: int | None
     latent_channels: int
     native_size: int | None = None
     cfg_scale: float | None = None
+    text_encoder_widths: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        # Facts kept in cache.json come back from JSON with a list here.
+        object.__setattr__(self, "text_encoder_widths", tuple(self.text_encoder_widths))

@@ -15,6 +15,8 @@ class Paths:
     # Whether models are also looked for in Serena's own models/ folder (the embedded checkpoint) after the data
     # folder's; a data folder of its own (a test's) can leave them out.
     shipped_models: bool = True
+    # ``--embeddings-dir``; ``None``: ``<data-dir>/embeddings`` (A1111).
+    embeddings: str | None = None
 
     @property
     def models_dir(self) -> str:
@@ -26,6 +28,11 @@ class Paths:
         if self.shipped_models:
             dirs.append(os.path.join(script_path, "models", kind))
         return list(dict.fromkeys(os.path.abspath(d) for d in dirs))
+
+    @property
+    def embeddings_dir(self) -> str:
+        """Textual inversion embeddings, subfolders included (``modules.textual_inversion``)."""
+        return self.embeddings or os.path.join(self.data_dir, "embeddings")
 
     @property
     def extensions_dir(self) -> str:
@@ -47,4 +54,5 @@ class Paths:
 def from_cmd_opts(cmd_opts) -> Paths:
     data_dir = os.path.abspath(cmd_opts.data_dir or script_path)
     config = cmd_opts.ui_settings_file or os.path.join(data_dir, "config.json")
-    return Paths(data_dir=data_dir, config_file=os.path.abspath(config))
+    embeddings = os.path.abspath(cmd_opts.embeddings_dir) if cmd_opts.embeddings_dir else None
+    return Paths(data_dir=data_dir, config_file=os.path.abspath(config), embeddings=embeddings)

@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from modules import hires, infotext, jobs, plugins, sd_models, sd_samplers, shared, styles
+from modules import hires, infotext, jobs, plugins, sd_models, sd_samplers, shared, styles, textual_inversion
 from modules.runtime_utils import temporary_opts, with_overrides
 
 log = logging.getLogger("serena.processing")
@@ -102,6 +102,8 @@ class StableDiffusionProcessing:
     # their checked arguments), set by the request preparation; ``None`` runs none (A1111's ``p.scripts``).
     scripts: Any = field(default=None, repr=False)
     settings: GenerationSettings = field(default_factory=GenerationSettings, init=False, repr=False)
+    # The textual inversion embeddings the prompts used so far, by name: the infotext's "TI hashes".
+    embeddings_used: dict = field(default_factory=dict, init=False, repr=False)
 
     mode = "txt2img"
     uses_hires = False  # Hires fix's second pass (txt2img with enable_hr)
@@ -172,10 +174,16 @@ class StableDiffusionProcessing:
         Tests and extensions without a model override this method (``docs/extensions/writing.md``).
         """
         from modules import sd_pipeline
-        request = self.sampling_request(prompts, negative_prompts, seeds, subseeds)
+        request = dataclasses.replace(self.sampling_request(prompts, negative_prompts, seeds, subseeds),
+                                      embeddings=textual_inversion.lookup_for(model, used=self.embeddings_used))
         if self.uses_hires:  # two passes, each its own request through the same pipeline functions
-            return hires.sample(self, model, request, jobs.state, lambda r: _step_hook(self, r))
-        return sd_pipeline.sample_batch(request, model, jobs.state, callback_on_step_end=_step_hook(self, request))
+            images = hires.sample(self, model, request, jobs.state, lambda r: _step_hook(self, r))
+        else:
+            images = sd_pipeline.sample_batch(request, model, jobs.state,
+                                              callback_on_step_end=_step_hook(self, request))
+        if self.embeddings_used and shared.opts.textual_inversion_add_hashes_to_infotext:
+            self.extra_generation_params["TI hashes"] = textual_inversion.hashes_infotext(self.embeddings_used)
+        return images
 
     def infotext_params(self, index: int, used: "ModelUsed") -> dict:
         """Generation parameters of image ``index``, read from the effective options of this generation."""

@@ -80,10 +80,11 @@ _SAFETENSORS_DTYPES = {
 def model_facts(unet=None, vae=None, text_encoder=None, sampling=None) -> ModelFacts:
     """``ModelFacts`` of loaded (or meta) components; a checkpoint's latent channels are its UNet's output."""
     layers = int(text_encoder.config.num_hidden_layers) if text_encoder is not None else None
+    widths = (int(text_encoder.config.hidden_size),) if text_encoder is not None else ()
     channels = int(unet.config.out_channels) if unet is not None else int(vae.config.latent_channels)
     size = _native_size(unet.config, vae.config) if unet is not None and vae is not None else None
     return ModelFacts(text_encoder_layers=layers, latent_channels=channels, native_size=size,
-                      cfg_scale=(sampling or {}).get("cfg_scale"))
+                      cfg_scale=(sampling or {}).get("cfg_scale"), text_encoder_widths=widths)
 
 
 def _native_size(unet_config, vae_config) -> int | None:
@@ -260,10 +261,7 @@ def read_state_dict(path: str, *, allow_pickle: bool = False,
     """
     name = os.path.basename(path)
     if path.lower().endswith(PICKLE_EXTENSIONS):
-        if not allow_pickle:
-            raise ValueError(f"{name}: pickled checkpoints can run arbitrary code; convert to .safetensors, "
-                             f"or start with --allow-pickle-checkpoints to load it anyway")
-        obj = _load_pickle(path, name, mmap=meta)
+        obj = read_pickle(path, allow_pickle=allow_pickle, mmap=meta)
         state_dict = obj.get("state_dict", obj) if isinstance(obj, dict) else None
         if not isinstance(state_dict, dict):
             raise ValueError(f"{name}: pickled checkpoint holds {type(obj).__name__}, not a state dict")
@@ -294,13 +292,27 @@ def _meta_tensor(tensor_slice) -> torch.Tensor:
     return torch.empty(tensor_slice.get_shape(), dtype=dtype, device=META)
 
 
-def _load_pickle(path: str, name: str, *, mmap: bool):
+def read_pickle(path: str, *, allow_pickle: bool, mmap: bool = False, what: str = "checkpoint"):
+    """The object in a pickled file, unpickled weights-only (tensors, containers, numbers, strings: no code runs).
+
+    Raises:
+        ValueError: without ``allow_pickle`` (``--allow-pickle-checkpoints``), or a file that cannot be read.
+            ``what`` names the kind of file in the message ("checkpoint", "embedding").
+    """
+    name = os.path.basename(path)
+    if not allow_pickle:
+        raise ValueError(f"{name}: pickled {what}s can run arbitrary code; convert to .safetensors, "
+                         f"or start with --allow-pickle-checkpoints to load it anyway")
+    return _load_pickle(path, name, mmap=mmap, what=what)
+
+
+def _load_pickle(path: str, name: str, *, mmap: bool, what: str):
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # torch.load surfaces corruption as many unrelated exception types
         if mmap and "mmap" in str(e):  # the legacy (pre-zip) format cannot be memory-mapped: read it
-            return _load_pickle(path, name, mmap=False)
-        raise ValueError(f"{name}: cannot read pickled checkpoint: {e}") from e
+            return _load_pickle(path, name, mmap=False, what=what)
+        raise ValueError(f"{name}: cannot read pickled {what}: {e}") from e
 
 
 #: ``serena_config.sampling`` entries: how a checkpoint is meant to be sampled. name -> (absent, low, high)
@@ -493,6 +505,8 @@ def _inspect_diffusers_folder(folder: str) -> ModelFacts:
     try:
         return ModelFacts(text_encoder_layers=int(configs["text_encoder"]["num_hidden_layers"]),
                           latent_channels=int(configs["unet"].get("out_channels", 4)),
-                          native_size=_native_size(configs["unet"], configs["vae"]))
+                          native_size=_native_size(configs["unet"], configs["vae"]),
+                          text_encoder_widths=(int(configs["text_encoder"]["hidden_size"]),))
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{name}: text_encoder/config.json lacks a valid num_hidden_layers: {e}") from None
+        raise ValueError(f"{name}: text_encoder/config.json lacks a valid num_hidden_layers or hidden_size: "
+                         f"{e}") from None

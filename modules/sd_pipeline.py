@@ -10,8 +10,9 @@ the model, the job state and an optional per-step callback. Nothing here reads t
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,48 +29,84 @@ _LATENT_RGB = torch.tensor([[0.298, 0.207, 0.208], [0.187, 0.286, 0.173], [-0.15
                             [-0.184, -0.271, -0.473]])
 
 
-class PromptEncoder:
-    """Encodes prompts with A1111's attention syntax into CLIP hidden states, ``CHUNK`` tokens per window."""
+@dataclass
+class PromptChunk:
+    """One CLIP window of a prompt: up to ``CHUNK`` token ids with their attention weights, and the textual
+    inversion embeddings in it: ``fixes`` holds ``(position, embedding)``, whose vectors replace the token
+    embeddings of ``tokens[position:position + embedding.count]`` (placeholder ids, A1111's ``PromptChunkFix``)."""
 
-    def __init__(self, tokenizer, text_encoder, clip_skip: int, device, dtype):
+    tokens: list[int] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+    fixes: list[tuple[int, Any]] = field(default_factory=list)
+
+
+# The id an embedding's positions hold before its vectors replace them (A1111's); never the end token, so the
+# end of the text is still where the text encoder looks for it.
+EMBEDDING_PLACEHOLDER = 0
+
+
+class PromptEncoder:
+    """Encodes prompts with A1111's attention syntax into CLIP hidden states, ``CHUNK`` tokens per window.
+
+    ``embeddings`` (a ``textual_inversion.EmbeddingLookup`` or ``None``) finds textual inversion trigger words in
+    the token ids: each takes as many positions as its embedding has vectors, in one window, and the vectors of
+    this text encoder's width go in place of those positions' token embeddings while the window is encoded. The
+    tokenizer and the text encoder are not changed; a prompt without trigger words is encoded as without them.
+    """
+
+    def __init__(self, tokenizer, text_encoder, clip_skip: int, device, dtype, embeddings=None):
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
         self.clip_skip = max(1, int(clip_skip))
         self.device, self.dtype = device, dtype
+        self.embeddings = embeddings
         self._cache: dict[str, torch.Tensor] = {}
 
     def encode(self, text: str) -> torch.Tensor:
         """``[chunks*77, hidden]`` conditioning for one prompt (cached: prompt editing reuses texts)."""
         if text not in self._cache:
-            tokens, weights = self._tokens_and_weights(text)
-            self._cache[text] = self._encode_chunks(tokens, weights)
+            self._cache[text] = self._encode_chunks(self.chunks(text))
         return self._cache[text]
 
-    def _tokens_and_weights(self, text: str) -> tuple[list[list[int]], list[list[float]]]:
-        chunks_t, chunks_w = [[]], [[]]
+    def chunks(self, text: str) -> list[PromptChunk]:
+        """The prompt's windows: a new one after ``CHUNK`` tokens, at ``BREAK``, and where an embedding would not
+        fit in what is left of the current one (A1111's ``tokenize_line``)."""
+        chunks = [PromptChunk()]
         for piece, weight in prompt_parser.parse_prompt_attention(text):
             if piece == "BREAK" and weight == -1:
-                chunks_t.append([])
-                chunks_w.append([])
+                chunks.append(PromptChunk())
                 continue
             ids = self.tokenizer(piece, add_special_tokens=False)["input_ids"]
-            for token in ids:
-                if len(chunks_t[-1]) == CHUNK:
-                    chunks_t.append([])
-                    chunks_w.append([])
-                chunks_t[-1].append(token)
-                chunks_w[-1].append(weight)
-        return chunks_t, chunks_w
+            position = 0
+            while position < len(ids):
+                found = self.embeddings.find(ids, position) if self.embeddings is not None else None
+                taken = found[0].count if found else 1
+                if len(chunks[-1].tokens) + taken > CHUNK:
+                    chunks.append(PromptChunk())
+                chunk = chunks[-1]
+                if found is None:
+                    chunk.tokens.append(ids[position])
+                    chunk.weights.append(weight)
+                    position += 1
+                    continue
+                embedding, length = found
+                chunk.fixes.append((len(chunk.tokens), embedding))
+                chunk.tokens += [EMBEDDING_PLACEHOLDER] * taken
+                chunk.weights += [weight] * taken
+                position += length
+                self.embeddings.record(embedding)
+        return chunks
 
-    def _encode_chunks(self, tokens: list[list[int]], weights: list[list[float]]) -> torch.Tensor:
+    def _encode_chunks(self, chunks: list[PromptChunk]) -> torch.Tensor:
         bos, eos = self.tokenizer.bos_token_id, self.tokenizer.eos_token_id
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
         outs = []
-        for chunk, chunk_w in zip(tokens, weights):
-            ids = [bos] + chunk + [eos] + [pad] * (CHUNK - len(chunk))
-            w = [1.0] + chunk_w + [1.0] * (CHUNK + 1 - len(chunk))
+        for chunk in chunks:
+            ids = [bos] + chunk.tokens + [eos] + [pad] * (CHUNK - len(chunk.tokens))
+            w = [1.0] + chunk.weights + [1.0] * (CHUNK + 1 - len(chunk.tokens))
             ids_t = torch.tensor([ids], device=self.device)
-            out = self.text_encoder(ids_t, output_hidden_states=self.clip_skip > 1)
+            with self._vectors_in_place(ids_t, chunk.fixes):
+                out = self.text_encoder(ids_t, output_hidden_states=self.clip_skip > 1)
             if self.clip_skip > 1:
                 # Clip skip: an earlier layer's output, normalised as the last layer's would be (A1111).
                 hidden = self.text_encoder.final_layer_norm(out.hidden_states[-self.clip_skip])
@@ -84,6 +121,26 @@ class PromptEncoder:
                 hidden = hidden * (mean_before / mean_after)
             outs.append(hidden)
         return torch.cat(outs, dim=0).to(self.dtype)
+
+    def _vectors_in_place(self, ids_t: torch.Tensor, fixes: list[tuple[int, Any]]):
+        """While the window ``ids_t`` is encoded, its embeddings' vectors replace the token embeddings at their
+        positions (A1111's ``EmbeddingsWithFixes``): a forward hook on the token embedding layer, removed after
+        the call, that changes only the output computed for ``ids_t`` itself."""
+        if not fixes:
+            return contextlib.nullcontext()
+        layer = self.text_encoder.get_input_embeddings()
+        width = layer.embedding_dim
+
+        def substitute(module, args, output):
+            if args[0].data_ptr() != ids_t.data_ptr():
+                return None  # another caller's ids: not this window
+            output = output.clone()
+            for position, embedding in fixes:
+                vectors = embedding.vectors[width]
+                output[0, 1 + position:1 + position + len(vectors)] = vectors.to(output.device, output.dtype)
+            return output
+
+        return layer.register_forward_hook(substitute)  # a context manager: removed when the block ends
 
 
 def _stack_padded(conds: list[torch.Tensor]) -> torch.Tensor:
@@ -202,6 +259,9 @@ class SamplingRequest:
         mask (PIL image or `None`): img2img: where to repaint (white), resized to the image.
         inpainting_mask_invert (`bool`): repaint where the mask is black instead.
         tiling (`bool`): seamless tiling: the UNet and VAE pad circularly while the batch runs (``modules.tiling``).
+        embeddings (`textual_inversion.EmbeddingLookup` or `None`): the textual inversion embeddings the batch's
+            model can use; the prompt encoder records in it the ones the prompts used (``used``, for the
+            infotext). ``None``: trigger words are plain words.
     """
 
     prompts: tuple[str, ...]
@@ -223,6 +283,7 @@ class SamplingRequest:
     inpainting_mask_invert: bool = False
     tiling: bool = False
     init_latents: Any = None
+    embeddings: Any = None
 
     @property
     def is_img2img(self) -> bool:
@@ -279,9 +340,10 @@ class Denoiser:
         if step != state.sampling_step:
             self._step_done(step, x, sigma)
         prompt_step = min(request.steps - 1, step * request.steps // max(1, self.total_steps))
-        conds = [self.encoder.encode(prompt_parser.schedule_for_step(sch, prompt_step))
-                 for sch in self.uncond_schedules + self.cond_schedules]
-        context = _stack_padded(conds)
+        # The prompts before the negative prompts: the order their embeddings are named in (A1111's TI hashes)
+        cond, uncond = ([self.encoder.encode(prompt_parser.schedule_for_step(sch, prompt_step)) for sch in schedules]
+                        for schedules in (self.cond_schedules, self.uncond_schedules))
+        context = _stack_padded(uncond + cond)
         c_in, c_skip, c_out = self.schedule.scalings(sigma)
         t = self.schedule.sigma_to_t(sigma).to(device=x.device, dtype=torch.float32).expand(2 * len(x))
         model_in = (torch.cat([x, x]) * c_in).to(model.dtype)
@@ -373,7 +435,8 @@ def sample_latents(request: SamplingRequest, model, state, callback_on_step_end:
     sigmas = sd_samplers.sigmas_for(sampler, scheduler, request.steps, schedule)
     total_steps = len(sigmas) - 1
     # 2. Conditioning schedules (prompt editing and alternation switch at their steps)
-    encoder = PromptEncoder(model.tokenizer, model.text_encoder, settings.clip_skip, device, model.dtype)
+    encoder = PromptEncoder(model.tokenizer, model.text_encoder, settings.clip_skip, device, model.dtype,
+                            embeddings=request.embeddings)
     cond_schedules = prompt_parser.get_learned_conditioning_prompt_schedules(list(request.prompts), request.steps)
     uncond_schedules = prompt_parser.get_learned_conditioning_prompt_schedules(list(request.negative_prompts),
                                                                                request.steps)

@@ -47,6 +47,10 @@ options_templates.update(options_section(("saving-paths", "Paths for saving", "s
         "outputs/img2img-images", "Output directory for img2img images", restrict_api=True),
 }))
 
+options_templates.update(options_section(("extra_networks", "Extra Networks", "sd"), {
+    "textual_inversion_add_hashes_to_infotext": OptionInfo(True, "Add Textual Inversion hashes to infotext"),
+}))
+
 options_templates.update(options_section(("ui", "User interface", "ui"), {
     "send_seed": OptionInfo(True, "Send seed when sending prompt or image to other interface"),
 }))

@@ -26,7 +26,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
 from modules import (extensions, hires, image_parameters, infotext, jobs, plugins, processing, request_preparation,
-                     runtime_utils, scripts, sd_models, sd_samplers, sd_vae, settings_change, shared, styles, upscalers)
+                     runtime_utils, scripts, sd_models, sd_samplers, sd_vae, settings_change, shared, styles,
+                     textual_inversion, upscalers)
 from modules.api import models
 from modules.api.errors import validation_error_response
 from modules.api.image_codec import check_image_count, decode_images, encode_image
@@ -195,6 +196,7 @@ class Api:
             ("/sdapi/v1/loras", self.get_loras, get, list[m.LoraItem]),
             ("/sdapi/v1/refresh-checkpoints", self.refresh_checkpoints, post, None),
             ("/sdapi/v1/refresh-vae", self.refresh_vae, post, None),
+            ("/sdapi/v1/refresh-embeddings", self.refresh_embeddings, post, None),
             ("/sdapi/v1/unload-checkpoint", self.unloadapi, post, dict[str, Any]),
             ("/sdapi/v1/reload-checkpoint", self.reloadapi, post, dict[str, Any]),
             ("/sdapi/v1/memory", self.get_memory, get, m.MemoryResponse),
@@ -363,7 +365,16 @@ class Api:
                 for style in styles.database().styles.values()]
 
     def get_embeddings(self):
-        return models.EmbeddingsResponse(loaded={}, skipped={})
+        evaluation = textual_inversion.database().evaluate(textual_inversion.checkpoint_widths())
+
+        def item(embedding):
+            return models.EmbeddingItem(step=embedding.step, sd_checkpoint=embedding.sd_checkpoint,
+                                        sd_checkpoint_name=embedding.sd_checkpoint_name, shape=embedding.shape,
+                                        vectors=embedding.count)
+
+        return models.EmbeddingsResponse(
+            loaded={name: item(e) for name, e in evaluation.loaded.items()},
+            skipped={name: item(e) for name, (e, _) in evaluation.skipped.items()})
 
     def get_loras(self):
         return []
@@ -397,6 +408,10 @@ class Api:
     def refresh_checkpoints(self):
         with jobs.queue_lock:
             sd_models.refresh_checkpoints()
+
+    def refresh_embeddings(self):
+        with jobs.queue_lock:  # A1111's: a running generation keeps the files it started with
+            textual_inversion.database().scan(force=True)
 
     def refresh_vae(self):
         sd_vae.list_vaes()  # read from disk on every call: there is no list to refresh, only a request to honour

@@ -392,9 +392,19 @@ class LoraItem(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
+class EmbeddingItem(BaseModel):
+    step: int | None = Field(default=None, description="Training steps of the embedding, if its file says.")
+    sd_checkpoint: str | None = Field(default=None, description="Hash of the checkpoint it was trained on, if known.")
+    sd_checkpoint_name: str | None = Field(default=None,
+                                           description="Name of the checkpoint it was trained on, if known.")
+    shape: int = Field(description="Width of each vector (summed over an SDXL file's clip_l and clip_g).")
+    vectors: int = Field(description="Number of vectors: the token positions it takes in a prompt.")
+
+
 class EmbeddingsResponse(BaseModel):
-    loaded: dict[str, Any] = Field(description="Embeddings by name (Serena loads none).")
-    skipped: dict[str, Any] = Field(description="Embeddings found but not loaded.")
+    loaded: dict[str, EmbeddingItem] = Field(description="Embeddings the current checkpoint can use, by name.")
+    skipped: dict[str, EmbeddingItem] = Field(
+        description="Embeddings found that the current checkpoint cannot use (another text encoder width).")
 
 
 class MemoryResponse(BaseModel):

@@ -112,7 +112,8 @@ def generate(client, **fields):
 
 def test_inspection_gives_what_the_model_can_do(made):
     assert loader.inspect_checkpoint(TINY) == ModelFacts(text_encoder_layers=2, latent_channels=4,
-                                                                native_size=64, cfg_scale=None)
+                                                                native_size=64, cfg_scale=None,
+                                                                text_encoder_widths=(32,))
     assert loader.inspect_checkpoint(made["deep"]).text_encoder_layers == 4
     assert loader.inspect_vae(made["wide"]) == ModelFacts(text_encoder_layers=None, latent_channels=8)
     # A loaded model reports the same facts as its header did.
@@ -173,7 +174,7 @@ def test_a_full_size_sd15_checkpoint_passes_from_its_header(tmp_path):
     size = sparse_sd15(path)
     assert size > 2 * 10**9
     assert loader.inspect_checkpoint(str(path)) == ModelFacts(text_encoder_layers=12, latent_channels=4,
-                                                                     native_size=512)
+                                                                     native_size=512, text_encoder_widths=(768,))
     os.truncate(path, size - 1)
     with pytest.raises(ValueError, match="v1-5-layout.safetensors: corrupt or truncated"):
         loader.inspect_checkpoint(str(path))
