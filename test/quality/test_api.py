@@ -125,7 +125,8 @@ def test_list_shapes(client):
     assert "on_opts_override_enter" in client.get("/serena/v1/hooks").json()
 
 
-@pytest.mark.parametrize("path", ["/sdapi/v1/refresh-checkpoints", "/sdapi/v1/refresh-vae", "/sdapi/v1/interrupt",
+@pytest.mark.parametrize("path", ["/sdapi/v1/refresh-checkpoints", "/sdapi/v1/refresh-vae",
+                                  "/sdapi/v1/refresh-embeddings", "/sdapi/v1/interrupt",
                                   "/sdapi/v1/skip", "/sdapi/v1/unload-checkpoint", "/sdapi/v1/reload-checkpoint"])
 def test_control_endpoints_answer(client, path):
     r = client.post(path)
