@@ -60,6 +60,7 @@ class EmbeddingDatabase:
         self.dirs, self.allow_pickle = tuple(dirs), bool(allow_pickle)
         self._lock = threading.Lock()
         self._files: dict[str, tuple[tuple, Any]] = {}  # path -> (size and mtime, Embedding or None if unreadable)
+        self._reported: set[tuple[str, str, str]] = set()  # (name, sha256, why) of skips already logged
 
     def scan(self, force: bool = False) -> dict[str, Any]:
         """``{name: Embedding}`` of every readable embedding file, in walk order."""
@@ -103,6 +104,9 @@ class EmbeddingDatabase:
                 loaded[name] = embedding
             else:
                 skipped[name] = (embedding, why)
+                if (name, embedding.sha256, why) not in self._reported:
+                    self._reported.add((name, embedding.sha256, why))
+                    log.info("embedding %s skipped: %s", name, why)
         return Evaluation(loaded, skipped)
 
     def _paths(self, extensions: tuple[str, ...]):

@@ -5,6 +5,7 @@ prompt's windows, the infotext's ``TI hashes`` and the API routes. The embedding
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 
 import pytest
@@ -76,7 +77,8 @@ def test_every_a1111_format_is_read_and_pickles_only_when_allowed(tmp_path, capl
     assert "trained.pt: pickled embeddings can run arbitrary code" in caplog.text
 
 
-def test_a_model_uses_only_embeddings_of_its_width(tmp_path):
+def test_a_model_uses_only_embeddings_of_its_width(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="serena.textual_inversion")
     make_embedding(str(tmp_path / "small.safetensors"), width=WIDTH)
     make_embedding(str(tmp_path / "Big.safetensors"), width=768)
     make_embedding(str(tmp_path / "xl.safetensors"), fmt="sdxl", width=768)
@@ -87,6 +89,7 @@ def test_a_model_uses_only_embeddings_of_its_width(tmp_path):
     assert "shape 768; the model's text encoder is 32 wide" in tiny.skipped["Big"][1]
     assert "an SDXL embedding" in tiny.skipped["xl"][1] and "more than one 75-token" in tiny.skipped["long"][1]
     assert list(sd15.loaded) == ["Big"] and list(sdxl.loaded) == ["xl"]
+    assert "embedding Big skipped: shape 768" in caplog.text
     assert sorted(db.evaluate(()).loaded) == ["Big", "small", "xl"]  # no model known: nothing to check against
 
 
