@@ -190,6 +190,17 @@ def test_a_prompt_without_trigger_words_is_byte_identical_with_embeddings_presen
     assert after.infotexts == before.infotexts
 
 
+def test_hires_fix_on_another_checkpoint_uses_and_names_its_embeddings(tiny_checkpoints, embeddings_dir):
+    """The second pass on ``hr_checkpoint_name`` gets the embeddings that checkpoint can use; what its prompt used
+    is named with the first pass's."""
+    make_embedding(str(embeddings_dir / "sparkle.safetensors"), vectors=2, seed=5, scale=1.0)
+    hires = dict(enable_hr=True, hr_scale=1.0, hr_second_pass_steps=1, hr_checkpoint_name="beta.safetensors")
+    plain = txt2img("a red cat", **hires, hr_prompt="a red cat")
+    used = txt2img("a red cat", **hires, hr_prompt="a sparkle cat")
+    assert "TI hashes" not in plain.infotexts[0]
+    assert 'TI hashes: "sparkle: ' in used.infotexts[0] and "Hires checkpoint: beta" in used.infotexts[0]
+
+
 # -- API and flags -------------------------------------------------------------------------------------------------
 
 def test_api_lists_embeddings_in_a1111_shapes_and_refresh_rereads(tiny_checkpoints, embeddings_dir, api_client,
