@@ -342,3 +342,23 @@ def test_one_title_may_name_a_script_per_tab(register):
     register(Lister(), "same-lister")
     assert scripts.find("txt2img", "same") is listed[0] and scripts.find("img2img", "SAME") is listed[1]
     assert listed[2] not in scripts.available()  # its tabs are both taken
+
+
+def test_the_ui_shows_axis_dropdowns_and_runs_a_grid(models, xyz_ext):
+    import gradio as gr
+
+    from modules.ui import generation, txt2img
+    from ui_form import form_values
+
+    with gr.Blocks():
+        form = txt2img.create_tab()
+    [controls] = [c for title, c in form.script_controls if title == "X/Y/Z plot"]
+    x_type, x_values, x_dropdown = controls[:3]
+    assert (type(x_type).__name__, x_type.type, x_type.value) == ("Dropdown", "index", "Seed")
+    assert x_dropdown.multiselect and type(controls[16]).__name__ == "Slider"
+    # gradio hands run the dropdown's position; an empty values dropdown falls back to the text values
+    title, script_args = generation.script_values(form, "X/Y/Z plot", args(SAMPLER, "Euler, DDIM", lone=False))
+    events = list(generation.run_generation(txt2img.make_p, ("session", "txt2img"), "txt2img", [],
+                                            form_values(steps=1, script=("txt2img", title, script_args))))
+    gallery, text = events[-1][0], events[-1][1]
+    assert len(gallery) == 1 and "X Type: Sampler, X Values: \"Euler, DDIM\"" in text
