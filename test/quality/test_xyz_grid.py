@@ -269,12 +269,12 @@ def test_a_failing_cell_is_marked_and_the_others_complete(client, monkeypatch):
 
 
 def test_a_checkpoint_axis_loads_each_checkpoint_once(client, models):
-    r = run(client, args(CHECKPOINT, "alpha, beta", CLIP_SKIP, "1, 2"))
+    r = run(client, args(CHECKPOINT, "alpha, beta, alpha", CLIP_SKIP, "1, 2"))
     assert r.status_code == 200, r.text
-    assert models.loads == 2  # alpha for both its cells, then beta: not alpha, beta, alpha, beta
+    assert models.loads == 2  # alpha for its four cells, then beta: not alpha, beta, alpha, beta, alpha, beta
     texts = [infotext.parse_generation_parameters(t) for t in info(r)["infotexts"][1:]]
-    assert [(t["Model"], t.get("Clip skip", "1")) for t in texts] == [("alpha", "1"), ("beta", "1"), ("alpha", "2"),
-                                                                      ("beta", "2")]  # the layout asked for
+    assert [(t["Model"], t.get("Clip skip", "1")) for t in texts] == [
+        ("alpha", "1"), ("beta", "1"), ("alpha", "1"), ("alpha", "2"), ("beta", "2"), ("alpha", "2")]  # as asked
     assert shared.opts.stored() == {}
 
 

@@ -364,7 +364,7 @@ class Grid:
 
     def cells(self):
         """``(ix, iy, iz)`` in the order to run them: the costliest axis outermost, so it changes least often
-        (A1111's rule; ties keep Z outermost, then Y)."""
+        (A1111's rule; ties keep Z outermost, then Y), its repeated values together."""
         x, y, z = (a.axis.cost for a in self.axes)
         first, second = 2, 1
         if x > y and x > z:
@@ -374,7 +374,12 @@ class Grid:
         elif z > x and z > y:
             first, second = 2, (0 if x > y else 1)
         order = (first, second, 3 - first - second)
-        for combo in itertools.product(*(range(self.shape[i]) for i in order)):
+        ranges = [range(self.shape[i]) for i in order]
+        outer = self.axes[first]
+        if outer.axis.cost:  # a value that comes back (checkpoint A, B, A) runs with its first: one switch each
+            values = outer.values
+            ranges[0] = sorted(ranges[0], key=lambda i: values.index(values[i]))
+        for combo in itertools.product(*ranges):
             cell = [0, 0, 0]
             for axis, i in zip(order, combo):
                 cell[axis] = i
