@@ -291,6 +291,7 @@ def test_a_checkpoint_axis_loads_each_checkpoint_once(client, models):
     (args(STEPS, "1", CLIP_SKIP, "1, 99"), "script_args[4] (Y values)", "99"),
     (args(STEPS, "1-5", CFG, "1-5"), "script_args[1] (X values)", "api_max_images"),
     (args(STEPS, "1", dropdowns=("no", [], [])), "script_args[2] (X values)", "list of strings"),
+    (args(SEED, "1-1000", SEED, "1-1000"), "script_args[1] (X values)", "megapixels"),
 ])
 def test_bad_arguments_are_422_naming_the_argument_and_nothing_runs(client, models, script_args, field, message):
     r = run(client, script_args)

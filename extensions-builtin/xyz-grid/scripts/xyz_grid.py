@@ -30,6 +30,7 @@ log = logging.getLogger("serena.xyz_grid")
 TITLE = "X/Y/Z plot"
 SEED_MAX = 4294967294  # A1111's random.randrange bound for a fixed seed
 MAX_VALUES = 1000  # one axis: a range beyond this is a typo, and would be built before any limit could refuse it
+MAX_MEGAPIXELS = 200  # the grid's cells together: A1111's default img_max_size_mp
 
 
 @dataclass(frozen=True)
@@ -430,8 +431,8 @@ class XYZPlot(Script):
             labels = [a.label for a in axes]
             made = []
             for name, default in (("X", 1), ("Y", 0), ("Z", 0)):
-                made += [ScriptArg(f"{name} type", default, choices=labels, index=True), ScriptArg(f"{name} values", ""),
-                         ScriptArg(f"{name} values", [], type="list")]
+                made += [ScriptArg(f"{name} type", default, choices=labels, index=True),
+                         ScriptArg(f"{name} values", ""), ScriptArg(f"{name} values", [], type="list")]
             made += [ScriptArg("Draw legend", True), ScriptArg("Include Sub Images", False),
                      ScriptArg("Include Sub Grids", False), ScriptArg("Keep -1 for seeds", False),
                      ScriptArg("Vary seeds for X", False), ScriptArg("Vary seeds for Y", False),
@@ -472,6 +473,9 @@ class XYZPlot(Script):
     @staticmethod
     def _check_cells(p, grid: Grid) -> None:
         count = math.prod(grid.shape)
+        if count * p.width * p.height > MAX_MEGAPIXELS * 1_000_000:
+            raise ScriptArgError(1, f"the grid would be {count} cells of {p.width}x{p.height}, above "
+                                    f"{MAX_MEGAPIXELS} megapixels")
         images = count * p.batch_size * p.n_iter
         if p.is_api and images > opts.api_max_images:
             raise ScriptArgError(1, f"the grid makes {images} images ({'x'.join(map(str, grid.shape))} cells), above "
