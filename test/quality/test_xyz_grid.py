@@ -92,7 +92,7 @@ def info(response) -> dict:
 # -- values ---------------------------------------------------------------------------------------------------------
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(start=st.integers(-50, 50), length=st.integers(0, 40), step=st.integers(1, 7), down=st.booleans())
 def test_int_ranges_with_a_step_include_both_ends_reached(xyz, start, length, step, down):
     end = start - length if down else start + length
@@ -101,7 +101,7 @@ def test_int_ranges_with_a_step_include_both_ends_reached(xyz, start, length, st
     assert xyz.int_values(text) == list(range(start, end + sign, sign * step))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(start=st.integers(-100, 100), end=st.integers(-100, 100), count=st.integers(1, 30))
 def test_int_count_ranges_have_the_count_and_the_ends(xyz, start, end, count):
     values = xyz.int_values(f"{start}-{end} [{count}]")
@@ -109,7 +109,7 @@ def test_int_count_ranges_have_the_count_and_the_ends(xyz, start, end, count):
     assert count == 1 or values[-1] == end
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(start=st.integers(0, 400), length=st.integers(0, 400), step=st.sampled_from([0.05, 0.1, 0.25, 0.3, 0.5, 1.5]))
 def test_float_ranges_stay_within_the_ends_one_step_apart(xyz, start, length, step):
     lo, hi = start / 100, (start + length) / 100
