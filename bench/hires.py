@@ -13,9 +13,10 @@ import dataclasses
 import os
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from timing import best_times  # noqa: E402
 
 from modules import cmd_args, hires, initialize, jobs, processing, sd_models, sd_pipeline, shared  # noqa: E402
 
@@ -42,25 +43,13 @@ def separate() -> None:
     sd_pipeline.sample_batch(second, model, jobs.state)
 
 
-def best_times(repeat: int) -> tuple[float, float]:
-    """The fastest of ``repeat`` runs of each side, alternating, so load from other processes on a shared machine
-    hits both sides alike and the minimum is the cost of the work itself."""
-    best = [float("inf"), float("inf")]
-    for _ in range(repeat):
-        for i, fn in enumerate((hires_fix, separate)):
-            start = time.perf_counter()
-            fn()
-            best[i] = min(best[i], time.perf_counter() - start)
-    return best[0], best[1]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args()
     initialize.initialize(cmd_args.parse_args(["--data-dir", tempfile.mkdtemp()]))
     hires_fix(), separate()  # warm: load the model, fill caches
-    h, s = best_times(args.repeat)
+    h, s = best_times((hires_fix, separate), args.repeat)
     print(f"{'case':<28}{'best s':>10}")
     print(f"{'Hires fix (Latent)':<28}{h:>10.3f}")
     print(f"{'two passes separately':<28}{s:>10.3f}")

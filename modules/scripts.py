@@ -29,16 +29,20 @@ from modules.runtime_utils import temporary_opts
 log = logging.getLogger("serena.scripts")
 
 TABS = ("txt2img", "img2img")
-_TYPES = {"bool": bool, "int": int, "float": float, "str": str}
+_TYPES = {"bool": bool, "int": int, "float": float, "str": str, "list": list}
 
 
 @dataclass(frozen=True)
 class ScriptArg:
     """One argument of a script, in the order ``run`` receives it (A1111's ``ScriptArg`` shape for the API).
 
-    ``type`` is ``"bool"``, ``"int"``, ``"float"`` or ``"str"``; left out, it is the type of ``value`` (the
-    default). ``choices`` (strings) limit the value to one of them; ``minimum``/``maximum`` bound a number;
-    ``step`` is for the UI's slider. ``lines`` > 1 makes a ``str`` a multi-line text box in the UI.
+    ``type`` is ``"bool"``, ``"int"``, ``"float"``, ``"str"`` or ``"list"`` (of strings: A1111's multi-select
+    dropdowns); left out, it is the type of ``value`` (the default). ``choices`` (strings) limit the value to one
+    of them (for a list, each item); ``minimum``/``maximum`` bound a number; ``step`` is for the UI's slider.
+    ``lines`` > 1 makes a ``str`` a multi-line text box in the UI.
+
+    ``index=True`` (with ``choices``) is A1111's ``type="index"`` dropdown: ``run`` receives the position of the
+    choice, the default is a position, and a client may send the position or the choice itself (any case).
     """
 
     label: str
@@ -49,19 +53,34 @@ class ScriptArg:
     choices: tuple[str, ...] | None = None
     type: str | None = None
     lines: int = 1
+    index: bool = False
 
     def __post_init__(self):
-        kind = self.type or next((k for k, t in _TYPES.items() if type(self.value) is t), None)
+        kind = "int" if self.index else self.type or next((k for k, t in _TYPES.items() if type(self.value) is t),
+                                                           None)
         if kind not in _TYPES:
             raise TypeError(f"ScriptArg {self.label!r}: type must be one of {sorted(_TYPES)} (or a default of one)")
         object.__setattr__(self, "type", kind)
         if self.choices is not None:
             object.__setattr__(self, "choices", tuple(self.choices))
+        if self.index and not self.choices:
+            raise TypeError(f"ScriptArg {self.label!r}: index=True needs choices")
         self.check(self.value)  # a default outside its own schema is the script author's bug: say so at once
 
     def check(self, value):
         """``value`` as ``run`` receives it, or ``ValueError`` saying why it does not fit."""
         kind = self.type
+        if self.index:
+            return self._check_index(value)
+        if kind == "list":
+            if value is None or value == "":  # what clients send for an unused A1111 dropdown
+                value = []
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"expected a list of strings, got {value!r}")
+            bad = [v for v in value if self.choices is not None and v not in self.choices]
+            if bad:
+                raise ValueError(f"{bad[0]!r} is not one of {list(self.choices)}")
+            return list(value)
         if kind == "bool":
             if not isinstance(value, bool):
                 raise ValueError(f"expected true or false, got {value!r}")
@@ -85,8 +104,24 @@ class ScriptArg:
             raise ValueError(f"{value!r} is not one of {list(self.choices)}")
         return value
 
+    def _check_index(self, value) -> int:
+        if isinstance(value, str):
+            wanted = value.strip().lower()
+            found = next((i for i, c in enumerate(self.choices) if c.lower() == wanted), None)
+            if found is None:
+                raise ValueError(f"{value!r} is not one of {list(self.choices)}")
+            return found
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+            raise ValueError(f"expected the position of a choice (a whole number) or its name, got {value!r}")
+        if not 0 <= value < len(self.choices):
+            raise ValueError(f"{int(value)} is not a position in the {len(self.choices)} choices (0 to "
+                             f"{len(self.choices) - 1})")
+        return int(value)
+
     def api_info(self) -> dict:
-        return {"label": self.label, "value": self.value, "minimum": self.minimum, "maximum": self.maximum,
+        # A1111 lists an index dropdown's default by its choice, as its UI shows it.
+        value = self.choices[self.value] if self.index else self.value
+        return {"label": self.label, "value": value, "minimum": self.minimum, "maximum": self.maximum,
                 "step": self.step, "choices": list(self.choices) if self.choices is not None else None}
 
 
@@ -141,19 +176,22 @@ class ScriptArgError(ValueError):
 def available(tab: str | None = None, *, alwayson: bool | None = None) -> list[Script]:
     """The scripts every extension lists (``on_list_scripts``), in hook order, for ``tab`` and of the kind asked.
 
-    A title listed twice (case-insensitively) keeps the first and logs the second: clients select by title.
+    A title listed twice (case-insensitively) for one tab keeps the first and logs the second: clients select by
+    title within a tab. One title may name different scripts on different tabs (A1111's X/Y/Z plot offers other
+    axes on img2img).
     """
     found: list[Script] = []
-    seen: set[str] = set()
+    seen: set[tuple[str, str]] = set()
     for listed in plugins.host.call("on_list_scripts"):
         for script in (listed if isinstance(listed, (list, tuple)) else [listed]):
             if not isinstance(script, Script) or not script.title:
                 log.warning("on_list_scripts returned %r, not a Script with a title; ignored", script)
                 continue
-            if script.name in seen:
+            keys = {(script.name, t) for t in script.tabs}
+            if keys & seen:
                 log.warning("a second script titled %r is ignored", script.title)
                 continue
-            seen.add(script.name)
+            seen |= keys
             found.append(script)
     return [s for s in found if (tab is None or tab in s.tabs) and (alwayson is None or s.alwayson == alwayson)]
 

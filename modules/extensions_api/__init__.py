@@ -16,6 +16,8 @@ extension's own tests are in ``modules.extensions_api.testing``.
 from modules import plugins as _plugins  # read at call time: tests swap the host (plugins.use_host)
 from modules.hookspecs import hookimpl
 from modules.image_grid import upscale_tiled
+from modules.infotext import create_infotext
+from modules.labelled_grid import draw_grid, error_tile
 from modules.option_info import OptionInfo, options_section
 from modules.override_state import OverrideState
 from modules.plugins import HookError, resolved_order
@@ -49,6 +51,9 @@ __all__ = [
     "opts",
     "Upscaler",
     "upscale_tiled",
+    "draw_grid",
+    "error_tile",
+    "create_infotext",
     "Script",
     "ScriptArg",
     "ScriptArgError",

@@ -145,6 +145,11 @@ def script_control(arg, elem_id: str):
     common = dict(label=arg.label, value=arg.value, elem_id=elem_id)
     if arg.type == "bool":
         return gr.Checkbox(**common)
+    if arg.index:  # gradio hands ``run`` the position, as A1111's type="index" dropdowns
+        return gr.Dropdown(choices=list(arg.choices), type="index", **{**common, "value": arg.choices[arg.value]})
+    if arg.type == "list":
+        return gr.Dropdown(choices=list(arg.choices or ()), multiselect=True, allow_custom_value=arg.choices is None,
+                           **common)
     if arg.choices is not None:
         return (gr.Radio(choices=list(arg.choices), **common) if len(arg.choices) <= 4 else
                 gr.Dropdown(choices=list(arg.choices), **common))
