@@ -17,10 +17,12 @@ class ModelFacts:
     must produce and consume to work with the UNet. ``None`` where it does not apply (a VAE has no text encoder).
     ``native_size`` is the image side the checkpoint was made for (UNet sample size times the VAE's factor) and
     ``cfg_scale`` the CFG scale it recommends (``serena_config`` sampling metadata), both ``None`` when unknown;
-    ``modules.sd_models.checkpoint_defaults`` turns them into a generation's defaults.
+    ``modules.sd_models.checkpoint_defaults`` turns them into a generation's defaults. ``family`` is the
+    ``modules.model_families`` name of the architecture (``"sd1"``, ``"sd1-inpaint"``…), ``None`` for a VAE.
     """
 
     text_encoder_layers: int | None
     latent_channels: int
     native_size: int | None = None
     cfg_scale: float | None = None
+    family: str | None = None
