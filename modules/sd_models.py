@@ -402,18 +402,21 @@ class LoadedModels:
             self.current = None
 
 
-def _placement() -> dict:
-    """``device`` and ``dtype`` arguments for the loader, from ``--use-cpu``."""
+def placement():
+    """Where and how the networks run, from the flags on this machine (``devices.placement``)."""
     from modules import devices
-    device = devices.device(shared.cmd_opts.use_cpu)
-    return {"device": device, "dtype": devices.dtype(device)}
+    return devices.placement_for(shared.cmd_opts)
 
 
 def load_from_disk(info: CheckpointInfo):
-    """Load ``info``'s weights as the flags ask (device, dtype, pickles): the process's model cache's loader."""
-    from modules import sd_models_loader
-    return sd_models_loader.load_checkpoint(info, **_placement(),
-                                            allow_pickle=shared.cmd_opts.allow_pickle_checkpoints)
+    """Load ``info``'s weights as the flags ask (device, precision, offload, attention, pickles) and the
+    ``serena_torch_compile`` setting: the process's model cache's loader."""
+    from modules import model_placement, sd_models_loader
+    where = placement()
+    model = sd_models_loader.load_checkpoint(info, device=where.load_device,
+                                             dtype=model_placement.torch_dtype(where.dtype),
+                                             allow_pickle=shared.cmd_opts.allow_pickle_checkpoints)
+    return model_placement.apply(model, where, compile_unet=bool(shared.opts.serena_torch_compile))
 
 
 def inspect_on_disk(kind: str, path: str):
@@ -527,7 +530,7 @@ def _external_vae(name: str, model):
             raise ValueError(problem)
     if name not in _vae_cache:
         _vae_cache.clear()  # one external VAE in memory at a time
-        _vae_cache[name] = sd_models_loader.load_vae(path, **_placement())
+        _vae_cache[name] = sd_models_loader.load_vae(path, device=model.device, dtype=model.vae_dtype)
     return _vae_cache[name]
 
 

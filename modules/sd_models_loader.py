@@ -124,6 +124,8 @@ class SDModel:
         self.family = family
         self.device = device
         self.dtype = dtype
+        self.vae_dtype = dtype      # the VAE's own (``modules.model_placement`` may run it in another)
+        self.offload = None         # ``model_placement.ModelOffload`` under --medvram
         self.vae_name: str | None = None
         self._own_vae = vae
 
@@ -140,15 +142,15 @@ class SDModel:
         """Use ``vae`` instead of the checkpoint's own VAE, or restore the checkpoint's own with ``None``.
 
         Args:
-            vae: a VAE from ``load_vae``; moved to this model's device and dtype. ``None`` restores the
+            vae: a VAE from ``load_vae``; moved to this model's device and VAE dtype. ``None`` restores the
                 checkpoint's own VAE, kept in memory since loading, so nothing is re-read.
             name: the VAE file name reported as ``vae_name`` (ignored when ``vae`` is ``None``).
         """
         if vae is None:
             self.vae, self.vae_name = self._own_vae, None
             return
-        if (vae.device, vae.dtype) != (self.device, self.dtype):
-            vae = vae.to(device=self.device, dtype=self.dtype)
+        if (vae.device, vae.dtype) != (self.device, self.vae_dtype):
+            vae = vae.to(device=self.device, dtype=self.vae_dtype)
         self.vae, self.vae_name = vae.eval(), name
 
     def __repr__(self):

@@ -31,6 +31,7 @@ class FakeModel:
         self.info = info
         self.vae_name = None
         self.sd_model_hash = info.shorthash
+        self.device, self.vae_dtype = "cpu", None  # where an external VAE is loaded for it
 
     def apply_vae(self, vae, name):
         self.vae_name = name
