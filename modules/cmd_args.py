@@ -18,19 +18,13 @@ class SerenaArgumentParser(argparse.ArgumentParser):
 #: keywords). Each is accepted and announced at start (``notices``), never silently ignored.
 NO_EFFECT: dict[str, tuple[str, dict]] = {
     "--xformers": ("Serena uses PyTorch's scaled-dot-product attention", {"action": "store_true"}),
-    "--medvram": ("Serena keeps the whole model on its device", {"action": "store_true"}),
-    "--lowvram": ("Serena keeps the whole model on its device", {"action": "store_true"}),
-    "--no-half": ("Serena runs in full precision (float32)", {"action": "store_true"}),
-    "--no-half-vae": ("Serena runs the VAE in full precision (float32)", {"action": "store_true"}),
-    "--precision": ("Serena runs in full precision (float32)",
-                    {"choices": ["full", "half", "autocast"], "default": None}),
+    "--upcast-sampling": ("Serena always does the sampler's arithmetic in float32; only the networks run in half "
+                          "precision", {"action": "store_true"}),
     "--skip-torch-cuda-test": ("Serena never requires CUDA; it uses the CPU without one", {"action": "store_true"}),
     "--enable-insecure-extension-access": ("Serena has no extension installer in the UI", {"action": "store_true"}),
     "--theme": ("the UI follows the browser's colour scheme; add ?__theme=dark or ?__theme=light to its address",
                 {"choices": ["light", "dark"], "default": None}),
     "--autolaunch": ("Serena does not open a browser; open the address it prints", {"action": "store_true"}),
-    "--device-id": ("Serena uses the first CUDA device; choose one with CUDA_VISIBLE_DEVICES",
-                    {"default": None, "metavar": "ID"}),
 }
 
 
@@ -104,6 +98,21 @@ def make_parser() -> argparse.ArgumentParser:
     device = parser.add_argument_group("device")
     device.add_argument("--use-cpu", nargs="+", default=[], metavar="MODULE",
                         help="run these modules on the CPU: 'all' or 'sd'")
+    device.add_argument("--device-id", type=int, default=None, metavar="ID",
+                        help="the CUDA device to use (default 0)")
+    device.add_argument("--no-half", action="store_true", help="run the networks in float32 on a GPU too")
+    device.add_argument("--no-half-vae", action="store_true", help="run the VAE in float32 on a GPU too")
+    device.add_argument("--precision", choices=["full", "half", "autocast"], default=None,
+                        help="'full' is --no-half; 'half' and 'autocast' (A1111's default) run the networks in "
+                             "float16 on a GPU; the CPU always runs float32")
+    device.add_argument("--medvram", action="store_true",
+                        help="keep only the network that runs on the GPU, the others in CPU memory")
+    device.add_argument("--lowvram", action="store_true",
+                        help="move the weights to the GPU layer by layer as they run (slowest, least memory)")
+    device.add_argument("--opt-sdp-attention", action="store_true",
+                        help="PyTorch's scaled-dot-product attention (the default)")
+    device.add_argument("--opt-sdp-no-mem-attention", action="store_true",
+                        help="scaled-dot-product attention without the memory-efficient kernel (deterministic)")
 
     ext = parser.add_argument_group("extensions")
     ext.add_argument("--disable-all-extensions", action="store_true",

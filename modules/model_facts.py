@@ -19,7 +19,8 @@ class ModelFacts:
     ``cfg_scale`` the CFG scale it recommends (``serena_config`` sampling metadata), both ``None`` when unknown;
     ``modules.sd_models.checkpoint_defaults`` turns them into a generation's defaults. ``text_encoder_widths``
     holds the hidden size of each text encoder, in order (empty for a VAE): a textual inversion embedding fits a
-    checkpoint whose widths are its vectors' (``modules.textual_inversion``).
+    checkpoint whose widths are its vectors' (``modules.textual_inversion``). ``family`` is the
+    ``modules.model_families`` name of the architecture (``"sd1"``, ``"sd1-inpaint"``…), ``None`` for a VAE.
     """
 
     text_encoder_layers: int | None
@@ -27,6 +28,7 @@ class ModelFacts:
     native_size: int | None = None
     cfg_scale: float | None = None
     text_encoder_widths: tuple[int, ...] = ()
+    family: str | None = None
 
     def __post_init__(self):
         # Facts kept in cache.json come back from JSON with a list here.

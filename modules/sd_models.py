@@ -18,7 +18,7 @@ import threading
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
-from modules import shared
+from modules import model_families, shared
 from modules.cache_file import CacheFile
 from modules.checkpoint_info import CheckpointInfo
 from modules.model_facts import ModelFacts
@@ -171,6 +171,24 @@ def default_checkpoint() -> CheckpointInfo | None:
         except ValueError as e:
             log.warning("checkpoint %s cannot be the default: %s", c.title, e)
     return candidates[0] if candidates else None
+
+
+_listed_families: dict[str, tuple] = {}  # filename -> (signature, family)
+
+
+def listed_family(info: CheckpointInfo) -> model_families.Family | None:
+    """The family of a listed checkpoint from its header (or folder index) alone: no torch, no weight read, kept
+    while the file is unchanged. ``None`` when the header cannot tell (a pickled file, an unreadable header):
+    choosing it is what names the problem (``model_manager.facts``)."""
+    try:
+        signature = _signature(info.filename)
+        cached = _listed_families.get(info.filename)
+        if cached is None or cached[0] != signature:
+            cached = (signature, model_families.detect_path(info.filename))
+            _listed_families[info.filename] = cached
+    except (OSError, ValueError):
+        return None
+    return cached[1]
 
 
 def checkpoint_facts(name: str | None):
@@ -384,18 +402,21 @@ class LoadedModels:
             self.current = None
 
 
-def _placement() -> dict:
-    """``device`` and ``dtype`` arguments for the loader, from ``--use-cpu``."""
+def placement():
+    """Where and how the networks run, from the flags on this machine (``devices.placement``)."""
     from modules import devices
-    device = devices.device(shared.cmd_opts.use_cpu)
-    return {"device": device, "dtype": devices.dtype(device)}
+    return devices.placement_for(shared.cmd_opts)
 
 
 def load_from_disk(info: CheckpointInfo):
-    """Load ``info``'s weights as the flags ask (device, dtype, pickles): the process's model cache's loader."""
-    from modules import sd_models_loader
-    return sd_models_loader.load_checkpoint(info, **_placement(),
-                                            allow_pickle=shared.cmd_opts.allow_pickle_checkpoints)
+    """Load ``info``'s weights as the flags ask (device, precision, offload, attention, pickles) and the
+    ``serena_torch_compile`` setting: the process's model cache's loader."""
+    from modules import model_placement, sd_models_loader
+    where = placement()
+    model = sd_models_loader.load_checkpoint(info, device=where.load_device,
+                                             dtype=model_placement.torch_dtype(where.dtype),
+                                             allow_pickle=shared.cmd_opts.allow_pickle_checkpoints)
+    return model_placement.apply(model, where, compile_unet=bool(shared.opts.serena_torch_compile))
 
 
 def inspect_on_disk(kind: str, path: str):
@@ -408,12 +429,13 @@ def inspect_on_disk(kind: str, path: str):
 
 @functools.lru_cache(maxsize=None)
 def inspection_digest(allow_pickle: bool) -> str:
-    """A digest of what decides an inspection's outcome besides the file: the loader's source and the SD1.x
-    configs (read, not imported), the versions of the packages it runs, and whether pickles are allowed."""
+    """A digest of what decides an inspection's outcome besides the file: the source of the loader and of the family
+    detection, the SD1.x configs (read, not imported), the versions of the packages it runs, and whether pickles
+    are allowed."""
     from importlib import metadata
     h = hashlib.sha256()
     loader_dir = os.path.dirname(os.path.abspath(__file__))
-    files = [os.path.join(loader_dir, "sd_models_loader.py")]
+    files = [os.path.join(loader_dir, name) for name in ("sd_models_loader.py", "model_families.py")]
     for root, dirs, names in os.walk(os.path.join(loader_dir, "sd_configs", "v1")):
         dirs.sort()
         files += [os.path.join(root, name) for name in sorted(names)]
@@ -508,7 +530,7 @@ def _external_vae(name: str, model):
             raise ValueError(problem)
     if name not in _vae_cache:
         _vae_cache.clear()  # one external VAE in memory at a time
-        _vae_cache[name] = sd_models_loader.load_vae(path, **_placement())
+        _vae_cache[name] = sd_models_loader.load_vae(path, device=model.device, dtype=model.vae_dtype)
     return _vae_cache[name]
 
 

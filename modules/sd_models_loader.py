@@ -40,6 +40,7 @@ from diffusers.loaders.single_file_utils import (
 from safetensors import SafetensorError, safe_open
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from modules import model_families
 from modules.checkpoint_info import CheckpointInfo
 from modules.model_facts import ModelFacts
 
@@ -49,11 +50,11 @@ TOKENIZER_DIR = os.path.join(CONFIGS_DIR, "tokenizer")
 V1_CONFIG_DIR = os.path.join(CONFIGS_DIR, "v1")
 METADATA_KEY = "serena_config"
 
-UNET_PREFIX = "model.diffusion_model."
+UNET_PREFIX = model_families.UNET
 VAE_PREFIX = "first_stage_model."
 TEXT_PREFIX = "cond_stage_model.transformer.text_model."
-_TEXT_PREFIX_SHORT = "cond_stage_model.transformer."
-_VAE_PARTS = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
+_TEXT_PREFIX_SHORT = model_families.SD1_TEXT
+_VAE_PARTS = model_families.VAE_PARTS
 PICKLE_EXTENSIONS = (".ckpt", ".pt", ".pth", ".bin")
 
 _COMPONENT_FILES = {
@@ -77,14 +78,18 @@ _SAFETENSORS_DTYPES = {
 }
 
 
-def model_facts(unet=None, vae=None, text_encoder=None, sampling=None) -> ModelFacts:
-    """``ModelFacts`` of loaded (or meta) components; a checkpoint's latent channels are its UNet's output."""
+def model_facts(unet=None, vae=None, text_encoder=None, sampling=None,
+                family: model_families.Family | None = None) -> ModelFacts:
+    """``ModelFacts`` of loaded (or meta) components; a checkpoint's latent channels are its UNet's output, its
+    native size what its configs say, else its family's."""
     layers = int(text_encoder.config.num_hidden_layers) if text_encoder is not None else None
     widths = (int(text_encoder.config.hidden_size),) if text_encoder is not None else ()
     channels = int(unet.config.out_channels) if unet is not None else int(vae.config.latent_channels)
     size = _native_size(unet.config, vae.config) if unet is not None and vae is not None else None
-    return ModelFacts(text_encoder_layers=layers, latent_channels=channels, native_size=size,
-                      cfg_scale=(sampling or {}).get("cfg_scale"), text_encoder_widths=widths)
+    return ModelFacts(text_encoder_layers=layers, latent_channels=channels,
+                      native_size=size or (family.native_size if family else None),
+                      cfg_scale=(sampling or {}).get("cfg_scale"), text_encoder_widths=widths,
+                      family=family.name if family else None)
 
 
 def _native_size(unet_config, vae_config) -> int | None:
@@ -109,7 +114,7 @@ class SDModel:
     def __init__(self, *, info: CheckpointInfo, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel,
                  unet: UNet2DConditionModel, vae: AutoencoderKL, scheduler_config: dict,
                  device: torch.device, dtype: torch.dtype, guidance_rescale: float = 0.0,
-                 cfg_scale: float | None = None):
+                 cfg_scale: float | None = None, family: model_families.Family = model_families.FAMILIES["sd1"]):
         self.info = info
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
@@ -118,14 +123,17 @@ class SDModel:
         self.scheduler_config = scheduler_config
         self.guidance_rescale = guidance_rescale
         self.cfg_scale = cfg_scale
+        self.family = family
         self.device = device
         self.dtype = dtype
+        self.vae_dtype = dtype      # the VAE's own (``modules.model_placement`` may run it in another)
+        self.offload = None         # ``model_placement.ModelOffload`` under --medvram
         self.vae_name: str | None = None
         self._own_vae = vae
 
     @property
     def facts(self) -> ModelFacts:
-        return model_facts(self.unet, self._own_vae, self.text_encoder, {"cfg_scale": self.cfg_scale})
+        return model_facts(self.unet, self._own_vae, self.text_encoder, {"cfg_scale": self.cfg_scale}, self.family)
 
     @property
     def sd_model_hash(self) -> str:
@@ -136,15 +144,15 @@ class SDModel:
         """Use ``vae`` instead of the checkpoint's own VAE, or restore the checkpoint's own with ``None``.
 
         Args:
-            vae: a VAE from ``load_vae``; moved to this model's device and dtype. ``None`` restores the
+            vae: a VAE from ``load_vae``; moved to this model's device and VAE dtype. ``None`` restores the
                 checkpoint's own VAE, kept in memory since loading, so nothing is re-read.
             name: the VAE file name reported as ``vae_name`` (ignored when ``vae`` is ``None``).
         """
         if vae is None:
             self.vae, self.vae_name = self._own_vae, None
             return
-        if (vae.device, vae.dtype) != (self.device, self.dtype):
-            vae = vae.to(device=self.device, dtype=self.dtype)
+        if (vae.device, vae.dtype) != (self.device, self.vae_dtype):
+            vae = vae.to(device=self.device, dtype=self.vae_dtype)
         self.vae, self.vae_name = vae.eval(), name
 
     def __repr__(self):
@@ -183,13 +191,14 @@ def load_checkpoint(info: CheckpointInfo, *, device: str | torch.device = "cpu",
     device = torch.device(device)
     sampling = _sampling_from({}, "")
     if os.path.isdir(info.filename):
+        family = _folder_family(info.filename)
         components = _load_diffusers_folder(info.filename, device, dtype)
     else:
-        components, sampling = _ldm_file_components(info.filename, device, dtype, allow_pickle)
+        components, sampling, family = _ldm_file_components(info.filename, device, dtype, allow_pickle)
     unet, vae, text_encoder, scheduler_config = components
     return SDModel(info=info, tokenizer=load_tokenizer(), text_encoder=text_encoder.eval(), unet=unet.eval(),
                    vae=vae.eval(), scheduler_config=scheduler_config, device=device, dtype=dtype,
-                   guidance_rescale=sampling["guidance_rescale"], cfg_scale=sampling["cfg_scale"])
+                   guidance_rescale=sampling["guidance_rescale"], cfg_scale=sampling["cfg_scale"], family=family)
 
 
 def inspect_checkpoint(path: str, *, allow_pickle: bool = False) -> ModelFacts:
@@ -205,8 +214,8 @@ def inspect_checkpoint(path: str, *, allow_pickle: bool = False) -> ModelFacts:
     """
     if os.path.isdir(path):
         return _inspect_diffusers_folder(path)
-    (unet, vae, text_encoder, _), sampling = _ldm_file_components(path, META, torch.float32, allow_pickle)
-    return model_facts(unet, vae, text_encoder, sampling)
+    (unet, vae, text_encoder, _), sampling, family = _ldm_file_components(path, META, torch.float32, allow_pickle)
+    return model_facts(unet, vae, text_encoder, sampling, family)
 
 
 def inspect_vae(path: str) -> ModelFacts:
@@ -215,11 +224,12 @@ def inspect_vae(path: str) -> ModelFacts:
 
 
 def _ldm_file_components(path: str, device: torch.device, dtype: torch.dtype, allow_pickle: bool):
-    """``((unet, vae, text_encoder, scheduler_config), sampling)`` of a single-file checkpoint."""
+    """``((unet, vae, text_encoder, scheduler_config), sampling, family)`` of a single-file checkpoint."""
     state_dict, metadata = read_state_dict(path, allow_pickle=allow_pickle, meta=device.type == "meta")
+    family = _check_ldm_layout(state_dict, os.path.basename(path))
     configs = _configs_from_metadata(metadata, path)
     components = _components_from_ldm(state_dict, configs, os.path.basename(path), device, dtype)
-    return components, configs["sampling"]
+    return components, configs["sampling"], family
 
 
 def load_vae(path: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> AutoencoderKL:
@@ -370,8 +380,7 @@ def _safetensors_metadata(path: str) -> dict[str, str]:
 
 def _components_from_ldm(state_dict: dict[str, torch.Tensor], configs: dict[str, dict], name: str,
                          device: torch.device, dtype: torch.dtype):
-    """``(unet, vae, text_encoder, scheduler_config)`` from an LDM-layout state dict."""
-    _check_ldm_layout(state_dict, name)
+    """``(unet, vae, text_encoder, scheduler_config)`` from an LDM-layout state dict ``_check_ldm_layout`` passed."""
     unet_config, vae_config = configs["unet"], configs["vae"]
 
     n_unet = sum(k.startswith(UNET_PREFIX) for k in state_dict)
@@ -396,24 +405,32 @@ def _components_from_ldm(state_dict: dict[str, torch.Tensor], configs: dict[str,
     return unet, vae, text_encoder, dict(configs["scheduler"])
 
 
-def _check_ldm_layout(state_dict: dict[str, torch.Tensor], name: str) -> None:
+def _check_ldm_layout(state_dict: dict[str, torch.Tensor], name: str) -> model_families.Family:
+    """The family of a state dict Serena can run; ``ValueError`` naming what it is otherwise."""
     if not state_dict:
         raise ValueError(f"{name}: the file holds no tensors")
     keys = list(state_dict)
+    family = model_families.detect({k: tuple(v.shape) for k, v in state_dict.items()})
+    if family.name != "unknown" and not family.runnable:
+        raise ValueError(model_families.refusal(name, family))
 
     def has(prefix):
         return any(k.startswith(prefix) for k in keys)
 
-    if has("conditioner.embedders."):
-        raise ValueError(f"{name}: an SDXL checkpoint; Serena loads Stable Diffusion 1.x only")
-    if has("cond_stage_model.model."):
-        raise ValueError(f"{name}: an SD 2.x (OpenCLIP) checkpoint; Serena loads Stable Diffusion 1.x only")
     parts = ((UNET_PREFIX, "UNet"), (VAE_PREFIX, "VAE"), (_TEXT_PREFIX_SHORT, "text encoder"))
     missing = [what for prefix, what in parts if not has(prefix)]
     if missing:
         found = sorted({".".join(k.split(".")[:2]) for k in keys})[:8]
         raise ValueError(f"{name}: not a Stable Diffusion 1.x checkpoint in the LDM layout: no "
                          f"{', '.join(missing)} tensors (found key prefixes {found})")
+    return family
+
+
+def _folder_family(folder: str) -> model_families.Family:
+    family = model_families.detect_folder(folder)
+    if not family.runnable:
+        raise ValueError(model_families.refusal(folder, family))
+    return family
 
 
 def _check_conversion(name: str, what: str, n_source: int, converted: dict[str, torch.Tensor]) -> None:
@@ -485,6 +502,7 @@ def _load_diffusers_folder(folder: str, device: torch.device, dtype: torch.dtype
 
 def _inspect_diffusers_folder(folder: str) -> ModelFacts:
     name = os.path.basename(folder.rstrip("/\\"))
+    family = _folder_family(folder)
     configs = {}
     for sub in ("unet", "vae", "text_encoder"):
         directory = os.path.join(folder, sub)
@@ -505,8 +523,9 @@ def _inspect_diffusers_folder(folder: str) -> ModelFacts:
     try:
         return ModelFacts(text_encoder_layers=int(configs["text_encoder"]["num_hidden_layers"]),
                           latent_channels=int(configs["unet"].get("out_channels", 4)),
-                          native_size=_native_size(configs["unet"], configs["vae"]),
-                          text_encoder_widths=(int(configs["text_encoder"]["hidden_size"]),))
+                          native_size=_native_size(configs["unet"], configs["vae"]) or family.native_size,
+                          text_encoder_widths=(int(configs["text_encoder"]["hidden_size"]),),
+                          family=family.name)
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{name}: text_encoder/config.json lacks a valid num_hidden_layers or hidden_size: "
                          f"{e}") from None

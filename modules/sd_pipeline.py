@@ -390,7 +390,7 @@ def prepare_img2img_latents(request: SamplingRequest, model, noise: torch.Tensor
         count = len(request.seeds)
         init_images = (request.init_images * count)[:count]
         init_latents = images_to_latents(init_images, model.vae, request.width, request.height, model.device,
-                                         model.dtype).float()
+                                         model.vae.dtype).float()
     total_steps = len(sigmas) - 1
     start = min(total_steps - 1, int(total_steps * (1 - float(request.denoising_strength))))
     sigmas = sigmas[start:]

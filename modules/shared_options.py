@@ -30,6 +30,13 @@ options_templates.update(options_section(("sampler-params", "Sampler parameters"
         "CPU", "Random number generator source", "Radio", {"choices": ["CPU", "GPU"]}, infotext="RNG"),
 }))
 
+options_templates.update(options_section(("optimizations", "Optimizations", "sd"), {
+    # Serena's own (A1111 has no torch.compile); read when a checkpoint loads, so never per request.
+    "serena_torch_compile": OptionInfo(
+        False, "Compile the UNet with torch.compile when a checkpoint loads (faster sampling on a GPU after a slow "
+        "first generation at each size; needs a C++ compiler on the CPU)", restrict_api=True),
+}))
+
 options_templates.update(options_section(("saving-images", "Saving images/grids", "saving"), {
     "samples_save": OptionInfo(True, "Always save all generated images"),
     "samples_format": OptionInfo("png", "File format for images", "Radio", {"choices": ["png", "jpg", "webp"]}),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -30,6 +31,7 @@ class FakeModel:
         self.info = info
         self.vae_name = None
         self.sd_model_hash = info.shorthash
+        self.device, self.vae_dtype = "cpu", None  # where an external VAE is loaded for it
 
     def apply_vae(self, vae, name):
         self.vae_name = name
@@ -128,6 +130,24 @@ def override_counter(register):
 def lenient_hooks(plugin_host):
     """Turn strict hooks off for one test, to check containment."""
     plugin_host.strict = False
+
+
+@pytest.fixture
+def start_with_ckpt(tmp_path, monkeypatch, caplog):
+    """Start-up as ``--data-dir <tmp_path> --ckpt PATH`` on an install without shipped models: call it with the
+    path; it returns the start-up's warning messages."""
+    from modules import cmd_args
+
+    def start(path) -> list[str]:
+        monkeypatch.setattr(shared, "cmd_opts", shared.cmd_opts)
+        monkeypatch.setattr(sd_models, "extra_checkpoints", [])
+        monkeypatch.setattr(paths, "script_path", str(tmp_path / "app"))
+        opts = cmd_args.parse_args(["--data-dir", str(tmp_path), "--ckpt", str(path)])
+        with caplog.at_level(logging.WARNING, logger="serena.initialize"):
+            initialize.initialize(opts, load_extensions=False)
+        return [r.getMessage() for r in caplog.records if r.name == "serena.initialize"]
+
+    return start
 
 
 @pytest.fixture

@@ -49,10 +49,11 @@ def upscaler_names() -> list[str]:
     return list(hires.LATENT_UPSCALE_MODES) + [u.name for u in upscalers.all_upscalers()]
 
 
-def checkpoint_titles() -> list[str]:
+def checkpoint_titles() -> list:
     from modules import hires, sd_models
+    from modules.ui.settings import checkpoint_choices
 
-    return [hires.SAME_CHECKPOINT] + [c.title for c in sd_models.list_checkpoints()]
+    return [(hires.SAME_CHECKPOINT, hires.SAME_CHECKPOINT)] + checkpoint_choices([c.title for c in sd_models.list_checkpoints()])
 
 
 def build(tab: str) -> HiresSection:

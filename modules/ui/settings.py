@@ -357,9 +357,28 @@ def create_tab() -> SettingsPage:
 
 # -- quick settings ---------------------------------------------------------------------------------------------
 
+def checkpoint_choices(titles: list[str]) -> list[tuple[str, str]]:
+    """Dropdown entries ``(label, title)`` for checkpoint ``titles``; the label marks a file whose family Serena
+    cannot run (told from its header once, ``sd_models.listed_family``), so it is seen before it is chosen."""
+    from modules import sd_models
+
+    listed = {c.title: c for c in sd_models.list_checkpoints()}
+    choices = []
+    for title in titles:
+        family = sd_models.listed_family(listed[title]) if title in listed else None
+        if family is None or family.runnable:
+            choices.append((title, title))
+        else:
+            why = "cannot run yet" if family.kind == "checkpoint" else "not a checkpoint"
+            choices.append((f"{title} ({family.label}: {why})", title))
+    return choices
+
+
 def quick_choices(key: str) -> list:
+    """The dropdown entries of quick setting ``key``: values, or ``(label, value)`` pairs for the checkpoints."""
     info = shared.opts.data_labels[key]
-    return list(component_args(info).get("choices") or [])
+    choices = list(component_args(info).get("choices") or [])
+    return checkpoint_choices(choices) if key == "sd_model_checkpoint" else choices
 
 
 def quick_value(key: str):
@@ -392,7 +411,9 @@ def create_quicksettings() -> tuple[dict, Any, Any]:
             choices = quick_choices(key)
             value = quick_value(key)
             comps[key] = gr.Dropdown(label=info.label, choices=choices, value=value, elem_id=f"quick_{key}",
-                                     interactive=not opts.frozen, allow_custom_value=value not in choices,
+                                     interactive=not opts.frozen,
+                                     allow_custom_value=value not in [c[1] if isinstance(c, tuple) else c
+                                                                      for c in choices],
                                      scale=3 if key == "sd_model_checkpoint" else 2, min_width=200)
         refresh = gr.Button(common.REFRESH_SYMBOL, elem_id="quick_refresh", size="sm", scale=0, min_width=48)
         status = gr.HTML(elem_id="quicksettings_status",

@@ -48,10 +48,8 @@ def test_random_override_sets_never_leak(data_dir, fake_models, monkeypatch):
         return [Image.new("RGB", (p.width, p.height)) for _ in seeds]
 
     monkeypatch.setattr(processing.StableDiffusionProcessing, "sample_batch", sample_batch)
-    # The fake VAE file holds no weights: stand in for loading it (and for picking a torch device).
+    # The fake VAE file holds no weights: stand in for loading it.
     monkeypatch.setattr("modules.sd_models_loader.load_vae", lambda path, device, dtype: ("vae", path))
-    monkeypatch.setattr("modules.devices.device", lambda use_cpu: "cpu")
-    monkeypatch.setattr("modules.devices.dtype", lambda device: None)
     app = FastAPI()
     Api(app)
     rng = random.Random(SEED)

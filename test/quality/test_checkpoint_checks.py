@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from modules import jobs, paths, processing, sd_models, shared
+from modules import jobs, model_families, paths, processing, sd_models, shared
 from modules import sd_models_loader as loader, sd_models_writer as writer
 from modules.checkpoint_info import CheckpointInfo
 from modules.hookspecs import hookimpl
@@ -113,7 +113,7 @@ def generate(client, **fields):
 def test_inspection_gives_what_the_model_can_do(made):
     assert loader.inspect_checkpoint(TINY) == ModelFacts(text_encoder_layers=2, latent_channels=4,
                                                                 native_size=64, cfg_scale=None,
-                                                                text_encoder_widths=(32,))
+                                                                text_encoder_widths=(32,), family="sd1")
     assert loader.inspect_checkpoint(made["deep"]).text_encoder_layers == 4
     assert loader.inspect_vae(made["wide"]) == ModelFacts(text_encoder_layers=None, latent_channels=8)
     # A loaded model reports the same facts as its header did.
@@ -174,7 +174,11 @@ def test_a_full_size_sd15_checkpoint_passes_from_its_header(tmp_path):
     size = sparse_sd15(path)
     assert size > 2 * 10**9
     assert loader.inspect_checkpoint(str(path)) == ModelFacts(text_encoder_layers=12, latent_channels=4,
-                                                                     native_size=512, text_encoder_widths=(768,))
+                                                                     native_size=512, text_encoder_widths=(768,),
+                                                                     family="sd1")
+    # The family is told from the real SD1.5 key names and shapes: conv_in's 4 channels, CLIP ViT-L's 768.
+    found = model_families.detect_path(str(path))
+    assert (found.name, found.in_channels, found.context_dim) == ("sd1", 4, 768)
     os.truncate(path, size - 1)
     with pytest.raises(ValueError, match="v1-5-layout.safetensors: corrupt or truncated"):
         loader.inspect_checkpoint(str(path))
@@ -450,19 +454,13 @@ def test_the_api_never_answers_500_for_a_broken_file(client, models):
     assert statuses == [422, 422, 422, 422, 200]
 
 
-def test_start_up_with_a_broken_ckpt_flag_starts_on_a_working_model(models, tmp_path, monkeypatch, caplog):
-    from modules import cmd_args, initialize
+def test_start_up_with_a_broken_ckpt_flag_starts_on_a_working_model(models, tmp_path, start_with_ckpt):
     broken = tmp_path / "elsewhere" / "broken.safetensors"
     broken.parent.mkdir()
     shutil.copy(TINY_ALT, broken)
     truncate(broken)
-    monkeypatch.setattr(shared, "cmd_opts", shared.cmd_opts)
-    monkeypatch.setattr(sd_models, "extra_checkpoints", [])
-    monkeypatch.setattr(paths, "script_path", str(tmp_path / "app"))  # an install without shipped models
-    opts = cmd_args.parse_args(["--data-dir", str(tmp_path), "--ckpt", str(broken)])
-    with caplog.at_level(logging.WARNING, logger="serena.initialize"):
-        initialize.initialize(opts, load_extensions=False)
-    assert any("broken.safetensors" in r.getMessage() and "truncated" in r.getMessage() for r in caplog.records)
+    warnings = start_with_ckpt(broken)
+    assert any("broken.safetensors" in w and "truncated" in w for w in warnings)
     assert not shared.opts.is_stored("sd_model_checkpoint")
     assert sd_models.current_model().info.name == "a-tiny.safetensors"
 

@@ -59,9 +59,8 @@ def test_paths_follow_data_dir(tmp_path):
 
 # -- A1111 flags that mean nothing here: accepted, each announced ----------------------------------------------
 
-NO_EFFECT_ARGV = {"--xformers": [], "--medvram": [], "--lowvram": [], "--no-half": [], "--no-half-vae": [],
-                  "--precision": ["full"], "--skip-torch-cuda-test": [], "--enable-insecure-extension-access": [],
-                  "--theme": ["dark"], "--autolaunch": [], "--device-id": ["1"]}
+NO_EFFECT_ARGV = {"--xformers": [], "--upcast-sampling": [], "--skip-torch-cuda-test": [],
+                  "--enable-insecure-extension-access": [], "--theme": ["dark"], "--autolaunch": []}
 
 
 def test_every_no_effect_flag_is_listed_here():
@@ -78,7 +77,7 @@ def test_no_effect_flag_is_accepted_and_announced(flag):
 
 def test_no_effect_flags_with_arguments_check_them(capsys):
     assert cmd_args.parse_args(["--precision", "half", "--theme", "light", "--device-id", "0"]).precision == "half"
-    for argv in (["--precision", "double"], ["--theme", "blue"], ["--precision"]):
+    for argv in (["--precision", "double"], ["--theme", "blue"], ["--precision"], ["--device-id", "first"]):
         with pytest.raises(SystemExit):
             cmd_args.parse_args(argv)
         assert argv[0] in capsys.readouterr().err

@@ -334,15 +334,3 @@ def test_unload_all(manager):
     models.get(ckpt["anime-v1.safetensors"])
     models.unload_all()
     assert models.cached() == [] and models.current is None
-
-
-def test_devices_follow_the_use_cpu_flag_they_are_given(monkeypatch):
-    import torch
-
-    from modules import devices
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert devices.device([]).type == "cuda" and devices.device(["interrogate"]).type == "cuda"
-    assert devices.device(["SD"]).type == "cpu" and devices.device(["all"]).type == "cpu"
-    assert devices.dtype(torch.device("cuda")) is torch.float16 and devices.dtype(torch.device("cpu")) is torch.float32
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert devices.device([]).type == "cpu"

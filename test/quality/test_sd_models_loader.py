@@ -413,16 +413,16 @@ def test_unknown_layouts_are_refused(tmp_path, components):
     cases = {
         "random.safetensors": ({"foo.bar": torch.zeros(2)}, "not a Stable Diffusion 1.x checkpoint"),
         "sdxl.safetensors": ({"conditioner.embedders.1.model.ln_final.weight": torch.zeros(2),
-                              "model.diffusion_model.out.2.weight": torch.zeros(2)}, "SDXL"),
+                              "model.diffusion_model.out.2.weight": torch.zeros(2)}, "an SDXL checkpoint"),
         "sd2.safetensors": ({"cond_stage_model.model.ln_final.weight": torch.zeros(2),
-                             "model.diffusion_model.out.2.weight": torch.zeros(2)}, "SD 2.x"),
+                             "model.diffusion_model.out.2.weight": torch.zeros(2)}, "an SD2.x checkpoint"),
         "diffusers-keys.safetensors": ({f"unet.{k}": v for k, v in components[0].state_dict().items()},
                                        "no UNet, VAE, text encoder tensors"),
         "nothing.safetensors": ({}, "holds no tensors"),
     }
     for name, (state, reason) in cases.items():
         save_file(state, str(tmp_path / name))
-        with pytest.raises(ValueError, match=rf"{name}: .*{reason}"):
+        with pytest.raises(ValueError, match=rf"{name}[: ].*{reason}"):
             loader.load_checkpoint(info_for(tmp_path / name))
 
 

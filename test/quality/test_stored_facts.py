@@ -18,7 +18,8 @@ from modules.cache_file import CacheFile
 from modules.model_facts import ModelFacts
 
 TINY = os.path.join(paths.script_path, "models", "Stable-diffusion", "serena-tiny-v1.safetensors")
-TINY_FACTS = ModelFacts(text_encoder_layers=2, latent_channels=4, native_size=64, text_encoder_widths=(32,))
+TINY_FACTS = ModelFacts(text_encoder_layers=2, latent_channels=4, native_size=64, text_encoder_widths=(32,),
+                        family="sd1")
 
 
 @pytest.fixture
