@@ -16,7 +16,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from modules import hires, infotext, jobs, plugins, sd_models, sd_samplers, shared, styles, textual_inversion
+from modules import (hires, image_resize, img2img_inputs, infotext, jobs, plugins, sd_models, sd_samplers, shared,
+                     styles, textual_inversion)
 from modules.runtime_utils import temporary_opts, with_overrides
 
 log = logging.getLogger("serena.processing")
@@ -151,6 +152,9 @@ class StableDiffusionProcessing:
         self.all_prompts = [style_db.apply_to_prompt(self.prompt, self.styles)] * count
         self.all_negative_prompts = [style_db.apply_to_negative_prompt(self.negative_prompt, self.styles)] * count
 
+    def prepare_inputs(self):
+        """Per-generation work before the first batch, under the generation's overrides (img2img's images)."""
+
     def uses_tiling(self) -> bool:
         """Whether this generation tiles: the request's ``tiling``, or the option when the request leaves it unset."""
         return bool(self.tiling) if self.tiling is not None else self.settings.tiling
@@ -250,26 +254,27 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
 
 @dataclass
 class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
+    """img2img and inpainting, with A1111's fields: the init images and mask are prepared once per generation
+    (``prepare_inputs``, by ``modules.img2img_inputs``) and every image is pasted back over its original."""
+
     init_images: list = field(default_factory=list)
     resize_mode: int = 0
     denoising_strength: float = 0.75
     image_cfg_scale: float | None = None
     mask: Any = None
-    mask_blur: int = 4
+    mask_blur_x: int = 4
+    mask_blur_y: int = 4
+    mask_blur: int | None = None  # sets both axes; reads back as their blur when equal (a property, as A1111's)
+    mask_round: bool = True
     inpainting_fill: int = 0
     inpaint_full_res: bool = True
     inpaint_full_res_padding: int = 0
     inpainting_mask_invert: int = 0
-    initial_noise_multiplier: float | None = None
+    initial_noise_multiplier: float | None = None  # None: the option of the same name, read under the overrides
+    latent_mask: Any = None
+    inputs: Any = field(default=None, init=False, repr=False)  # the prepared Img2ImgInputs of this generation
 
     mode = "img2img"
-
-    def sampling_request(self, prompts, negative_prompts, seeds, subseeds):
-        """The txt2img request plus the images to start from: holding init images makes it img2img."""
-        return dataclasses.replace(
-            super().sampling_request(prompts, negative_prompts, seeds, subseeds), init_images=tuple(self.init_images),
-            denoising_strength=float(self.denoising_strength), mask=self.mask,
-            inpainting_mask_invert=bool(self.inpainting_mask_invert))
 
     def check_inputs(self):
         super().check_inputs()
@@ -277,6 +282,64 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
             raise ValueError("`init_images` must hold at least one image for img2img")
         if not 0.0 <= float(self.denoising_strength) <= 1.0:
             raise ValueError(f"`denoising_strength` must be between 0 and 1, got {self.denoising_strength!r}")
+        choices = {"resize_mode": image_resize.RESIZE_MODES, "inpainting_fill": img2img_inputs.MASKED_CONTENT}
+        for name, labels in choices.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < len(labels):
+                raise ValueError(f"`{name}` must be one of 0 to {len(labels) - 1} "
+                                 f"({', '.join(labels)}), got {value!r}")
+        for name in ("mask_blur_x", "mask_blur_y", "inpaint_full_res_padding"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 1024:
+                raise ValueError(f"`{name}` must be a whole number of pixels from 0 to 1024, got {value!r}")
+        noise = self.initial_noise_multiplier
+        if noise is not None and not 0.0 <= float(noise) <= 16.0:
+            raise ValueError(f"`initial_noise_multiplier` must be between 0 and 16, got {noise!r}")
+
+    def prepare_inputs(self):
+        """A1111's ``init``: the images and mask made ready (under this generation's overrides), once."""
+        opts = shared.opts
+        if self.initial_noise_multiplier is None:
+            self.initial_noise_multiplier = float(opts.initial_noise_multiplier)
+        self.inputs = img2img_inputs.prepare(self, background=opts.img2img_background_color)
+        self.warnings.extend(self.inputs.warnings)
+
+    def sampling_request(self, prompts, negative_prompts, seeds, subseeds):
+        """The txt2img request plus the prepared images to start from: holding init images makes it img2img."""
+        if self.inputs is None:  # called outside process_images (a test, an extension sampling by hand)
+            self.prepare_inputs()
+        inputs = self.inputs
+        return dataclasses.replace(
+            super().sampling_request(prompts, negative_prompts, seeds, subseeds), init_images=inputs.images,
+            denoising_strength=float(self.denoising_strength), mask=inputs.mask, mask_round=bool(self.mask_round),
+            inpainting_fill=int(self.inpainting_fill), noise_multiplier=float(self.initial_noise_multiplier),
+            latent_resize=self.resize_mode == image_resize.LATENT_RESIZE)
+
+    def sample_batch(self, model, prompts, negative_prompts, seeds, subseeds) -> list:
+        """The batch's images, each pasted back over its original (A1111's overlay, option ``overlay_inpaint``)."""
+        images = super().sample_batch(model, prompts, negative_prompts, seeds, subseeds)
+        if not shared.opts.overlay_inpaint:
+            return images
+        return [img2img_inputs.paste_back(image, self.inputs, i) for i, image in enumerate(images)]
+
+    def mode_params(self, index: int) -> dict:
+        params = dict(self.inputs.params) if self.inputs is not None else {}
+        if self.initial_noise_multiplier is not None and self.initial_noise_multiplier != 1.0:
+            params["Noise multiplier"] = self.initial_noise_multiplier
+        return params
+
+
+def _mask_blur(self) -> int | None:
+    return self.mask_blur_x if self.mask_blur_x == self.mask_blur_y else None
+
+
+def _set_mask_blur(self, value) -> None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        self.mask_blur_x = self.mask_blur_y = value
+
+
+# After the dataclass is made, so its __init__ still takes ``mask_blur`` (default None: the axes stay as given)
+StableDiffusionProcessingImg2Img.mask_blur = property(_mask_blur, _set_mask_blur)
 
 
 @dataclass
@@ -365,6 +428,7 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
     # 3. Seeds, prompts and the effective options for every image
     p.init_seeds()
     p.settings = GenerationSettings.capture(shared.opts)
+    p.prepare_inputs()
     # 4. The model that matches the effective checkpoint and VAE, and the settings fitted to it
     model, used = _model_for_batch(p)
     p.settings = p.settings.fit(model, p.warnings)

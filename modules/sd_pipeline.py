@@ -210,13 +210,30 @@ def images_to_latents(images: list[Image.Image], vae, width: int, height: int, d
     return vae.encode(batch).latent_dist.mean * scale
 
 
-def mask_to_latent(mask: Image.Image, width: int, height: int, factor: int, invert: bool, device, dtype):
-    """1 where the image is repainted, at latent resolution."""
-    m = mask.convert("L").resize((width // factor, height // factor), Image.BILINEAR)
+def mask_to_latent(mask: Image.Image, width: int, height: int, factor: int, invert: bool, device, dtype,
+                   round_mask: bool = False):
+    """1 where the image is repainted, at latent resolution (bicubic, as A1111 resizes it); ``round_mask`` makes
+    every value 0 or 1 (A1111's ``mask_round``), so a blurred edge is either kept or repainted in the latents."""
+    m = mask.convert("L").resize((width // factor, height // factor), Image.BICUBIC)
     t = torch.from_numpy(np.asarray(m, dtype=np.float32) / 255.0)
+    if round_mask:
+        t = torch.round(t)
     if invert:
         t = 1.0 - t
     return t.to(device=device, dtype=dtype)[None, None]
+
+
+def encode_init_images(request: "SamplingRequest", model, count: int, factor: int) -> torch.Tensor:
+    """The batch's init images encoded, one per image in turn; resize mode 3 ("latent upscale") encodes each at
+    its own size and stretches its latents (bilinear) to the request's size instead of its pixels."""
+    images = (request.init_images * count)[:count]
+    if not request.latent_resize:
+        return images_to_latents(images, model.vae, request.width, request.height, model.device,
+                                 model.vae.dtype).float()
+    size = (request.height // factor, request.width // factor)
+    return torch.cat([torch.nn.functional.interpolate(
+        images_to_latents([image], model.vae, image.width, image.height, model.device, model.vae.dtype).float(),
+        size=size, mode="bilinear") for image in images])
 
 
 def rescale_guidance(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> torch.Tensor:
@@ -258,6 +275,12 @@ class SamplingRequest:
         denoising_strength (`float` or `None`): img2img: the part of the schedule that is walked (1: all of it).
         mask (PIL image or `None`): img2img: where to repaint (white), resized to the image.
         inpainting_mask_invert (`bool`): repaint where the mask is black instead.
+        mask_round (`bool`): the latent mask is 0 or 1 everywhere (A1111's ``mask_round``).
+        inpainting_fill (`int`): what the masked latents start from: 1 the init image's (also 0, whose pixels
+            were filled before encoding), 2 seeded noise ("latent noise"), 3 zeros ("latent nothing").
+        latent_resize (`bool`): resize mode 3: ``init_images`` are encoded at their own size and their latents
+            stretched to width x height.
+        noise_multiplier (`float`): img2img: the initial noise scaled by this (A1111's ``initial_noise_multiplier``).
         tiling (`bool`): seamless tiling: the UNet and VAE pad circularly while the batch runs (``modules.tiling``).
         embeddings (`textual_inversion.EmbeddingLookup` or `None`): the textual inversion embeddings the batch's
             model can use; the prompt encoder records in it the ones the prompts used (``used``, for the
@@ -284,6 +307,10 @@ class SamplingRequest:
     tiling: bool = False
     init_latents: Any = None
     embeddings: Any = None
+    mask_round: bool = True
+    inpainting_fill: int = 1
+    latent_resize: bool = False
+    noise_multiplier: float = 1.0
 
     @property
     def is_img2img(self) -> bool:
@@ -383,21 +410,26 @@ def prepare_txt2img_latents(noise: torch.Tensor, sigmas: torch.Tensor) -> Latent
 def prepare_img2img_latents(request: SamplingRequest, model, noise: torch.Tensor, sigmas: torch.Tensor,
                             factor: int) -> LatentStart:
     """img2img starts part of the way: the init images encoded, noised to the level ``denoising_strength`` picks
-    (1 walks every level; 0 still walks the last step)."""
+    (1 walks every level; 0 still walks the last step). With a mask, "latent noise" and "latent nothing" replace
+    the masked latents first (A1111 does it in ``init``); the noise is scaled by ``noise_multiplier``."""
     if request.init_latents is not None:
         init_latents = request.init_latents.to(device=model.device, dtype=torch.float32)
     else:
-        count = len(request.seeds)
-        init_images = (request.init_images * count)[:count]
-        init_latents = images_to_latents(init_images, model.vae, request.width, request.height, model.device,
-                                         model.vae.dtype).float()
+        init_latents = encode_init_images(request, model, len(request.seeds), factor)
     total_steps = len(sigmas) - 1
     start = min(total_steps - 1, int(total_steps * (1 - float(request.denoising_strength))))
     sigmas = sigmas[start:]
     mask = None
     if request.mask is not None:
         mask = mask_to_latent(request.mask, request.width, request.height, factor, request.inpainting_mask_invert,
-                              model.device, torch.float32)
+                              model.device, torch.float32, round_mask=request.mask_round)
+        if request.inpainting_fill == 2:  # each image's own seed, without the variation seed (A1111)
+            seeded = initial_noise(noise.shape[1:], request.seeds, request.seeds, 0.0, model.device,
+                                   request.settings.randn_source).float()
+            init_latents = init_latents * (1 - mask) + seeded * mask
+        elif request.inpainting_fill == 3:
+            init_latents = init_latents * (1 - mask)
+    noise = noise * float(request.noise_multiplier)
     return LatentStart(init_latents + noise * float(sigmas[0]), sigmas, init_latents, mask)
 
 

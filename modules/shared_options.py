@@ -37,6 +37,30 @@ options_templates.update(options_section(("optimizations", "Optimizations", "sd"
         "first generation at each size; needs a C++ compiler on the CPU)", restrict_api=True),
 }))
 
+
+def _color(value: str) -> str:
+    """A colour PIL reads ("#ffffff", "white"), else ``ValueError``: a request's override must not fail later."""
+    from PIL import ImageColor
+
+    try:
+        ImageColor.getrgb(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a colour (use #rrggbb)") from None
+    return value
+
+
+# A1111's img2img section, for the options Serena acts on.
+options_templates.update(options_section(("img2img", "img2img", "sd"), {
+    "initial_noise_multiplier": OptionInfo(
+        1.0, "Noise multiplier for img2img", "Slider", {"minimum": 0.0, "maximum": 1.5, "step": 0.001},
+        infotext="Noise multiplier"),
+    "img2img_background_color": OptionInfo(
+        "#ffffff", "With img2img, fill transparent parts of the input image with this color.", "ColorPicker",
+        validate=_color),
+    "overlay_inpaint": OptionInfo(True, "Overlay original for inpaint").info(
+        "when inpainting, overlay the original image over the areas that weren't inpainted."),
+}))
+
 options_templates.update(options_section(("saving-images", "Saving images/grids", "saving"), {
     "samples_save": OptionInfo(True, "Always save all generated images"),
     "samples_format": OptionInfo("png", "File format for images", "Radio", {"choices": ["png", "jpg", "webp"]}),

@@ -129,6 +129,8 @@ def _request_of(p):
 def test_the_request_is_frozen_and_img2img_is_what_it_holds(data_dir):
     import dataclasses
 
+    from PIL import ImageOps
+
     from modules import processing
 
     txt = processing.StableDiffusionProcessingTxt2Img(prompt="a", negative_prompt="b", seed=2, batch_size=2)
@@ -138,11 +140,13 @@ def test_the_request_is_frozen_and_img2img_is_what_it_holds(data_dir):
     assert request.init_images == () and request.mask is None and request.settings is txt.settings
     with pytest.raises(dataclasses.FrozenInstanceError):
         request.steps = 3
-    img = _img2img()
+    img = _img2img(mask_blur=0, inpainting_fill=1, inpaint_full_res=False)
     img.init_seeds()
     request = _request_of(img)
-    assert request.init_images == tuple(img.init_images) and request.mask is img.mask
-    assert request.denoising_strength == 0.5 and request.inpainting_mask_invert is True
+    # The request holds the prepared inputs (modules.img2img_inputs): here the same pixels, the mask inverted
+    assert [i.tobytes() for i in request.init_images] == [i.tobytes() for i in img.init_images]
+    assert request.mask.tobytes() == ImageOps.invert(img.mask).tobytes()
+    assert request.denoising_strength == 0.5 and request.inpainting_mask_invert is False
     with pytest.raises(ValueError, match="one entry per image"):
         dataclasses.replace(request, seeds=()).check_inputs()
 
