@@ -153,10 +153,11 @@ def test_the_request_is_frozen_and_img2img_is_what_it_holds(data_dir):
 
 def test_the_request_alone_gives_the_generations_pixels(real_model):
     """The pipeline reads nothing of ``p``: the request a generation built, sampled with no ``p`` around, gives
-    the same pixels (masked img2img with a variation seed: the request with the most fields)."""
-    from modules import jobs, processing, sd_pipeline
+    the same pixels (masked img2img with a variation seed: the request with the most fields), once pasted back
+    over the original as the generation does."""
+    from modules import img2img_inputs, jobs, processing, sd_pipeline
 
     p = _img2img()
     processed = processing.process_images(p)
     images = sd_pipeline.sample_batch(_request_of(p), real_model, jobs.state)
-    assert images[0].tobytes() == processed.images[0].tobytes()
+    assert img2img_inputs.paste_back(images[0], p.inputs, 0).tobytes() == processed.images[0].tobytes()
