@@ -86,7 +86,8 @@ def _shaped_mask(p) -> tuple[Image.Image, dict]:
         params["Mask mode"] = MASK_MODES[1]
     if p.mask_blur_x > 0 or p.mask_blur_y > 0:
         mask = masking.blur(mask, p.mask_blur_x, p.mask_blur_y)
-        params["Mask blur"] = p.mask_blur  # None (not written) when the two axes differ, as in A1111
+        if p.mask_blur is not None:  # not written when the two axes differ, as in A1111
+            params["Mask blur"] = p.mask_blur
     return mask, params
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
-from scipy import ndimage
 
 # (blur radius, composite repeats) of A1111's fill, composited in this order: far colours first, near ones on top.
 _FILL_LAYERS = ((256, 1), (64, 1), (16, 2), (4, 4), (2, 2), (0, 1))
@@ -19,6 +18,8 @@ _FILL_LAYERS = ((256, 1), (64, 1), (16, 2), (4, 4), (2, 2), (0, 1))
 def binary_mask(image: Image.Image, round_alpha: bool = True) -> Image.Image:
     """The mask as an L image: an RGBA image's alpha when it is not fully opaque (rounded to 0/255 at 128 unless
     ``round_alpha`` is false, A1111's ``mask_round``), else the image in greyscale."""
+    if image.mode in ("LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
     if image.mode == "RGBA" and image.getextrema()[-1] != (255, 255):
         alpha = image.getchannel("A")
         return alpha.point(lambda v: 255 if v > 128 else 0) if round_alpha else alpha
@@ -43,6 +44,8 @@ def blur(mask: Image.Image, blur_x: int, blur_y: int) -> Image.Image:
     A1111 runs OpenCV's ``GaussianBlur`` with a (k, 1) then a (1, k) kernel, k = ``kernel_size``; this is the same
     kernel and the same border (reflected without repeating the edge), computed in floating point, so a value may
     differ from OpenCV's fixed-point result by one level."""
+    from scipy import ndimage  # not at import: pasting an infotext reads this package's labels, never blurs
+
     arr = np.asarray(mask.convert("L"), dtype=np.float64)
     for axis, sigma in ((1, blur_x), (0, blur_y)):
         if sigma > 0:

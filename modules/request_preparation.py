@@ -23,7 +23,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from modules import infotext, jobs, shared, styles, upscalers
+from modules import img2img_inputs, infotext, jobs, shared, styles, upscalers
 from modules.option_info import same_value
 from modules.runtime_utils import OverrideError
 
@@ -67,7 +67,18 @@ PASTE_FIELDS = (
     ("Hires schedule type", "hr_scheduler"),
     ("Hires prompt", "hr_prompt"),
     ("Hires negative prompt", "hr_negative_prompt"),
+    # img2img's inpainting fields (A1111's img2img_paste_fields)
+    ("Mask blur", "mask_blur"),
+    ("Mask mode", "inpainting_mask_invert"),
+    ("Masked content", "inpainting_fill"),
+    ("Inpaint area", "inpaint_full_res"),
+    ("Masked area padding", "inpaint_full_res_padding"),
 )
+# Fields A1111's infotext writes as a radio button's label: pasted as the label's index (a boolean for the inpaint
+# area). A label not listed stays as written, so the front door reports it as a value that does not fit.
+_LABELLED = {"inpainting_mask_invert": (img2img_inputs.MASK_MODES, int),
+             "inpainting_fill": (img2img_inputs.MASKED_CONTENT, int),
+             "inpaint_full_res": (img2img_inputs.INPAINT_AREAS, bool)}
 # Which infotext keys turn Hires fix on when pasted (A1111's enable_hr paste field): a denoising strength together
 # with one of them.
 _HIRES_KEYS = ("Hires upscale", "Hires upscaler", "Hires resize-1")
@@ -90,7 +101,8 @@ def over_limit(key: str, value: float, amount: str, verb: str = "is") -> str | N
 class Pasted:
     """What an infotext turns into.
 
-    ``fields``: ``{processing field: value as written}`` (each front door converts to its own types);
+    ``fields``: ``{processing field: value as written}`` (each front door converts to its own types), except that
+    a radio button's label (``Masked content: latent noise``) arrives as the field's value (``_LABELLED``);
     ``overrides``: ``{option: value}`` for the settings that differ from the effective ones and pass their checks;
     ``unreadable``: ``{option: why}`` for values that are not of the option's type (``"Clip skip: lots"``);
     ``rejected``: ``{option: why}`` for values this server cannot apply (a VAE it lacks, a clip skip too deep).
@@ -119,7 +131,7 @@ def paste_infotext(text: str) -> Pasted:
         pasted.fields["styles"] = found_styles
     for key, name in PASTE_FIELDS:
         if key in params and (params[key] != "" or name in _TEXT_FIELDS):
-            pasted.fields[name] = params[key]
+            pasted.fields[name] = _labelled_value(name, params[key])
     if "Denoising strength" in params and any(key in params for key in _HIRES_KEYS):
         pasted.fields["enable_hr"] = True
     wanted = {}
@@ -139,6 +151,11 @@ def paste_infotext(text: str) -> Pasted:
     pasted.overrides = {k: v for k, v in wanted.items()
                         if k not in check.errors and not same_value(check.values[k], opts.get(k))}
     return pasted
+
+
+def _labelled_value(name: str, value):
+    labels, kind = _LABELLED.get(name, ((), None))
+    return kind(labels.index(value)) if value in labels else value
 
 
 def resolve_sampling(sampler_name, scheduler, *, sampler_field: str = "sampler_name") -> tuple[dict, dict]:

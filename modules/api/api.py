@@ -130,7 +130,7 @@ def request_parameters(req, *, hide_images: bool = False) -> dict:
     """The request as echoed in ``parameters`` (A1111: ``vars(request)``); img2img hides its images by default."""
     params = req.model_dump(exclude={"include_init_images", *(req.model_extra or ())})
     if hide_images:
-        params["init_images"] = params["mask"] = None
+        params["init_images"] = params["mask"] = params["latent_mask"] = None
     return params
 
 
@@ -250,9 +250,12 @@ class Api:
             raise RequestFieldError({"init_images": "img2img needs at least one init image"})
         check_image_count(req.init_images, "init_images")
         items = [(f"init_images[{i}]", data) for i, data in enumerate(req.init_images)]
-        decoded = decode_images(items + [("mask", req.mask)] if req.mask else items)
-        init_images, mask = decoded[:len(items)], (decoded[-1] if req.mask else None)
-        p = build_processing(req, processing.StableDiffusionProcessingImg2Img, init_images=init_images, mask=mask)
+        masks = [(name, getattr(req, name)) for name in ("mask", "latent_mask") if getattr(req, name)]
+        decoded = decode_images(items + masks)
+        init_images = decoded[:len(items)]
+        masks = dict(zip([name for name, _ in masks], decoded[len(items):]))
+        p = build_processing(req, processing.StableDiffusionProcessingImg2Img, init_images=init_images,
+                             mask=masks.get("mask"), latent_mask=masks.get("latent_mask"))
         p.warnings.extend(warnings)
         processed = jobs.run_job("img2img", scripts.run, p)
         return models.ImageToImageResponse(

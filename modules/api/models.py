@@ -134,20 +134,32 @@ class StableDiffusionImg2ImgProcessingAPI(_GenerationRequest):
     init_images: list[str] | None = Field(
         None, description="Images to start from: base64 or data URLs, PNG/JPEG/WEBP. Image i of a batch uses "
                           "init image i (repeated when there are fewer).")
-    resize_mode: int = Field(0, description="0: just resize (the only mode Serena implements).")
+    resize_mode: int = Field(
+        0, description="How an init image of another size becomes width x height: 0 just resize, 1 crop and resize, "
+                       "2 resize and fill, 3 just resize (latent upscale).")
     denoising_strength: float | None = Field(0.75, description="How much of the init image is replaced (0 to 1).")
     image_cfg_scale: float | None = Field(None, description="instruct-pix2pix guidance (not supported; ignored).")
-    mask: str | None = Field(None, description="Inpainting mask (white = repaint): base64 or data URL.")
-    mask_blur_x: int = Field(4, description="A1111 mask blur (not supported; ignored).")
-    mask_blur_y: int = Field(4, description="A1111 mask blur (not supported; ignored).")
-    mask_blur: int | None = Field(None, description="A1111 mask blur (not supported; ignored).")
-    mask_round: bool = Field(True, description="A1111 mask rounding (accepted, not used).")
-    inpainting_fill: int = Field(0, description="A1111 masked content mode (not supported; ignored).")
-    inpaint_full_res: bool = Field(True, description="A1111 'inpaint only masked' (not supported; ignored).")
-    inpaint_full_res_padding: int = Field(0, description="A1111 'only masked' padding (not supported; ignored).")
+    mask: str | None = Field(
+        None, description="Inpainting mask (white = repaint): base64 or data URL; an image with transparency is "
+                          "read from its alpha channel. Another size than the init image is resized to it.")
+    mask_blur_x: int = Field(4, description="Mask blur across, in pixels (a Gaussian; 0: none).")
+    mask_blur_y: int = Field(4, description="Mask blur down, in pixels (a Gaussian; 0: none).")
+    mask_blur: int | None = Field(None, description="Sets `mask_blur_x` and `mask_blur_y` both.")
+    mask_round: bool = Field(True, description="Round the mask to black and white where it meets the latents (and "
+                                               "an alpha mask's alpha at 128).")
+    inpainting_fill: int = Field(
+        0, description="Masked content: 0 fill (the image's blurred colours), 1 original, 2 latent noise, "
+                       "3 latent nothing.")
+    inpaint_full_res: bool = Field(
+        True, description="Inpaint area 'Only masked': sample the mask's region (plus the padding) at width x height "
+                          "and paste it back; false: the whole picture. The result has the init image's size.")
+    inpaint_full_res_padding: int = Field(0, description="'Only masked': pixels added around the mask's region.")
     inpainting_mask_invert: int = Field(0, description="1 repaints the black area of the mask instead.")
-    initial_noise_multiplier: float | None = Field(None, description="A1111 noise multiplier (not supported; ignored).")
-    latent_mask: str | None = Field(None, description="A1111 latent mask (not supported; ignored).")
+    initial_noise_multiplier: float | None = Field(
+        None, description="The initial noise scaled by this; null: the `initial_noise_multiplier` setting.")
+    latent_mask: str | None = Field(
+        None, description="A second mask (base64) for the latents and the fill only, resized to width x height; the "
+                          "paste-back keeps following `mask`.")
     include_init_images: bool = Field(
         False, description="Echo `init_images` and `mask` in the response's `parameters` (null otherwise).")
 
@@ -170,16 +182,7 @@ UNSUPPORTED_FIELDS: dict[str, tuple[tuple, str | None]] = {
     "firstphase_width": ((), None),
     "firstphase_height": ((), None),
     "firstpass_image": (("",), None),
-    "resize_mode": ((), None),
     "image_cfg_scale": ((), None),
-    "initial_noise_multiplier": ((1,), None),
-    "latent_mask": (("",), None),
-    "mask_blur": ((4,), "mask"),
-    "mask_blur_x": ((), "mask"),
-    "mask_blur_y": ((), "mask"),
-    "inpainting_fill": ((), "mask"),
-    "inpaint_full_res": ((False,), "mask"),
-    "inpaint_full_res_padding": ((), "mask"),
 }
 
 # -- generation responses --------------------------------------------------------------------------------------

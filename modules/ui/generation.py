@@ -49,6 +49,12 @@ class GenerationForm:
     batch_count: Any = None
     batch_size: Any = None
     denoising_strength: Any = None
+    # img2img's inpaint controls (None in txt2img)
+    mask_blur: Any = None
+    inpainting_mask_invert: Any = None
+    inpainting_fill: Any = None
+    inpaint_full_res: Any = None
+    inpaint_full_res_padding: Any = None
     override_settings: Any = None
     styles: Any = None
     tiling: Any = None
@@ -67,10 +73,14 @@ class GenerationForm:
     def values(self) -> list:
         return [getattr(self, name) for name in FORM_VALUE_NAMES]
 
+    def pasted_components(self) -> list[str]:
+        """The form's components a paste fills, in ``paste.FORM_FIELDS`` order (img2img has the inpaint ones)."""
+        return [component for _, _, component in paste.FORM_FIELDS if getattr(self, component) is not None]
+
     def paste_targets(self) -> list:
-        """Components a paste fills, in ``paste.FORM_FIELDS`` order, then the styles and the override field."""
-        return [getattr(self, component) for _, _, component in paste.FORM_FIELDS] + [self.styles,
-                                                                                     self.override_settings]
+        """Components a paste fills (``pasted_components``), then the styles and the override field."""
+        return [getattr(self, component) for component in self.pasted_components()] + [self.styles,
+                                                                                       self.override_settings]
 
 
 def build_prompt_row(form: GenerationForm):
@@ -351,7 +361,7 @@ def paste_updates(form: GenerationForm, text: str, *, with_seed: bool = True) ->
     if not with_seed:
         pasted.fields.pop("seed", None)
     out = []
-    for _, _, component in paste.FORM_FIELDS:
+    for component in form.pasted_components():
         out.append(pasted.fields[component] if component in pasted.fields else gr.skip())
     out.append(pasted.styles if pasted.styles is not None else gr.skip())
     out.append(gr.update(choices=pasted.overrides, value=pasted.overrides, visible=bool(pasted.overrides)))

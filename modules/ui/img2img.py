@@ -2,14 +2,17 @@
 
 Three input modes, as sub-tabs (A1111's img2img, inpaint and inpaint upload): *img2img* takes one image;
 *Inpaint* paints the mask with the brush over the image (white strokes mark what is repainted); *Inpaint
-upload* takes the image and a separate mask (white = repaint). "Masked content" chooses whether the masked or the
-unmasked area is repainted.
+upload* takes the image and a separate mask (white = repaint). "Resize mode" applies to every tab; the inpaint
+tabs show A1111's inpaint controls with its UI defaults: mask blur 4, mask mode (repaint the masked or the unmasked
+area), masked content "original", inpaint area "Whole picture", only-masked padding 32. Their labels become the
+processing fields here, and the request is built and checked by the preparation the API shares.
 """
 
 from __future__ import annotations
 
 import gradio as gr
 
+from modules import image_resize, img2img_inputs
 from modules.ui import generation
 
 TAB = "img2img"
@@ -51,20 +54,34 @@ def inputs_for_mode(mode: str, image, editor, upload_image, upload_mask):
     return image.convert("RGB"), None
 
 
+def _index(labels, value, default: int) -> int:
+    return labels.index(value) if value in labels else default
+
+
+def inpaint_fields(resize_mode, mask_blur, mask_invert, fill, area, padding) -> dict:
+    """The processing fields of the resize and inpaint controls (radio labels to A1111's indices)."""
+    return dict(
+        resize_mode=_index(image_resize.RESIZE_MODES, resize_mode, 0),
+        mask_blur=generation._int(mask_blur, 4),
+        inpainting_mask_invert=_index(img2img_inputs.MASK_MODES, mask_invert, 0),
+        inpainting_fill=_index(img2img_inputs.MASKED_CONTENT, fill, img2img_inputs.ORIGINAL),
+        inpaint_full_res=_index(img2img_inputs.INPAINT_AREAS, area, 0) == 1,
+        inpaint_full_res_padding=generation._int(padding, 32))
+
+
 def make_p(extra: list, values: dict):
     from modules import processing, request_preparation
 
-    mode, image, editor, upload_image, upload_mask, mask_invert = extra
+    mode, image, editor, upload_image, upload_mask, *controls = extra
     init, mask = inputs_for_mode(mode or "img2img", image, editor, upload_image, upload_mask)
     return request_preparation.build_processing(processing.StableDiffusionProcessingImg2Img, dict(
-        generation.common_p_kwargs(values), init_images=[init], mask=mask,
-        inpainting_mask_invert=1 if mask_invert == "Inpaint not masked" else 0,
+        generation.common_p_kwargs(values), init_images=[init], mask=mask, **inpaint_fields(*controls),
         denoising_strength=float(values["denoising_strength"])))
 
 
-def _constant(value):
+def _mode_selected(name: str):
     def fn():
-        return value
+        return name, gr.update(visible=name != "img2img")
     return fn
 
 
@@ -89,15 +106,33 @@ def create_tab() -> generation.GenerationForm:
                     upload_mask = gr.Image(label="Mask (white = repaint)", type="pil", format="png",
                                            image_mode="L", sources=["upload", "clipboard"],
                                            elem_id="img2img_inpaint_upload_mask", height=240)
+            resize_mode = gr.Radio(list(image_resize.RESIZE_MODES), value=image_resize.RESIZE_MODES[0],
+                                   label="Resize mode", elem_id="img2img_resize_mode")
+            with gr.Group(visible=False, elem_id="img2img_inpaint_controls") as inpaint_controls:
+                form.mask_blur = gr.Slider(minimum=0, maximum=64, step=1, value=4, precision=0, label="Mask blur",
+                                           elem_id="img2img_mask_blur")
+                form.inpainting_mask_invert = gr.Radio(list(img2img_inputs.MASK_MODES),
+                                                       value=img2img_inputs.MASK_MODES[0], label="Mask mode",
+                                                       elem_id="img2img_mask_mode")
+                form.inpainting_fill = gr.Radio(list(img2img_inputs.MASKED_CONTENT),
+                                                value=img2img_inputs.MASKED_CONTENT[img2img_inputs.ORIGINAL],
+                                                label="Masked content", elem_id="img2img_inpainting_fill")
+                with gr.Row():
+                    form.inpaint_full_res = gr.Radio(list(img2img_inputs.INPAINT_AREAS),
+                                                     value=img2img_inputs.INPAINT_AREAS[0], label="Inpaint area",
+                                                     elem_id="img2img_inpaint_full_res")
+                    form.inpaint_full_res_padding = gr.Slider(minimum=0, maximum=256, step=4, value=32, precision=0,
+                                                              label="Only masked padding, pixels",
+                                                              elem_id="img2img_inpaint_full_res_padding")
             for tab, name in ((tab_img2img, "img2img"), (tab_inpaint, "inpaint"), (tab_upload, "inpaint_upload")):
-                tab.select(_constant(name), outputs=[mode], queue=False, api_visibility="undocumented",
-                           show_progress="hidden")
-            mask_invert = gr.Radio(["Inpaint masked", "Inpaint not masked"], value="Inpaint masked",
-                                   label="Mask mode (inpaint tabs)", elem_id="img2img_mask_mode")
+                tab.select(_mode_selected(name), outputs=[mode, inpaint_controls], queue=False,
+                           api_visibility="undocumented", show_progress="hidden")
             generation.build_parameters(form, img2img=True)
         with gr.Column(scale=1, min_width=320, elem_id=f"{TAB}_results"):
             generation.build_outputs(form)
-    form.extra_inputs = [mode, image, editor, upload_image, upload_mask, mask_invert]
+    form.extra_inputs = [mode, image, editor, upload_image, upload_mask, resize_mode, form.mask_blur,
+                         form.inpainting_mask_invert, form.inpainting_fill, form.inpaint_full_res,
+                         form.inpaint_full_res_padding]
     form.init_image = image
     form.mode_tabs_state = mode
     form.mode_tabs = mode_tabs

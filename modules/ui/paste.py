@@ -17,17 +17,24 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from modules import request_preparation, shared
+from modules import img2img_inputs, request_preparation, shared
 
-# The form component each pasted processing field fills; the form has no variation seed fields.
+# The form component each pasted processing field fills; the form has no variation seed fields. The inpainting
+# fields exist in the img2img form only.
 _COMPONENTS = {"prompt": "prompt", "negative_prompt": "negative_prompt", "steps": "steps", "sampler_name": "sampler",
                "scheduler": "scheduler", "cfg_scale": "cfg_scale", "seed": "seed", "width": "width",
-               "height": "height", "batch_size": "batch_size", "denoising_strength": "denoising_strength"}
+               "height": "height", "batch_size": "batch_size", "denoising_strength": "denoising_strength",
+               **{name: name for name in ("mask_blur", "inpainting_mask_invert", "inpainting_fill",
+                                          "inpaint_full_res", "inpaint_full_res_padding")}}
 # (infotext key, processing field, form component), in the shared paste order.
 FORM_FIELDS = tuple((key, name, _COMPONENTS[name]) for key, name in request_preparation.PASTE_FIELDS
                     if name in _COMPONENTS)
-INT_FIELDS = {"steps", "seed", "width", "height", "batch_size"}
+INT_FIELDS = {"steps", "seed", "width", "height", "batch_size", "mask_blur", "inpaint_full_res_padding"}
 FLOAT_FIELDS = {"cfg_scale", "denoising_strength"}
+# Radio buttons showing A1111's labels: the pasted index (or bool) back to its label.
+LABELS = {"inpainting_mask_invert": img2img_inputs.MASK_MODES, "inpainting_fill": img2img_inputs.MASKED_CONTENT,
+          "inpaint_full_res": img2img_inputs.INPAINT_AREAS}
+IMG2IMG_ONLY = {"denoising_strength", *LABELS, "mask_blur", "inpaint_full_res_padding"}
 
 
 @dataclass
@@ -56,6 +63,10 @@ def _field_value(name: str, raw: Any):
         return int(float(raw))
     if name in FLOAT_FIELDS:
         return float(raw)
+    if name in LABELS:
+        if isinstance(raw, str):  # a label A1111 never writes (the known ones arrive as their index)
+            raise ValueError(f"{raw!r} is not one of {list(LABELS[name])}")
+        return LABELS[name][int(raw)]
     if name == "sampler":
         found = common.resolve_sampler(str(raw))
         if found is None:
@@ -105,7 +116,7 @@ def from_infotext(text: str, mode: str = "txt2img") -> Pasted:
     prepared = request_preparation.paste_infotext(text)
     pasted = Pasted(params=prepared.params, styles=prepared.fields.get("styles"))
     for key, name, component in FORM_FIELDS:
-        if name not in prepared.fields or (component == "denoising_strength" and mode != "img2img"):
+        if name not in prepared.fields or (component in IMG2IMG_ONLY and mode != "img2img"):
             continue
         try:
             pasted.fields[component] = _field_value(component, prepared.fields[name])
