@@ -216,7 +216,8 @@ def build_outputs(form: GenerationForm):
     form.selected = gr.State(0)
 
 
-def _int(value, default):
+def as_int(value, default):
+    """A form number as an int (gradio may hand floats for integer sliders); ``default`` when it is empty."""
     try:
         return int(value)
     except (TypeError, ValueError):
@@ -236,13 +237,13 @@ def common_p_kwargs(values: dict) -> dict:
         negative_prompt=values["negative_prompt"] or "",
         sampler_name=values["sampler"] or "Euler a",
         scheduler=values["scheduler"] or "Automatic",
-        steps=_int(values["steps"], 20),
+        steps=as_int(values["steps"], 20),
         cfg_scale=float(values["cfg_scale"] if values["cfg_scale"] is not None else defaults.cfg_scale),
-        width=_int(values["width"], defaults.size),
-        height=_int(values["height"], defaults.size),
-        seed=_int(values["seed"], -1),
-        n_iter=max(1, _int(values["batch_count"], 1)),
-        batch_size=max(1, _int(values["batch_size"], 1)),
+        width=as_int(values["width"], defaults.size),
+        height=as_int(values["height"], defaults.size),
+        seed=as_int(values["seed"], -1),
+        n_iter=max(1, as_int(values["batch_count"], 1)),
+        batch_size=max(1, as_int(values["batch_size"], 1)),
         override_settings=override_settings,
         styles=list(values.get("styles") or []),
         tiling=True if values.get("tiling") else None,

@@ -62,11 +62,11 @@ def inpaint_fields(resize_mode, mask_blur, mask_invert, fill, area, padding) -> 
     """The processing fields of the resize and inpaint controls (radio labels to A1111's indices)."""
     return dict(
         resize_mode=_index(image_resize.RESIZE_MODES, resize_mode, 0),
-        mask_blur=generation._int(mask_blur, 4),
+        mask_blur=generation.as_int(mask_blur, 4),
         inpainting_mask_invert=_index(img2img_inputs.MASK_MODES, mask_invert, 0),
         inpainting_fill=_index(img2img_inputs.MASKED_CONTENT, fill, img2img_inputs.ORIGINAL),
         inpaint_full_res=_index(img2img_inputs.INPAINT_AREAS, area, 0) == 1,
-        inpaint_full_res_padding=generation._int(padding, 32))
+        inpaint_full_res_padding=generation.as_int(padding, 32))
 
 
 def make_p(extra: list, values: dict):
