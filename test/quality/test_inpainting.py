@@ -14,6 +14,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from ui_form import form_values
 
 from modules import image_resize, img2img_inputs, masking, processing, request_preparation, sd_pipeline
 
@@ -299,4 +300,12 @@ def test_ui_controls_and_paste_fill_the_same_fields(data_dir, fake_models):
         resize_mode=2, mask_blur=3, inpainting_mask_invert=1, inpainting_fill=2, inpaint_full_res=True,
         inpaint_full_res_padding=8)
     assert request_preparation.paste_infotext(text).fields["inpainting_fill"] == 2
+    # Generate's path: the controls' labels become the processing object's fields, checked as the API's are
+    p = img2img.make_p(["inpaint_upload", None, None, _noise_image(), _square_mask(), "Crop and resize", *controls],
+                       form_values())
+    assert (p.resize_mode, p.mask_blur_x, p.mask_blur_y, p.inpainting_mask_invert, p.inpainting_fill,
+            p.inpaint_full_res, p.inpaint_full_res_padding) == (1, 3, 3, 1, 2, True, 8)
+    with pytest.raises(request_preparation.RequestFieldError, match="inpaint_full_res_padding"):
+        img2img.make_p(["inpaint_upload", None, None, _noise_image(), _square_mask(), "Just resize", 4,
+                        "Inpaint masked", "original", "Whole picture", 2000], form_values())
     assert "Masked content" in paste.from_infotext(text.replace("latent noise", "sparkles"), "img2img").rejected[0]
