@@ -425,7 +425,8 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
     p.check_inputs()
     # 2. Extensions adjust p with the effective options visible
     _fire("on_process", p, p=p)
-    # 3. Seeds, prompts and the effective options for every image
+    # 3. Seeds, prompts and the effective options for every image; then what runs once per generation under
+    #    them (img2img: its images and mask)
     p.init_seeds()
     p.settings = GenerationSettings.capture(shared.opts)
     p.prepare_inputs()

@@ -256,6 +256,8 @@ class Api:
         masks = dict(zip([name for name, _ in masks], decoded[len(items):]))
         p = build_processing(req, processing.StableDiffusionProcessingImg2Img, init_images=init_images,
                              mask=masks.get("mask"), latent_mask=masks.get("latent_mask"))
+        if req.latent_mask and not req.mask:  # as in A1111, a latent mask alone changes nothing
+            warnings.append("`latent_mask` was ignored: it acts only together with a `mask`")
         p.warnings.extend(warnings)
         processed = jobs.run_job("img2img", scripts.run, p)
         return models.ImageToImageResponse(

@@ -167,6 +167,12 @@ def test_only_masked_crops_to_the_region_and_writes_its_infotext(data_dir):
     p.mask_blur = 5
     assert (p.mask_blur_x, p.mask_blur_y) == (5, 5)
     assert img2img_inputs.prepare(p).params == {"Mask mode": "Inpaint not masked", "Mask blur": 5}
+    # A latent mask steers the latents (fitted to width x height); the paste-back keeps following the mask
+    latent = _square_mask((32, 32), (0, 0, 8, 8))
+    inputs = img2img_inputs.prepare(_img2img(latent_mask=latent, mask_blur=0, inpaint_full_res=False))
+    plain = img2img_inputs.prepare(_img2img(mask_blur=0, inpaint_full_res=False))
+    assert inputs.mask.tobytes() == latent.resize((64, 64), Image.Resampling.LANCZOS).tobytes()
+    assert inputs.overlays[0].tobytes() == plain.overlays[0].tobytes()
 
 
 def test_masked_content_sets_where_sampling_starts(real_model, data_dir):
@@ -250,6 +256,8 @@ def test_resize_modes_through_the_api(inpaint_api):
         body = inpaint_api(init_images=[wide], resize_mode=mode, denoising_strength=0.3)
         assert _decoded(body["images"][0]).shape == (64, 64, 3)
         assert body["parameters"]["resize_mode"] == mode and body["warnings"] == []
+    body = inpaint_api(init_images=[wide], latent_mask=_b64(_square_mask()))
+    assert body["warnings"] == ["`latent_mask` was ignored: it acts only together with a `mask`"]
 
 
 INPAINT = dict(mask_blur=3, inpainting_mask_invert=1, inpainting_fill=2, inpaint_full_res=True,
