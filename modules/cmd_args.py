@@ -45,6 +45,13 @@ HIRES_FLAGS = (("--hr-scale", float, "X"), ("--hr-upscaler", str, "NAME"), ("--h
                ("--hr-scheduler", str, "NAME"), ("--hr-prompt", str, "TEXT"), ("--hr-negative-prompt", str, "TEXT"))
 
 
+def _device_id(value: str) -> str:
+    """A CUDA device index, kept as the string A1111's ``cmd-flags`` shows."""
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a CUDA device number (0, 1, ...), got {value!r}")
+    return value
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = SerenaArgumentParser(
         prog="launch.py",
@@ -98,7 +105,7 @@ def make_parser() -> argparse.ArgumentParser:
     device = parser.add_argument_group("device")
     device.add_argument("--use-cpu", nargs="+", default=[], metavar="MODULE",
                         help="run these modules on the CPU: 'all' or 'sd'")
-    device.add_argument("--device-id", type=int, default=None, metavar="ID",
+    device.add_argument("--device-id", type=_device_id, default=None, metavar="ID",
                         help="the CUDA device to use (default 0)")
     device.add_argument("--no-half", action="store_true", help="run the networks in float32 on a GPU too")
     device.add_argument("--no-half-vae", action="store_true", help="run the VAE in float32 on a GPU too")

@@ -55,10 +55,6 @@ class Placement:
     offload: str | None = None
 
     @property
-    def execution_device(self) -> str:
-        return self.device
-
-    @property
     def load_device(self) -> str:
         """Where the weights are loaded: the CPU when they are offloaded (the GPU sees them only while they run)."""
         return "cpu" if self.offload else self.device
@@ -80,7 +76,7 @@ def choose_device(cmd_opts, facts: TorchFacts) -> str:
     device_id = _flag(cmd_opts, "device_id")
     if facts.cuda_devices:
         index = int(device_id) if device_id is not None else 0
-        if not 0 <= index < facts.cuda_devices:
+        if index >= facts.cuda_devices:
             raise DeviceFlagError(f"--device-id {device_id}: this machine has {facts.cuda_devices} CUDA device(s), "
                                   f"0 to {facts.cuda_devices - 1}")
         return f"cuda:{index}"

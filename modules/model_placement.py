@@ -79,7 +79,8 @@ def apply(model, where: Placement, *, compile_unet: bool = False):
     """
     vae_dtype = torch_dtype(where.vae_dtype)
     if model.vae.dtype != vae_dtype:
-        model.vae = model.vae.to(dtype=vae_dtype)
+        # torch's own cast: diffusers' warns on every load about modules kept in float32, which a VAE has none of
+        model.vae = torch.nn.Module.to(model.vae, dtype=vae_dtype)
         if getattr(model, "_own_vae", None) is not None:
             model._own_vae = model.vae
     model.vae_dtype = vae_dtype
@@ -87,11 +88,11 @@ def apply(model, where: Placement, *, compile_unet: bool = False):
         set_attention(network, where.attention)
     if where.offload == "model":
         model.offload = ModelOffload({"text_encoder": model.text_encoder, "unet": model.unet, "vae": model.vae},
-                                     where.execution_device)
+                                     where.device)
     elif where.offload == "sequential":
         for network in (model.text_encoder, model.unet, model.vae):
-            cpu_offload(network, execution_device=torch.device(where.execution_device))
-    model.device = torch.device(where.execution_device)
+            cpu_offload(network, execution_device=torch.device(where.device))
+    model.device = torch.device(where.device)
     if compile_unet:
         model.unet.compile()  # in place: the module, its config and its hooks stay what they were
     return model

@@ -36,10 +36,13 @@ def test_the_device_follows_the_flags_and_the_machine(argv, facts, device):
     assert devices.choose_device(flags(*argv), facts) == device
 
 
-@pytest.mark.parametrize("device_id", ["1", "-1"])
-def test_a_device_id_past_the_last_gpu_is_named(device_id):
-    with pytest.raises(devices.DeviceFlagError, match=rf"--device-id {device_id}: this machine has 1 CUDA device"):
-        devices.choose_device(flags("--device-id", device_id), ONE_GPU)
+def test_a_device_id_past_the_last_gpu_is_named(capsys):
+    with pytest.raises(devices.DeviceFlagError, match=r"--device-id 1: this machine has 1 CUDA device\(s\), 0 to 0"):
+        devices.choose_device(flags("--device-id", "1"), ONE_GPU)
+    assert flags("--device-id", "1").device_id == "1"  # a string, as A1111's cmd-flags shows it
+    with pytest.raises(SystemExit):
+        flags("--device-id", "-1")
+    assert "expected a CUDA device number" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, facts, dtypes", [
