@@ -82,7 +82,8 @@ class ExtraNetworkLora(ExtraNetwork):
             p.extra_generation_params["Lora hashes"] = ", ".join(hashes)
         if not wanted and not hasattr(model, "unet"):
             return None  # a stand-in without layers (tests), and nothing to apply
-        patch.trim_cache(model, {a.key for a in wanted}, int(opts.get("lora_in_memory_limit", 0)))
+        if wanted:  # a generation without networks keeps the cache for the next one with them
+            patch.trim_cache(model, {a.key for a in wanted}, int(opts.get("lora_in_memory_limit", 0)))
         return patch.applied(model, tuple(wanted))
 
     def items(self):
