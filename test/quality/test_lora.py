@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import os
 
 import numpy as np
 import pytest
+import torch
 
-from modules import extensions, paths, plugins, processing, sd_models, shared
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from modules import extensions, extra_networks, paths, plugins, processing, sd_models, shared
 from modules.hookspecs import hookimpl
 from tools import make_tiny_lora
 
@@ -25,7 +30,7 @@ def weights_digest(model) -> str:
     for component in (model.unet, model.text_encoder, model.vae):
         for name, tensor in component.state_dict().items():
             digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().view(-1).view(dtype=__import__("torch").uint8).numpy())
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(dtype=torch.uint8).numpy())
     return digest.hexdigest()
 
 
@@ -92,10 +97,11 @@ def test_named_weights_te_and_unet(lora, real_model):
     assert np.array_equal(unet_only, unet_named) and not np.array_equal(unet_only, both)
 
 
-def test_unknown_name_and_foreign_file_are_warnings_and_the_generation_runs(lora, real_model):
+def test_unknown_name_and_foreign_file_are_warnings_and_the_generation_runs(lora, data_dir, real_model):
+    (data_dir / "models" / "Lora" / "broken.safetensors").write_bytes(b"\xff" * 64)  # skipped by the scan
     plain, _ = generate("a red circle")
-    image, processed = generate("a red circle <lora:nobody:1> <lora:foreign:1>")
-    assert "Networks not found: nobody" in processed.warnings
+    image, processed = generate("a red circle <lora:nobody:1> <lora:foreign:1> <lora:broken:1>")
+    assert "Networks not found: nobody, broken" in processed.warnings
     assert any("foreign" in w and "no layer" in w for w in processed.warnings), processed.warnings
     assert np.array_equal(image, plain)
 
@@ -157,7 +163,7 @@ def test_sd_lora_override_is_a_lora_for_one_request(lora, real_model, api_client
                                                         "height": 64, "seed": 11, "sampler_name": "Euler",
                                                         "override_settings": {"sd_lora": "peft"}})
     assert first.status_code == 200, first.text
-    info = __import__("json").loads(first.json()["info"])
+    info = json.loads(first.json()["info"])
     assert info["infotexts"][0].startswith("a red circle<lora:peft:1.0>\n")
     assert "Lora hashes: \"peft: " in info["infotexts"][0]
     assert api_client.get("/sdapi/v1/options").json()["sd_lora"] == "None"
@@ -179,3 +185,21 @@ def test_api_lists_and_refreshes_loras(lora, data_dir, real_model, api_client):
     assert api_client.post("/sdapi/v1/refresh-loras").status_code == 200
     names = {i["name"] for i in api_client.get("/sdapi/v1/loras").json()}
     assert "later" in names and "pickled" not in names  # pickled files need --allow-pickle-checkpoints
+
+
+_text = st.text(st.characters(blacklist_characters="<>"), max_size=20)
+_arg = st.text(st.characters(blacklist_characters="<>:", blacklist_categories=("Cs",)), min_size=1, max_size=6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(_text, st.from_regex(r"\A\w{1,8}\Z", fullmatch=True), st.lists(_arg, min_size=1, max_size=3)),
+                max_size=4), _text)
+def test_parse_prompt_takes_out_exactly_the_tags(pieces, tail):
+    prompt = "".join(f"{text}<{kind}:{':'.join(args)}>" for text, kind, args in pieces) + tail
+    text, found = extra_networks.parse_prompt(prompt)
+    assert text == "".join(t for t, _, _ in pieces) + tail
+    expected: dict = {}
+    for _, kind, args in pieces:
+        expected.setdefault(kind, []).append(args)
+    assert {k: [p.items for p in v] for k, v in found.items()} == expected
+    assert extra_networks.strip_prompt(prompt) == text

@@ -61,7 +61,8 @@ class ExtraNetworkLora(ExtraNetwork):
                 continue
             try:
                 key, deltas, unmatched = patch.load_deltas(model, network, dyn)
-            except (OSError, ValueError, RuntimeError, AttributeError) as e:
+            except Exception as e:  # a broken or foreign file costs its own LoRA, not the others or the image
+                log.warning("Lora %s (%s) not applied", name, network.path, exc_info=True)
                 p.warnings.append(f"Lora {name} not applied: {type(e).__name__}: {e}")
                 continue
             if unmatched:

@@ -24,6 +24,7 @@ PICKLE_EXTENSIONS = (".pt", ".ckpt")
 METADATA_ORDER = {"ss_sd_model_name": 1, "ss_resolution": 2, "ss_clip_skip": 3, "ss_num_train_images": 10,
                   "ss_tag_frequency": 20}
 
+MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit
 _hashes: dict[tuple, str] = {}  # (path, mtime, size) -> sha256 hex
 
 
@@ -32,7 +33,11 @@ def read_metadata(path: str) -> dict:
     in A1111's display order."""
     with open(path, "rb") as f:
         header_size = struct.unpack("<Q", f.read(8))[0]
+        if header_size > min(os.path.getsize(path) - 8, MAX_HEADER):
+            raise ValueError(f"a header of {header_size} bytes does not fit the file")
         header = json.loads(f.read(header_size).decode("utf-8"))
+    if not isinstance(header, dict):
+        raise ValueError("the header is no JSON object")
     metadata = {}
     for key, value in (header.get("__metadata__") or {}).items():
         if isinstance(value, str) and value[:1] == "{":
