@@ -17,7 +17,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modules import extensions, extra_networks, paths, plugins, processing, sd_models, shared
+from modules import extensions, extra_networks, jobs, paths, plugins, processing, sd_models, shared
 from modules.hookspecs import hookimpl
 from tools import make_tiny_lora
 
@@ -106,17 +106,23 @@ def test_unknown_name_and_foreign_file_are_warnings_and_the_generation_runs(lora
     assert np.array_equal(image, plain)
 
 
-def test_an_exception_inside_sampling_restores_every_weight(lora, real_model, register):
+def test_an_exception_or_interrupt_inside_sampling_restores_every_weight(lora, real_model, register):
     digest = weights_digest(real_model)
 
     class Raiser:
         @hookimpl
-        def on_sampling_step(self, step):
-            raise RuntimeError("boom at step")
+        def on_sampling_step(self, p, step):
+            if "raise" in p.prompt:
+                raise RuntimeError("boom at step")
+            jobs.state.interrupt()
 
     register(Raiser(), "raiser")
     with pytest.raises(plugins.HookError):
-        generate("a red circle <lora:kohya:1>")
+        generate("raise <lora:kohya:1>")
+    assert weights_digest(real_model) == digest
+    processed = jobs.run_job("txt2img", processing.process_images, processing.StableDiffusionProcessingTxt2Img(
+        prompt="stop <lora:loha:1>", steps=3, width=64, height=64, n_iter=2, do_not_save_samples=True))
+    assert len(processed.images) == 1 and not jobs.state.interrupted
     assert weights_digest(real_model) == digest
 
 
