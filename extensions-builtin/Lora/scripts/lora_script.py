@@ -51,38 +51,20 @@ class ExtraNetworkLora(ExtraNetwork):
             try:
                 name, te, unet, dyn = _parse(params, default)
             except ValueError as e:
-                p.warnings.append(f"Lora tag <lora:{':'.join(map(str, params.items))}> ignored: {e}")
+                _warn(p, f"Lora tag <lora:{':'.join(map(str, params.items))}> ignored: {e}")
                 continue
             network = library.find(name)
             if network is None:
                 missing.append(name)
-                continue
-            if te == 0 and unet == 0:
-                continue
-            try:
-                key, deltas, unmatched = patch.load_deltas(model, network, dyn)
-            except Exception as e:  # a broken or foreign file costs its own LoRA, not the others or the image
-                log.warning("Lora %s (%s) not applied", name, network.path, exc_info=True)
-                p.warnings.append(f"Lora {name} not applied: {type(e).__name__}: {e}")
-                continue
-            if unmatched:
-                log.info("Lora %s: %d keys fit no layer of %s: %s", name, len(unmatched), _model_name(model),
-                         ", ".join(unmatched[:5]))
-            if not deltas:
-                p.warnings.append(f"Lora {name} has no layer that fits the loaded model {_model_name(model)}; "
-                                  f"not applied")
-                continue
-            wanted.append(patch.Applied(key, deltas, te, unet))
-            if opts.get("lora_add_hashes_to_infotext", True):
-                hashes.append(f"{name.replace(':', '').replace(',', '')}: {network.shorthash()}")
+            elif te or unet:  # weight 0 is no effect: nothing is loaded or added
+                applied = _load(p, model, name, network, te, unet, dyn)
+                if applied is not None:
+                    wanted.append(applied)
+                    hashes.append(f"{name.replace(':', '').replace(',', '')}: {network.shorthash()}")
         if missing:
-            message = f"Networks not found: {', '.join(missing)}"
-            log.warning("%s", message)
-            p.warnings.append(message)
-        if hashes:
+            _warn(p, f"Networks not found: {', '.join(missing)}")
+        if hashes and opts.get("lora_add_hashes_to_infotext", True):
             p.extra_generation_params["Lora hashes"] = ", ".join(hashes)
-        if not wanted and not hasattr(model, "unet"):
-            return None  # a stand-in without layers (tests), and nothing to apply
         if wanted:  # a generation without networks keeps the cache for the next one with them
             patch.trim_cache(model, {a.key for a in wanted}, int(opts.get("lora_in_memory_limit", 0)))
         return patch.applied(model, tuple(wanted))
@@ -93,6 +75,30 @@ class ExtraNetworkLora(ExtraNetwork):
 
     def refresh(self):
         library.refresh()
+
+
+def _warn(p, message: str) -> None:
+    """A warning of the generation, once however many batches meet it."""
+    if message not in p.warnings:
+        log.warning("%s", message)
+        p.warnings.append(message)
+
+
+def _load(p, model, name: str, network, te: float, unet: float, dyn):
+    """One tag's network for this model (``patch.Applied``), or ``None`` with a warning."""
+    try:
+        key, deltas, unmatched = patch.load_deltas(model, network, dyn)
+    except Exception as e:  # a broken or foreign file costs its own LoRA, not the others or the image
+        log.debug("Lora %s (%s)", name, network.path, exc_info=True)
+        _warn(p, f"Lora {name} not applied: {type(e).__name__}: {e}")
+        return None
+    if unmatched:
+        log.info("Lora %s: %d keys fit no layer of %s: %s", name, len(unmatched), _model_name(model),
+                 ", ".join(unmatched[:5]))
+    if not deltas:
+        _warn(p, f"Lora {name} has no layer that fits the loaded model {_model_name(model)}; not applied")
+        return None
+    return patch.Applied(key, deltas, te, unet)
 
 
 def _model_name(model) -> str:

@@ -131,7 +131,10 @@ def _signature(networks: tuple) -> tuple:
 def applied(model, networks: tuple):
     """``networks`` in the model's weights for the block; what was there before (nothing, or an outer block's
     networks) exactly back after it."""
-    state = _states.get(model)
+    try:
+        state = _states.get(model)
+    except TypeError:  # an object without weak references never had networks applied
+        state = None
     previous = state.applied if state is not None else ()
     if _signature(networks) == _signature(previous):
         yield
