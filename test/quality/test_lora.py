@@ -209,3 +209,18 @@ def test_parse_prompt_takes_out_exactly_the_tags(pieces, tail):
         expected.setdefault(kind, []).append(args)
     assert {k: [p.items for p in v] for k, v in found.items()} == expected
     assert extra_networks.strip_prompt(prompt) == text
+
+
+def test_deltas_are_cached_across_generations_and_never_left_in_the_weights(lora, real_model, monkeypatch):
+    reads = []
+    read_tensors = lora.files.NetworkOnDisk.read_tensors
+    monkeypatch.setattr(lora.files.NetworkOnDisk, "read_tensors", lambda self: reads.append(self.name) or
+                        read_tensors(self))
+    digest = weights_digest(real_model)
+    first, _ = generate("a red circle <lora:kohya:1>")
+    generate("a red circle")  # a generation without the tag keeps the cache
+    second, _ = generate("a red circle <lora:kohya:1>")
+    assert reads == ["kohya"] and np.array_equal(first, second)
+    assert lora.patch.state_for(real_model).deltas and weights_digest(real_model) == digest
+    generate("a red circle <lora:peft:1>")  # another network: the cache keeps the last generation's only (limit 0)
+    assert reads == ["kohya", "peft"] and len(lora.patch.state_for(real_model).deltas) == 1
