@@ -224,3 +224,15 @@ def test_deltas_are_cached_across_generations_and_never_left_in_the_weights(lora
     assert lora.patch.state_for(real_model).deltas and weights_digest(real_model) == digest
     generate("a red circle <lora:peft:1>")  # another network: the cache keeps the last generation's only (limit 0)
     assert reads == ["kohya", "peft"] and len(lora.patch.state_for(real_model).deltas) == 1
+
+
+def test_pickled_files_only_with_allow_pickle_checkpoints(lora, data_dir, real_model, monkeypatch):
+    from safetensors.torch import load_file
+    lora_dir = data_dir / "models" / "Lora"
+    torch.save(load_file(str(lora_dir / "kohya.safetensors")), str(lora_dir / "pickled.pt"))
+    _, refused = generate("a red circle <lora:pickled:1>")
+    assert "Networks not found: pickled" in refused.warnings
+    monkeypatch.setattr(shared.cmd_opts, "allow_pickle_checkpoints", True)
+    image, processed = generate("a red circle <lora:pickled:1>")
+    safe, _ = generate("a red circle <lora:kohya:1>")
+    assert processed.warnings == [] and np.array_equal(image, safe)
