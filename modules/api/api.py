@@ -26,8 +26,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
 from modules import (extensions, extra_networks, hires, image_parameters, infotext, jobs, plugins, processing,
-                     request_preparation, runtime_utils, scripts, sd_models, sd_samplers, sd_vae, settings_change, shared,
-                     styles, textual_inversion, upscalers)
+                     request_preparation, runtime_utils, scripts, sd_models, sd_samplers, sd_vae, settings_change,
+                     shared, styles, textual_inversion, upscalers)
 from modules.api import models
 from modules.api.errors import validation_error_response
 from modules.api.image_codec import check_image_count, decode_images, encode_image

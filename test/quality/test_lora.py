@@ -182,8 +182,9 @@ def test_api_lists_and_refreshes_loras(lora, data_dir, real_model, api_client):
     listed = api_client.get("/sdapi/v1/loras").json()
     by_name = {item["name"]: item for item in listed}
     assert set(by_name) == set(FORMATS) | {"foreign"}
-    assert by_name["kohya"]["alias"] == "kohya-alias" and by_name["kohya"]["metadata"]["ss_output_name"] == "kohya-alias"
-    assert by_name["peft"]["alias"] == "peft" and by_name["peft"]["path"].endswith(os.path.join("Lora", "peft.safetensors"))
+    kohya, peft = by_name["kohya"], by_name["peft"]
+    assert kohya["alias"] == "kohya-alias" and kohya["metadata"]["ss_output_name"] == "kohya-alias"
+    assert peft["alias"] == "peft" and peft["path"].endswith(os.path.join("Lora", "peft.safetensors"))
     sub = data_dir / "models" / "Lora" / "sub"
     make_tiny_lora.write(real_model, str(sub / "later.safetensors"), "kohya")
     (data_dir / "models" / "Lora" / "pickled.pt").write_bytes(b"not read")

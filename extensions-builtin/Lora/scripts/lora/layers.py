@@ -133,7 +133,8 @@ def _lokr(parts: dict, shape: torch.Size) -> tuple[torch.Tensor, int | None]:
     if "lokr_w2" in parts:
         w2 = _f(parts["lokr_w2"])
     elif "lokr_t2" in parts:
-        w2, rank = _cp(_f(parts["lokr_t2"]), _f(parts["lokr_w2_a"]), _f(parts["lokr_w2_b"])), parts["lokr_w2_b"].shape[0]
+        w2 = _cp(_f(parts["lokr_t2"]), _f(parts["lokr_w2_a"]), _f(parts["lokr_w2_b"]))
+        rank = parts["lokr_w2_b"].shape[0]
     else:
         w2a, w2b = _f(parts["lokr_w2_a"]), _f(parts["lokr_w2_b"])
         w2, rank = w2a @ w2b.flatten(1), w2b.shape[0]
