@@ -85,8 +85,12 @@ def load_deltas(model, network, dyn: int | None) -> tuple[tuple, tuple, list[str
             unmatched.append(name)
             continue
         component, path = where
+        weight = state.module(model, component, path).weight
+        if weight.is_meta:
+            raise ValueError("the model's weights are offloaded layer by layer (--lowvram), which LoRA does not "
+                             "support yet")
         try:
-            change = layers_module.delta(parts, state.module(model, component, path).weight, dyn)
+            change = layers_module.delta(parts, weight, dyn)
         except (ValueError, KeyError, RuntimeError) as e:
             unmatched.append(f"{name} ({e})")
             continue
@@ -119,7 +123,8 @@ def _set(model, state: ModelState, wanted: tuple) -> None:
                 where = (layer.component, layer.path)
                 if where not in state.backups:
                     state.backups[where] = weight.detach().clone()
-                weight.add_(layer.delta, alpha=multiplier)
+                # --medvram moves whole networks between devices: the weight may live elsewhere than the delta
+                weight.add_(layer.delta.to(weight.device), alpha=multiplier)
         state.applied = tuple(wanted)
 
 
