@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from modules import sd_models, sd_samplers, shared, styles, textual_inversion, upscalers
+from modules import extra_networks, sd_models, sd_samplers, shared, styles, textual_inversion, upscalers
 from modules.runtime_utils import temporary_opts
 
 # A1111's ``shared.latent_upscale_modes``: name -> (torch interpolate mode, antialias).
@@ -184,6 +184,7 @@ def second_pass_request(p, first, *, latents=None, images=None):
     sampler, scheduler = second_sampler(p)
     size = target(p.width, p.height, p.hr_scale, p.hr_resize_x, p.hr_resize_y)
     prompts, negative_prompts = second_prompts(p, first.prompts, first.negative_prompts)
+    prompts = tuple(extra_networks.strip_prompt(text) for text in prompts)  # the first pass's networks apply
     return dataclasses.replace(
         first, width=size.width, height=size.height, steps=p.hr_second_pass_steps or p.steps,
         sampler_name=sampler, scheduler=scheduler, prompts=prompts, negative_prompts=negative_prompts,

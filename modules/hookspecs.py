@@ -280,3 +280,26 @@ def on_list_upscalers() -> Any:
 
     .. versionadded:: 0.1
     """
+
+
+@hookspec
+def on_list_extra_networks() -> Any:
+    """List extra network types: what a ``<type:arg1:arg2…>`` prompt tag does. Fires before every batch of every
+    generation (``modules.extra_networks.activated``), so return the same objects each time and do no work here.
+
+    :returns: a list of ``modules.extensions_api.ExtraNetwork`` (or one), or ``None``. Each one's ``name`` is its
+        tag type (``lora`` for ``<lora:…>``); a type already listed is skipped with a log line.
+
+    For every batch, each listed type's ``activate(p, params_list, model)`` is called with the tags of its type in
+    the batch's first prompt (``ExtraNetworkParams``, an empty list when there are none) and the loaded model the
+    batch runs on (``.unet``, ``.text_encoder``, ``.info``); it returns a context manager (or ``None``) that the
+    generation enters around the batch's sampling and exits after it, also when sampling raised or was
+    interrupted, in reverse order. The tags are removed from the text the conditioning reads (inside prompt
+    editing and alternation too) and kept in the recorded prompts and infotext. A type whose ``activate`` raises
+    is reported in the generation's warnings and the batch runs without it; an exception while exiting fails the
+    generation (a model left changed must not run the next one).
+
+    A1111 name: ``extra_networks.register_extra_network`` (an ``ExtraNetwork`` with ``activate``/``deactivate``).
+
+    .. versionadded:: 0.3
+    """

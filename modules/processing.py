@@ -16,8 +16,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from modules import (hires, image_resize, img2img_inputs, infotext, jobs, plugins, sd_models, sd_samplers, shared,
-                     styles, textual_inversion)
+from modules import (extra_networks, hires, image_resize, img2img_inputs, infotext, jobs, plugins, sd_models,
+                     sd_samplers, shared, styles, textual_inversion)
 from modules.runtime_utils import temporary_opts, with_overrides
 
 log = logging.getLogger("serena.processing")
@@ -447,8 +447,11 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
         # A nested generation run by an extension's hook may have switched the shared model's VAE: match this
         # generation's effective settings again, and record what this batch really ran on.
         model, used = _model_for_batch(p)
-        batch = p.sample_batch(model, p.all_prompts[lo:hi], p.all_negative_prompts[lo:hi], p.all_seeds[lo:hi],
-                               p.all_subseeds[lo:hi])
+        # Extra networks (<lora:…> tags) act on this batch's model while it samples, and are undone after it
+        prompts, networks = extra_networks.parse_prompts(p.all_prompts[lo:hi])
+        with extra_networks.activated(p, model, networks):
+            batch = p.sample_batch(model, prompts, p.all_negative_prompts[lo:hi], p.all_seeds[lo:hi],
+                                   p.all_subseeds[lo:hi])
         for i, image in enumerate(batch):
             index = lo + i
             params = p.infotext_params(index, used)

@@ -22,6 +22,12 @@ options_templates.update(options_section(("sd", "Stable Diffusion", "sd"), {
     "tiling": OptionInfo(False, "Tiling", infotext="Tiling").info("produce a tileable picture"),
 }))
 
+# Extra networks (<lora:…> tags, modules.extra_networks): the weight of a tag that gives none (A1111's section).
+options_templates.update(options_section(("extra_networks", "Extra Networks", "sd"), {
+    "extra_networks_default_multiplier": OptionInfo(
+        1.0, "Default multiplier for extra networks", "Slider", {"minimum": 0.0, "maximum": 2.0, "step": 0.01}),
+}))
+
 options_templates.update(options_section(("sampler-params", "Sampler parameters", "sd"), {
     "eta_noise_seed_delta": OptionInfo(
         0, "Eta noise seed delta", "Number", {"minimum": 0, "maximum": 2**31 - 1, "precision": 0},

@@ -25,9 +25,9 @@ from fastapi import Depends, HTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
-from modules import (extensions, hires, image_parameters, infotext, jobs, plugins, processing, request_preparation,
-                     runtime_utils, scripts, sd_models, sd_samplers, sd_vae, settings_change, shared, styles,
-                     textual_inversion, upscalers)
+from modules import (extensions, extra_networks, hires, image_parameters, infotext, jobs, plugins, processing,
+                     request_preparation, runtime_utils, scripts, sd_models, sd_samplers, sd_vae, settings_change,
+                     shared, styles, textual_inversion, upscalers)
 from modules.api import models
 from modules.api.errors import validation_error_response
 from modules.api.image_codec import check_image_count, decode_images, encode_image
@@ -195,6 +195,7 @@ class Api:
             ("/sdapi/v1/embeddings", self.get_embeddings, get, m.EmbeddingsResponse),
             ("/sdapi/v1/loras", self.get_loras, get, list[m.LoraItem]),
             ("/sdapi/v1/refresh-checkpoints", self.refresh_checkpoints, post, None),
+            ("/sdapi/v1/refresh-loras", self.refresh_loras, post, None),
             ("/sdapi/v1/refresh-vae", self.refresh_vae, post, None),
             ("/sdapi/v1/refresh-embeddings", self.refresh_embeddings, post, None),
             ("/sdapi/v1/unload-checkpoint", self.unloadapi, post, dict[str, Any]),
@@ -382,7 +383,13 @@ class Api:
             skipped={name: item(e) for name, (e, _) in evaluation.skipped.items()})
 
     def get_loras(self):
-        return []
+        network = extra_networks.registered().get("lora")
+        return network.items() if network is not None else []
+
+    def refresh_loras(self):
+        network = extra_networks.registered().get("lora")
+        if network is not None:
+            network.refresh()
 
     def get_memory(self):
         import psutil

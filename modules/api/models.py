@@ -387,7 +387,7 @@ class PromptStyleItem(BaseModel):
 
 
 class LoraItem(BaseModel):
-    """The Lora extension's shape (webuiapi reads it); Serena lists none."""
+    """One LoRA file (the built-in Lora extension lists them), A1111's shape."""
 
     name: str
     alias: str | None = None

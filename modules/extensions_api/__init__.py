@@ -14,6 +14,8 @@ extension's own tests are in ``modules.extensions_api.testing``.
 """
 
 from modules import plugins as _plugins  # read at call time: tests swap the host (plugins.use_host)
+from modules import shared as _shared
+from modules.extra_networks import ExtraNetwork, ExtraNetworkParams
 from modules.hookspecs import hookimpl
 from modules.image_grid import upscale_tiled
 from modules.infotext import create_infotext
@@ -27,6 +29,17 @@ from modules.scripts import Script, ScriptArg, ScriptArgError, interrupted, prep
 from modules.scripts import combine as combine_processed
 from modules.shared import opts
 from modules.upscalers import Upscaler
+
+
+def model_dirs(kind: str) -> list[str]:
+    """The folders of ``kind`` models (``"Lora"``, ``"VAE"``, ...): the data folder's ``models/<kind>``, then
+    Serena's own ``models/<kind>``; first match first."""
+    return _shared.data_paths.model_dirs(kind)
+
+
+def allow_pickle() -> bool:
+    """Whether pickled model files (``.ckpt``/``.pt``) may be read: ``--allow-pickle-checkpoints``."""
+    return bool(getattr(_shared.cmd_opts, "allow_pickle_checkpoints", False))
 
 
 def hook_order() -> dict[str, list[str]]:
@@ -61,4 +74,8 @@ __all__ = [
     "process_item",
     "combine_processed",
     "interrupted",
+    "ExtraNetwork",
+    "ExtraNetworkParams",
+    "model_dirs",
+    "allow_pickle",
 ]

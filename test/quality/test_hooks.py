@@ -83,8 +83,8 @@ def builtins(data_dir, option_labels):
     """The real ``extensions-builtin/`` loaded on the process-wide host, as start-up does, for one test."""
     exts = extensions.load_all(builtin_dir=str(ROOT / "extensions-builtin"), user_dir=str(data_dir / "extensions"),
                                disabled=[], disable_all=False, disable_extra=False, entry_points=False)
-    assert [e.name for e in exts if e.loaded] == ["clip-skip-cache", "override-infotext", "override-inspector",
-                                                      "prompts-from-file", "xyz-grid"]
+    assert [e.name for e in exts if e.loaded] == ["clip-skip-cache", "Lora", "override-infotext",
+                                                  "override-inspector", "prompts-from-file", "xyz-grid"]
     assert extensions.register_extension_options() == []
     yield {e.name: plugins.pm.get_plugin(e.name) for e in exts}
     extensions.unload(exts)
@@ -529,6 +529,55 @@ def test_hook_on_postprocess(fake_models, register):
     register(Post(), "post-ext")
     processed = processing.process_images(make_p(override_settings={"CLIP_stop_at_last_layers": 2}))
     assert len(processed.images) == 2 and processed.infotexts[-1] == "clip skip 2"
+
+
+def test_hook_on_list_extra_networks(register, lenient_hooks):
+    """A third-party tag type: its tags leave the text the batch samples, its context wraps exactly the batch."""
+    import contextlib
+
+    from modules.extensions_api import ExtraNetwork
+
+    events = []
+
+    class Bright(ExtraNetwork):
+        name = "bright"
+
+        @contextlib.contextmanager
+        def activate(self, p, params_list, model):
+            events.append(("enter", [(x.positional, x.named) for x in params_list]))
+            try:
+                yield
+            finally:
+                events.append(("exit",))
+
+    class Broken(ExtraNetwork):
+        name = "broken"
+
+        def activate(self, p, params_list, model):
+            raise ValueError("cannot")
+
+    class Lister:
+        @hookimpl
+        def on_list_extra_networks(self):
+            return [Bright(), Broken(), Bright(), "nonsense"]
+
+    register(Lister(), "bright-ext")
+    p = make_p(prompt="a <bright:0.5:x=1> [red:<bright:2>:1] cat <other:1>", n_iter=2)
+    p.during = [lambda p: events.append(("sample",))]
+    processed = processing.process_images(p)
+    assert [s["prompts"] for s in p.seen] == [["a  [red::1] cat "]] * 2
+    batch = [("enter", [(["0.5"], {"x": "1"}), (["2"], {})]), ("sample",), ("exit",)]
+    assert events == batch * 2
+    assert processed.infotexts[0].startswith("a <bright:0.5:x=1> [red:<bright:2>:1] cat <other:1>\n")
+    assert sum("'broken' failed to activate: ValueError: cannot" in w for w in processed.warnings) == 2
+
+    # Without tags the type is still activated, with none; its context exits also when sampling raises.
+    events.clear()
+    p = make_p(prompt="a cat")
+    p.during = [lambda p: (_ for _ in ()).throw(RuntimeError("sampling failed"))]
+    with pytest.raises(RuntimeError, match="sampling failed"):
+        processing.process_images(p)
+    assert events == [("enter", []), ("exit",)]
 
 
 def test_hook_on_list_upscalers(register):
