@@ -32,10 +32,11 @@ def resize_image(resize_mode: int, image: Image.Image, width: int, height: int) 
     ratio, src_ratio = width / height, image.width / image.height
     cover = resize_mode == CROP_AND_RESIZE
     # Crop scales by the larger factor (covers), fill by the smaller (fits); the other side keeps the aspect.
+    # At least one pixel: a very long image fitted into a small square would otherwise scale to nothing.
     if (ratio > src_ratio) == cover:
-        src_w, src_h = width, image.height * width // image.width
+        src_w, src_h = width, max(1, image.height * width // image.width)
     else:
-        src_w, src_h = image.width * height // image.height, height
+        src_w, src_h = max(1, image.width * height // image.height), height
     resized = _scaled(image, src_w, src_h)
     result = Image.new(image.mode, (width, height))
     result.paste(resized, box=(width // 2 - src_w // 2, height // 2 - src_h // 2))

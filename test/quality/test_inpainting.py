@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from ui_form import form_values
@@ -51,6 +51,8 @@ def test_resize_modes_place_the_image_as_a1111_does():
 
 @settings(max_examples=25, deadline=None)
 @given(st.integers(1, 3), st.integers(4, 90), st.integers(4, 90), st.integers(8, 90), st.integers(8, 90))
+@example(3, 90, 4, 8, 8)  # fitted, the short side would scale to 0 pixels
+@example(2, 4, 90, 8, 8)
 def test_every_pixel_resize_mode_gives_the_asked_size(mode, src_w, src_h, width, height):
     image = Image.new("L", (src_w, src_h), 200)
     out = image_resize.resize_image(mode - 1, image, width, height)
