@@ -268,8 +268,9 @@ def on_postprocess(p: Any, processed: Any) -> None:
 @hookspec
 def on_list_upscalers() -> Any:
     """List image upscalers. Fires each time the list is read: ``GET /sdapi/v1/upscalers``, every extras request
-    (``extra-single-image``, ``extra-batch-images``, the Extras tab) and every ``modules.upscalers.upscale`` call
-    (Hires fix, SD upscale), so keep it cheap: scan model folders once and return what you found.
+    (``extra-single-image``, ``extra-batch-images``, the Extras tab), every ``modules.upscalers.upscale`` call
+    (Hires fix, SD upscale) and every listing of the scripts (SD upscale's *Upscaler* choices), so keep it cheap:
+    scan model folders once and return what you found.
 
     :returns: a list of ``modules.extensions_api.Upscaler`` (or one), or ``None``. They are listed after the
         built-in None, Lanczos and Nearest, in hook order. An item whose name is already listed (case-insensitive),

@@ -394,6 +394,23 @@ def _should_save(p) -> bool:
     return shared.opts.samples_save if p.save_samples is None else p.save_samples
 
 
+def save_sample(p, image, text: str, seed: int, label: str) -> str | None:
+    """Save ``image`` (its parameters ``text``) as a sample of ``p`` when ``p`` saves samples; its path, or ``None``.
+
+    A full or read-only outputs folder costs the file, never the image: the failure is a warning of ``p`` naming
+    ``label`` ("image 2").
+    """
+    if not _should_save(p):
+        return None
+    from modules import images as images_module
+    try:
+        return images_module.save_image(image, p, text, seed=seed)
+    except OSError as e:
+        p.warnings.append(f"{label} was not saved: {e}")
+        log.warning("%s was not saved: %s", label, e)
+        return None
+
+
 def _fire(hook: str, p, /, **kwargs):
     """Fire a hook for this generation; contained failures become the generation's warnings."""
     plugins.host.call_reporting(hook, p.warnings, **kwargs)
@@ -457,13 +474,9 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
             params = p.infotext_params(index, used)
             text = infotext.create_infotext(p.all_prompts[index], p.all_negative_prompts[index], params)
             image.info["parameters"] = text
-            if _should_save(p):
-                from modules import images as images_module
-                try:
-                    saved_paths.append(images_module.save_image(image, p, text, seed=p.all_seeds[index]))
-                except OSError as e:  # a full or read-only outputs folder costs the file, never the image
-                    p.warnings.append(f"image {index + 1} was not saved: {e}")
-                    log.warning("image %d was not saved: %s", index + 1, e)
+            path = save_sample(p, image, text, p.all_seeds[index], f"image {index + 1}")
+            if path is not None:
+                saved_paths.append(path)
             images.append(image)
             infotexts.append(text)
     # 6. The result, built while the overrides are still in effect

@@ -29,7 +29,7 @@ from modules.runtime_utils import temporary_opts
 log = logging.getLogger("serena.scripts")
 
 TABS = ("txt2img", "img2img")
-_TYPES = {"bool": bool, "int": int, "float": float, "str": str, "list": list}
+_TYPES = {"bool": bool, "int": int, "float": float, "str": str, "list": list, "note": str}
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,9 @@ class ScriptArg:
 
     ``index=True`` (with ``choices``) is A1111's ``type="index"`` dropdown: ``run`` receives the position of the
     choice, the default is a position, and a client may send the position or the choice itself (any case).
+
+    ``type="note"`` is A1111's ``gr.HTML`` argument: ``value`` is text the UI shows, and any value a request gives
+    there is accepted (A1111 ignores it).
     """
 
     label: str
@@ -72,6 +75,8 @@ class ScriptArg:
         kind = self.type
         if self.index:
             return self._check_index(value)
+        if kind == "note":
+            return value
         if kind == "list":
             if value is None or value == "":  # what clients send for an unused A1111 dropdown
                 value = []
@@ -366,6 +371,16 @@ def combine(p, parts: Sequence, *, images_first: Sequence = ()):
         sd_model_name=last and last.sd_model_name, sd_model_hash=last and last.sd_model_hash,
         sd_vae_name=last and last.sd_vae_name, clip_skip=last.clip_skip if last else 1,
         job_timestamp=last.job_timestamp if last else "0", warnings=warnings, saved_paths=joined("saved_paths"))
+
+
+def save_result(p, image, text: str, seed: int) -> str | None:
+    """Save an image a script made itself (not by ``process_item``: a grid, an upscale joined from tiles) with its
+    parameters ``text``, when ``p`` saves samples (the ``samples_save`` option; an API request's ``save_images``),
+    as ``process_images`` saves its own. Its path, or ``None``; a failed save is a warning of ``p``. Set
+    ``do_not_save_samples=True`` on the items whose images are only parts of it."""
+    from modules import processing
+
+    return processing.save_sample(p, image, text, seed, "the script's image")
 
 
 def interrupted() -> bool:

@@ -17,7 +17,7 @@ from modules import plugins as _plugins  # read at call time: tests swap the hos
 from modules import shared as _shared
 from modules.extra_networks import ExtraNetwork, ExtraNetworkParams
 from modules.hookspecs import hookimpl
-from modules.image_grid import upscale_tiled
+from modules.image_grid import combine_grid, split_grid, upscale_tiled
 from modules.infotext import create_infotext
 from modules.labelled_grid import draw_grid, error_tile
 from modules.option_info import OptionInfo, options_section
@@ -25,10 +25,12 @@ from modules.override_state import OverrideState
 from modules.plugins import HookError, resolved_order
 from modules.runtime_utils import (OverrideError, active_overrides, run_in_thread, running_overrides, temporary_opts,
                                    with_overrides)
-from modules.scripts import Script, ScriptArg, ScriptArgError, interrupted, prepare_item, process_item
+from modules.scripts import Script, ScriptArg, ScriptArgError, interrupted, prepare_item, process_item, save_result
 from modules.scripts import combine as combine_processed
 from modules.shared import opts
-from modules.upscalers import Upscaler
+from modules.upscalers import Upscaler, UpscalerFailed
+from modules.upscalers import all_upscalers as list_upscalers
+from modules.upscalers import upscale as upscale_image
 
 
 def model_dirs(kind: str) -> list[str]:
@@ -67,6 +69,11 @@ __all__ = [
     "draw_grid",
     "error_tile",
     "create_infotext",
+    "list_upscalers",
+    "upscale_image",
+    "UpscalerFailed",
+    "split_grid",
+    "combine_grid",
     "Script",
     "ScriptArg",
     "ScriptArgError",
@@ -78,4 +85,5 @@ __all__ = [
     "ExtraNetworkParams",
     "model_dirs",
     "allow_pickle",
+    "save_result",
 ]

@@ -14,6 +14,7 @@ values reach the preparation by position, as the API's ``script_args`` do (``scr
 from __future__ import annotations
 
 import functools
+import html
 import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -69,6 +70,9 @@ class GenerationForm:
     mode_tabs: Any = None           # img2img only: the input mode sub-tabs
     script: Any = None              # the Script dropdown
     script_controls: list = field(default_factory=list)  # [(title, [component per ScriptArg])]
+    # The tab's own controls a paste fills too (txt2img's Hires fix section), and their values from an infotext.
+    paste_extra: list = field(default_factory=list)
+    paste_extra_values: Callable[[str], list] | None = None
 
     def values(self) -> list:
         return [getattr(self, name) for name in FORM_VALUE_NAMES]
@@ -78,9 +82,10 @@ class GenerationForm:
         return [component for _, _, component in paste.FORM_FIELDS if getattr(self, component) is not None]
 
     def paste_targets(self) -> list:
-        """Components a paste fills (``pasted_components``), then the styles and the override field."""
-        return [getattr(self, component) for component in self.pasted_components()] + [self.styles,
-                                                                                       self.override_settings]
+        """Components a paste fills (``pasted_components``), then the styles, the override field and the tab's own
+        (``paste_extra``)."""
+        return [getattr(self, component) for component in self.pasted_components()] + [
+            self.styles, self.override_settings, *self.paste_extra]
 
 
 def build_prompt_row(form: GenerationForm):
@@ -153,6 +158,8 @@ def build_parameters(form: GenerationForm, *, img2img: bool = False):
 def script_control(arg, elem_id: str):
     """The gradio component for one ``ScriptArg``, with its label, default, bounds and choices."""
     common = dict(label=arg.label, value=arg.value, elem_id=elem_id)
+    if arg.type == "note":
+        return gr.HTML(value=f"<p>{html.escape(str(arg.value))}</p>", elem_id=elem_id)
     if arg.type == "bool":
         return gr.Checkbox(**common)
     if arg.index:  # gradio hands ``run`` the position, as A1111's type="index" dropdowns
@@ -366,6 +373,12 @@ def paste_updates(form: GenerationForm, text: str, *, with_seed: bool = True) ->
         out.append(pasted.fields[component] if component in pasted.fields else gr.skip())
     out.append(pasted.styles if pasted.styles is not None else gr.skip())
     out.append(gr.update(choices=pasted.overrides, value=pasted.overrides, visible=bool(pasted.overrides)))
+    if form.paste_extra:
+        try:
+            out.extend(form.paste_extra_values(text))
+        except ValueError as e:  # the form's fields are pasted; what the tab's own controls could not read is said
+            out.extend([gr.skip()] * len(form.paste_extra))
+            pasted.rejected.append(str(e))
     text = f"Pasted {len(pasted.fields)} fields"
     if pasted.overrides:
         text += f" and {len(pasted.overrides)} setting override{'s' if len(pasted.overrides) != 1 else ''}"

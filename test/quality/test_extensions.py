@@ -865,7 +865,7 @@ def test_builtin_extensions_load_without_problems(host, data_dir):
                                entry_points=False)
     try:
         assert [e.name for e in exts] == ["clip-skip-cache", "Lora", "override-infotext", "override-inspector",
-                                         "prompts-from-file", "xyz-grid"]
+                                         "prompts-from-file", "sd-upscale", "xyz-grid"]
         assert all(e.loaded and e.problems == [] for e in exts)
         for path in (ROOT / "extensions-builtin").glob("*/scripts/**/*.py"):
             imports = [line for line in path.read_text().splitlines() if line.startswith(("import ", "from "))]

@@ -84,7 +84,8 @@ def builtins(data_dir, option_labels):
     exts = extensions.load_all(builtin_dir=str(ROOT / "extensions-builtin"), user_dir=str(data_dir / "extensions"),
                                disabled=[], disable_all=False, disable_extra=False, entry_points=False)
     assert [e.name for e in exts if e.loaded] == ["clip-skip-cache", "Lora", "override-infotext",
-                                                  "override-inspector", "prompts-from-file", "xyz-grid"]
+                                                  "override-inspector", "prompts-from-file", "sd-upscale",
+                                                  "xyz-grid"]
     assert extensions.register_extension_options() == []
     yield {e.name: plugins.pm.get_plugin(e.name) for e in exts}
     extensions.unload(exts)

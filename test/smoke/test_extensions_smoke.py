@@ -105,6 +105,7 @@ def test_which_extensions_loaded_and_the_problems(http, setup):
     listed = {e["name"]: e for e in http.get("/sdapi/v1/extensions").json()}
     loaded = {name for name, e in listed.items() if e["loaded"]}
     assert loaded == {"clip-skip-cache", "Lora", "override-infotext", "override-inspector", "prompts-from-file",
+                      "sd-upscale",
                       "xyz-grid", "alpha-good", "beta-good", "cycle-one", "cycle-two", "smoke-pkg"}
     assert listed["smoke-pkg"]["group"] == "package" and listed["alpha-good"]["group"] == "user"
     broken = listed["broken-import"]
