@@ -1,8 +1,9 @@
 """The txt2img tab's Hires fix section: A1111's controls, their processing fields, and their paste.
 
 The values reach ``txt2img.make_p`` as the tab's extra inputs (``HiresSection.inputs``), in ``FIELDS`` order, and
-become processing fields there, checked by the same preparation as the API's (``request_preparation``). Pasting an
-infotext fills them from the same ``request_preparation.paste_infotext`` the API's ``infotext`` field uses; a text
+become processing fields there, checked by the same preparation as the API's (``request_preparation``). Every paste
+of the tab (its prompt box's button, PNG Info's "Send to txt2img": ``generation.paste_updates``) fills them with
+``paste_values``, from the same ``request_preparation.paste_infotext`` the API's ``infotext`` field uses; a text
 without Hires fields turns the section off and puts its controls back to their defaults, as A1111's paste does.
 """
 
@@ -132,19 +133,3 @@ def paste_values(text: str) -> list:
         except ValueError:
             fields.pop("hr_checkpoint_name")
     return [_typed(name, fields.get(name), default) for name, _, default in FIELDS]
-
-
-def wire_paste(section: HiresSection, paste_button, prompt) -> None:
-    """Fill the section when the tab's paste button reads an infotext from the prompt box."""
-    from modules.ui import paste
-
-    def on_paste(text):
-        if not paste.looks_like_infotext(text):
-            return [gr.skip()] * len(FIELDS)
-        try:
-            return paste_values(text)
-        except ValueError:  # the form's own paste reports an unreadable text
-            return [gr.skip()] * len(FIELDS)
-
-    paste_button.click(on_paste, inputs=[prompt], outputs=section.inputs, api_visibility="undocumented",
-                       show_progress="hidden")

@@ -26,10 +26,9 @@ def create_tab() -> generation.GenerationForm:
             generation.build_parameters(form)
             section = hires.build(TAB)
             form.extra_inputs = section.inputs
+            # Every paste (the prompt box's, PNG Info's "Send to txt2img") fills the Hires fix section too.
+            form.paste_extra, form.paste_extra_values = section.inputs, hires.paste_values
         with gr.Column(scale=1, min_width=320, elem_id=f"{TAB}_results"):
             generation.build_outputs(form)
-    # Before the form's own paste, which replaces the prompt box's infotext with its prompt: this one must read
-    # the infotext first (gradio runs one trigger's listeners in the order they were added).
-    hires.wire_paste(section, form.paste, form.prompt)
     generation.wire(form, make_p, run_name=TAB)
     return form

@@ -1,4 +1,5 @@
-"""Hires fix's pure parts: the target size (A1111's calculate_target_resolution) and the UI section's fields."""
+"""Hires fix's pure parts: the target size (A1111's calculate_target_resolution), the UI section's fields, and
+every paste of the txt2img tab (its button, PNG Info's "Send to txt2img") filling them."""
 
 from __future__ import annotations
 
@@ -54,3 +55,41 @@ def test_cli_flags_set_the_hires_fields_they_name_and_nothing_without_enable_hr(
     fields = cli.hires_fields(cmd_args.parse_args(["--enable-hr", "--hr-scale", "1.5", "--hr-upscaler", "Lanczos",
                                                    "--hr-checkpoint-name", "alt"]))
     assert fields == {"enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Lanczos", "hr_checkpoint_name": "alt"}
+
+
+def _event(blocks, component, event: str = "click"):
+    [fn] = [f for f in blocks.fns.values() if (component._id, event) in f.targets]
+    return fn
+
+
+def test_send_to_txt2img_and_the_paste_button_fill_the_hires_section(data_dir, fake_models):
+    import gradio as gr
+
+    from modules.ui import hires as section
+    from modules.ui import img2img, png_info, txt2img
+
+    with gr.Blocks() as blocks:
+        with gr.Tabs() as tabs:
+            with gr.Tab("txt2img", id="txt2img"):
+                t2i = txt2img.create_tab()
+            with gr.Tab("img2img", id="img2img"):
+                i2i = img2img.create_tab()
+            with gr.Tab("PNG Info", id="pnginfo"):
+                png = png_info.create_tab()
+        png_info.wire_send(png, t2i, i2i, tabs)
+    text = ("a cat\nSteps: 4, Sampler: Euler, Seed: 1, Size: 64x64, Denoising strength: 0.45, Hires upscale: 2, "
+            "Hires steps: 3, Hires upscaler: Lanczos, Hires sampler: DDIM, Hires prompt: a dog, "
+            "Hires negative prompt: blurry")
+    hires_ids = {component._id: name for (name, _, _), component in zip(section.FIELDS, t2i.paste_extra)}
+    expected = dict(zip(hires_ids.values(), [default for _, _, default in section.FIELDS]), enable_hr=True,
+                    denoising_strength=0.45, hr_scale=2.0, hr_second_pass_steps=3, hr_upscaler="Lanczos",
+                    hr_sampler_name="DDIM", hr_prompt="a dog", hr_negative_prompt="blurry")
+    for trigger, args in ((png.send_txt2img, (text, None)), (t2i.paste, (text,))):
+        event = _event(blocks, trigger)
+        out = dict(zip([o._id for o in event.outputs], event.fn(*args)))
+        assert {hires_ids[i]: out[i] for i in hires_ids} == expected
+        assert out[t2i.prompt._id] == "a cat" and out[t2i.steps._id] == 4
+    # A text without Hires fields turns the section off again, its controls back to their defaults.
+    event = _event(blocks, png.send_txt2img)
+    out = dict(zip([o._id for o in event.outputs], event.fn("a cat\nSteps: 4, Seed: 1", None)))
+    assert [out[i] for i in hires_ids] == [default for _, _, default in section.FIELDS]

@@ -8,7 +8,7 @@ Browser tests start ``webui.py --port <free> --data-dir <tmp>`` as a process, wa
 kill it at teardown. They cover: a txt2img generation (progress, image, seed in the info, ♻ reuse), Interrupt,
 pasted parameters with a setting override (applied to that generation, never stored), the Hires fix section
 (a second pass at twice the size, pasted back), PNG Info → Send to
-txt2img/img2img, a setting changed and applied on the Settings tab (checked in ``config.json``), an extension's tab
+txt2img/img2img (a Hires fix image's parameters fill the Hires section), a setting changed and applied on the Settings tab (checked in ``config.json``), an extension's tab
 and option, the Extensions tab, ``--freeze-settings``, screenshots of the main tabs in ``test-artifacts/``, and a
 page of another origin calling the API (``--nowebui`` servers with and without ``--cors-allow-origins``).
 Without ``/usr/bin/chromium`` they are skipped with a message naming ``apt-get install chromium``.
@@ -657,6 +657,27 @@ def test_png_info_sends_parameters_to_txt2img(page, server):
     set_number(page, "img2img_steps", 6)
     text = generate(page, "img2img")
     assert "Denoising strength: 0.75" in text and "Steps: 6" in text, text
+
+
+def test_png_info_sends_hires_fix_to_txt2img(page, server):
+    from PIL import Image
+
+    # The Hires fix image made above: its parameters turn the section on, with their values.
+    [saved] = [path for path in sorted((server.data_dir / "outputs").rglob("*.png"))
+               if "Hires upscale: 2" in Image.open(path).info.get("parameters", "")][-1:]
+    open_tab(page, "txt2img")
+    set_number(page, "txt2img_hires_steps", 0)  # the section off and at its defaults before the send
+    open_tab(page, "PNG Info")
+    page.locator("#pnginfo_image input[type=file]").set_input_files(str(saved))
+    page.wait_for_function("() => document.querySelector('#pnginfo_parameters textarea').value"
+                           ".includes('Hires upscale')")
+    page.click("#pnginfo_send_txt2img")
+    page.locator("#txt2img_prompt textarea").wait_for(state="visible")
+    page.wait_for_function("() => document.querySelector('#txt2img_enable_hr input[type=checkbox]').checked")
+    wait_value(page, "#txt2img_hires_steps input[type=number]", "2")
+    wait_value(page, "#txt2img_hr_denoising_strength input[type=number]", "0.7")
+    page.locator("#txt2img_enable_hr input[type=checkbox]").uncheck()
+    set_number(page, "txt2img_hires_steps", 0)
 
 
 def test_settings_apply_writes_config(page, server):
