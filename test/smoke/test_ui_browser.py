@@ -7,7 +7,8 @@ extension tabs and the built page.
 Browser tests start ``webui.py --port <free> --data-dir <tmp>`` as a process, wait for "Serena ready", and always
 kill it at teardown. They cover: a txt2img generation (progress, image, seed in the info, ♻ reuse), Interrupt,
 pasted parameters with a setting override (applied to that generation, never stored), the Hires fix section
-(a second pass at twice the size, pasted back), PNG Info → Send to
+(a second pass at twice the size, pasted back), an X/Y/Z plot from the Script dropdown (a Steps axis drawn as a
+grid), PNG Info → Send to
 txt2img/img2img (a Hires fix image's parameters fill the Hires section), a setting changed and applied on the Settings tab (checked in ``config.json``), an extension's tab
 and option, the Extensions tab, ``--freeze-settings``, screenshots of the main tabs in ``test-artifacts/``, and a
 page of another origin calling the API (``--nowebui`` servers with and without ``--cors-allow-origins``).
@@ -635,6 +636,31 @@ def test_hires_fix_section_generates_the_second_pass_and_pastes_back(page):
     page.wait_for_function("() => document.querySelector('#txt2img_enable_hr input[type=checkbox]').checked")
     wait_value(page, "#txt2img_hires_steps input[type=number]", "2")
     page.locator("#txt2img_enable_hr input[type=checkbox]").uncheck()
+
+
+def choose(page, elem_id: str, option: str):
+    """Pick ``option`` in the gradio Dropdown ``elem_id``."""
+    page.locator(f"#{elem_id} input").first.click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def test_xyz_plot_from_the_script_dropdown_draws_a_grid(page):
+    open_tab(page, "txt2img")
+    page.fill("#txt2img_prompt textarea", "a square")
+    choose(page, "txt2img_script", "X/Y/Z plot")
+    # The chosen script's controls are the group that became visible (its number is its place in the list).
+    group = page.wait_for_function(
+        """() => { for (const g of document.querySelectorAll('[id^=txt2img_script_]'))
+                     if (/^txt2img_script_\\d+$/.test(g.id) && g.offsetParent !== null) return g.id; }""").json_value()
+    choose(page, f"{group}_arg_0", "Steps")
+    page.locator(f"#{group}_arg_1 textarea, #{group}_arg_1 input").first.fill("1, 2")
+    text = generate(page)
+    assert "X Type: Steps" in text and 'X Values: "1, 2"' in text, text
+    assert "Done: 1 image" in page.locator("#txt2img_progress").inner_text()
+    width = page.wait_for_function("() => { const i = document.querySelector('#txt2img_gallery img');"
+                                   " return i && i.naturalWidth; }", timeout=GENERATE_TIMEOUT).json_value()
+    assert width >= 2 * 64, width  # two 64 px cells side by side (and the legend)
+    choose(page, "txt2img_script", "None")
 
 
 def test_png_info_sends_parameters_to_txt2img(page, server):
