@@ -37,11 +37,13 @@ class GenerationSettings:
     eta_noise_seed_delta: int = 0
     randn_source: str = "CPU"
     tiling: bool = False  # the "tiling" option: what a request that leaves ``tiling`` unset gets (A1111)
+    inpainting_mask_weight: float = 1.0  # how much of an inpainting model's masked image is hidden (0 to 1)
 
     @classmethod
     def capture(cls, opts) -> "GenerationSettings":
         return cls(clip_skip=int(opts.CLIP_stop_at_last_layers), eta_noise_seed_delta=int(opts.eta_noise_seed_delta),
-                   randn_source=opts.randn_source, tiling=bool(opts.tiling))
+                   randn_source=opts.randn_source, tiling=bool(opts.tiling),
+                   inpainting_mask_weight=float(opts.inpainting_mask_weight))
 
     def fit(self, model, warnings: list) -> "GenerationSettings":
         """These settings within what ``model`` can do. Values from a request were checked against its model
@@ -59,10 +61,12 @@ class GenerationSettings:
 
 @dataclass(frozen=True)
 class ModelUsed:
-    """Which checkpoint and VAE a batch ran on, recorded before any hook runs (hooks may switch the model)."""
+    """Which checkpoint and VAE a batch ran on, recorded before any hook runs (hooks may switch the model), and
+    whether its UNet took inpainting conditioning (``modules.inpaint_conditioning``)."""
 
     info: Any
     vae_name: str | None
+    inpainting_conditioning: bool = False
 
 
 @dataclass
@@ -105,6 +109,8 @@ class StableDiffusionProcessing:
     settings: GenerationSettings = field(default_factory=GenerationSettings, init=False, repr=False)
     # The textual inversion embeddings the prompts used so far, by name: the infotext's "TI hashes".
     embeddings_used: dict = field(default_factory=dict, init=False, repr=False)
+    # A1111's flag: a batch ran on an inpainting model, with its mask conditioning (infotext, ``Processed.js``)
+    is_using_inpainting_conditioning: bool = field(default=False, init=False)
 
     mode = "txt2img"
     uses_hires = False  # Hires fix's second pass (txt2img with enable_hr)
@@ -204,6 +210,7 @@ class StableDiffusionProcessing:
             "Model": used.info.model_name if opts.add_model_name_to_info else None,
             "VAE": used.vae_name,
             "Denoising strength": self.denoising_strength if self.denoises else None,
+            "Conditional mask weight": settings.inpainting_mask_weight if used.inpainting_conditioning else None,
             "Clip skip": clip_skip if clip_skip > 1 else None,
             "ENSD": settings.eta_noise_seed_delta or None,
             "RNG": settings.randn_source if settings.randn_source != "CPU" else None,
@@ -378,14 +385,15 @@ class Processed:
             "denoising_strength": p.denoising_strength, "extra_generation_params": p.extra_generation_params,
             "index_of_first_image": 0, "infotexts": self.infotexts, "styles": p.styles,
             "job_timestamp": self.job_timestamp, "clip_skip": self.clip_skip,
-            "is_using_inpainting_conditioning": False, "version": "serena",
+            "is_using_inpainting_conditioning": p.is_using_inpainting_conditioning, "version": "serena",
             "warnings": self.warnings,
         })
 
 
 def _model_for_batch(p):
+    from modules.inpaint_conditioning import takes_image_conditioning
     model = sd_models.current_model(p.warnings)
-    return model, ModelUsed(model.info, model.vae_name)
+    return model, ModelUsed(model.info, model.vae_name, takes_image_conditioning(model))
 
 
 def _should_save(p) -> bool:
@@ -464,6 +472,7 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
         # A nested generation run by an extension's hook may have switched the shared model's VAE: match this
         # generation's effective settings again, and record what this batch really ran on.
         model, used = _model_for_batch(p)
+        p.is_using_inpainting_conditioning |= used.inpainting_conditioning
         # Extra networks (<lora:…> tags) act on this batch's model while it samples, and are undone after it
         prompts, networks = extra_networks.parse_prompts(p.all_prompts[lo:hi])
         with extra_networks.activated(p, model, networks):

@@ -429,13 +429,14 @@ def inspect_on_disk(kind: str, path: str):
 
 @functools.lru_cache(maxsize=None)
 def inspection_digest(allow_pickle: bool) -> str:
-    """A digest of what decides an inspection's outcome besides the file: the source of the loader and of the family
-    detection, the SD1.x configs (read, not imported), the versions of the packages it runs, and whether pickles
-    are allowed."""
+    """A digest of what decides an inspection's outcome besides the file: the source of the loader, of the family
+    detection and of the UNet input channels it accepts, the SD1.x configs (read, not imported), the versions of the
+    packages it runs, and whether pickles are allowed."""
     from importlib import metadata
     h = hashlib.sha256()
     loader_dir = os.path.dirname(os.path.abspath(__file__))
-    files = [os.path.join(loader_dir, name) for name in ("sd_models_loader.py", "model_families.py")]
+    files = [os.path.join(loader_dir, name)
+             for name in ("sd_models_loader.py", "model_families.py", "inpaint_conditioning.py")]
     for root, dirs, names in os.walk(os.path.join(loader_dir, "sd_configs", "v1")):
         dirs.sort()
         files += [os.path.join(root, name) for name in sorted(names)]

@@ -42,6 +42,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from modules import model_families
 from modules.checkpoint_info import CheckpointInfo
+from modules.inpaint_conditioning import check_in_channels
 from modules.model_facts import ModelFacts
 
 # Next to this file, not under paths.script_path: the configs belong to the code, wherever it is imported from.
@@ -228,6 +229,8 @@ def _ldm_file_components(path: str, device: torch.device, dtype: torch.dtype, al
     state_dict, metadata = read_state_dict(path, allow_pickle=allow_pickle, meta=device.type == "meta")
     family = _check_ldm_layout(state_dict, os.path.basename(path))
     configs = _configs_from_metadata(metadata, path)
+    if family.in_channels is not None:  # conv_in's shape decides (9: inpainting), whatever the config says
+        configs["unet"] = {**configs["unet"], "in_channels": family.in_channels}
     components = _components_from_ldm(state_dict, configs, os.path.basename(path), device, dtype)
     return components, configs["sampling"], family
 
@@ -413,6 +416,8 @@ def _check_ldm_layout(state_dict: dict[str, torch.Tensor], name: str) -> model_f
     family = model_families.detect({k: tuple(v.shape) for k, v in state_dict.items()})
     if family.name != "unknown" and not family.runnable:
         raise ValueError(model_families.refusal(name, family))
+    if family.in_channels is not None:
+        check_in_channels(family.in_channels, name)
 
     def has(prefix):
         return any(k.startswith(prefix) for k in keys)
@@ -430,6 +435,8 @@ def _folder_family(folder: str) -> model_families.Family:
     family = model_families.detect_folder(folder)
     if not family.runnable:
         raise ValueError(model_families.refusal(folder, family))
+    if family.in_channels is not None:
+        check_in_channels(family.in_channels, os.path.basename(folder.rstrip("/\\")))
     return family
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from modules import prompt_parser, sd_samplers, sd_schedules, tiling
+from modules import inpaint_conditioning, prompt_parser, sd_samplers, sd_schedules, tiling
 
 CHUNK = 75  # tokens per CLIP window, between the start and end tokens (A1111)
 PREVIEW_EVERY = 5
@@ -199,15 +199,24 @@ def preview_image(latents: torch.Tensor) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(arr))
 
 
-def images_to_latents(images: list[Image.Image], vae, width: int, height: int, device, dtype) -> torch.Tensor:
+def images_to_pixels(images: list[Image.Image], width: int, height: int, device, dtype) -> torch.Tensor:
+    """``[batch, 3, height, width]`` in the VAE's [-1, 1] range, each image resized to the batch's size."""
     tensors = []
     for image in images:
         image = image.convert("RGB").resize((width, height), Image.LANCZOS)
         arr = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
         tensors.append(arr)
-    batch = torch.stack(tensors).to(device=device, dtype=dtype)
+    return torch.stack(tensors).to(device=device, dtype=dtype)
+
+
+def pixels_to_latents(pixels: torch.Tensor, vae) -> torch.Tensor:
+    """The VAE's latents of ``pixels`` (its distribution's mean: the same image always gives the same latents)."""
     scale = getattr(vae.config, "scaling_factor", 0.18215)
-    return vae.encode(batch).latent_dist.mean * scale
+    return vae.encode(pixels.to(vae.dtype)).latent_dist.mean * scale
+
+
+def images_to_latents(images: list[Image.Image], vae, width: int, height: int, device, dtype) -> torch.Tensor:
+    return pixels_to_latents(images_to_pixels(images, width, height, device, dtype), vae)
 
 
 def mask_to_latent(mask: Image.Image, width: int, height: int, factor: int, invert: bool, device, dtype,
@@ -358,6 +367,7 @@ class Denoiser:
         self.total_steps = total_steps
         self.on_step_end = on_step_end
         self.init_latents = self.mask = None
+        self.image_conditioning = None  # an inpainting UNet's mask and masked-image channels, one row per image
         self.last_denoised = None
 
     def __call__(self, x: torch.Tensor, sigma: float, step: int) -> torch.Tensor:
@@ -374,6 +384,9 @@ class Denoiser:
         c_in, c_skip, c_out = self.schedule.scalings(sigma)
         t = self.schedule.sigma_to_t(sigma).to(device=x.device, dtype=torch.float32).expand(2 * len(x))
         model_in = (torch.cat([x, x]) * c_in).to(model.dtype)
+        if self.image_conditioning is not None:  # both CFG halves see the same mask and masked image
+            extra = torch.cat([self.image_conditioning, self.image_conditioning]).to(model.dtype)
+            model_in = torch.cat([model_in, extra], dim=1)
         pred = model.unet(model_in, t, encoder_hidden_states=context).sample.float()
         pred_uncond, pred_cond = pred.chunk(2)
         guided = pred_uncond + request.cfg_scale * (pred_cond - pred_uncond)
@@ -433,6 +446,30 @@ def prepare_img2img_latents(request: SamplingRequest, model, noise: torch.Tensor
     return LatentStart(init_latents + noise * float(sigmas[0]), sigmas, init_latents, mask)
 
 
+def prepare_image_conditioning(request: SamplingRequest, model) -> torch.Tensor | None:
+    """``[batch, 5, h, w]`` for an inpainting UNet (``modules.inpaint_conditioning``): the request's mask (all ones
+    without one) and the latents of its image with the mask's area faded to gray by the settings'
+    ``inpainting_mask_weight``. txt2img shows an all-gray image. ``None`` for a UNet that takes latents only."""
+    if not inpaint_conditioning.takes_image_conditioning(model):
+        return None
+    count, weight = len(request.seeds), request.settings.inpainting_mask_weight
+    mask = inpaint_conditioning.pixel_mask(request.mask, request.width, request.height,
+                                           request.inpainting_mask_invert)
+    if not request.is_img2img or inpaint_conditioning.hides_everything(mask, weight):
+        # All gray whatever the image: encode it once, not per image
+        pixels = torch.zeros(1, 3, request.height, request.width, device=model.device, dtype=model.dtype)
+    elif request.init_latents is not None:  # Hires fix's latent upscale: the image is in the latents
+        scale = getattr(model.vae.config, "scaling_factor", 0.18215)
+        pixels = model.vae.decode(request.init_latents.to(model.device, model.vae.dtype) / scale).sample
+    else:
+        pixels = images_to_pixels((request.init_images * count)[:count], request.width, request.height,
+                                  model.device, model.dtype)
+    masked = pixels_to_latents(inpaint_conditioning.masked_pixels(pixels, mask, weight), model.vae).float()
+    if len(masked) != count:
+        masked = masked.expand(count, -1, -1, -1)
+    return inpaint_conditioning.concat_channels(mask.to(model.device), masked)
+
+
 @torch.inference_mode()
 @tiling.with_request_padding
 def sample_batch(request: SamplingRequest, model, state, callback_on_step_end: Callable | None = None
@@ -474,7 +511,8 @@ def sample_latents(request: SamplingRequest, model, state, callback_on_step_end:
                                                                                request.steps)
     # 3. Seeded noise: the initial noise per image, and the per-step noise of ancestral/SDE samplers
     factor = 2 ** (len(model.vae.config.block_out_channels) - 1)
-    shape = (model.unet.config.in_channels, request.height // factor, request.width // factor)
+    # The latents' channels are the UNet's output: an inpainting UNet reads 5 more (its image conditioning)
+    shape = (model.unet.config.out_channels, request.height // factor, request.width // factor)
     noise = initial_noise(shape, request.seeds, request.subseeds, request.subseed_strength, device,
                           settings.randn_source).float()
     ensd = settings.eta_noise_seed_delta
@@ -494,6 +532,8 @@ def sample_latents(request: SamplingRequest, model, state, callback_on_step_end:
     denoiser = Denoiser(request, model, schedule, encoder, cond_schedules, uncond_schedules, total_steps, state,
                         on_step_end=step_end)
     denoiser.init_latents, denoiser.mask = start.init_latents, start.mask
+    # 4b. An inpainting UNet's mask and masked-image channels, the same at every step
+    denoiser.image_conditioning = prepare_image_conditioning(request, model)
     eta = sampler.default_eta if request.eta is None else float(request.eta)
     # 5. Sampling over the sigmas
     state.sampling_steps, state.sampling_step = walked, 0

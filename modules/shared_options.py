@@ -28,6 +28,13 @@ options_templates.update(options_section(("extra_networks", "Extra Networks", "s
         1.0, "Default multiplier for extra networks", "Slider", {"minimum": 0.0, "maximum": 2.0, "step": 0.01}),
 }))
 
+options_templates.update(options_section(("img2img", "img2img", "sd"), {
+    # Read by inpainting checkpoints only (9-channel UNets): 1 hides the repainted area from the model, 0 shows it.
+    "inpainting_mask_weight": OptionInfo(
+        1.0, "Inpainting conditioning mask strength", "Slider", {"minimum": 0.0, "maximum": 1.0, "step": 0.01},
+        infotext="Conditional mask weight"),
+}))
+
 options_templates.update(options_section(("sampler-params", "Sampler parameters", "sd"), {
     "eta_noise_seed_delta": OptionInfo(
         0, "Eta noise seed delta", "Number", {"minimum": 0, "maximum": 2**31 - 1, "precision": 0},

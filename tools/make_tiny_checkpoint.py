@@ -14,13 +14,20 @@ Writes, in fp16 with the component configs in the ``serena_config`` metadata:
 
 Running it twice gives byte-identical files on the same torch version.
 
-Usage: ``venv/bin/python tools/make_tiny_checkpoint.py [--out-dir DIR]``
+With ``--inpainting`` it writes, instead, an SD1.x *inpainting* checkpoint of the same dims, whose UNet reads 9
+channels (4 latent + 1 mask + 4 masked-image latent, ``modules.inpaint_conditioning``), in both forms the loader
+reads; nothing ships it, the tests build it:
+  models/Stable-diffusion/serena-tiny-inpaint.safetensors   (seed 20240540, single file, LDM layout)
+  models/Stable-diffusion/serena-tiny-inpaint/               (the same weights as a diffusers folder)
+
+Usage: ``venv/bin/python tools/make_tiny_checkpoint.py [--out-dir DIR] [--inpainting]``
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import sys
 
@@ -52,11 +59,12 @@ TEXT_CONFIG = dict(
 # Seeds ten apart: each checkpoint seeds its three components with seed, seed + 1 and seed + 2.
 CHECKPOINTS = {"serena-tiny-v1.safetensors": 20240510, "serena-tiny-alt.safetensors": 20240520}
 VAE_FILE, VAE_SEED = "serena-tiny-vae.safetensors", 20240530
+INPAINT_NAME, INPAINT_SEED, INPAINT_IN_CHANNELS = "serena-tiny-inpaint", 20240540, 9
 
 
-def build_unet(seed: int) -> UNet2DConditionModel:
+def build_unet(seed: int, in_channels: int = 4) -> UNet2DConditionModel:
     torch.manual_seed(seed)
-    return UNet2DConditionModel(**UNET_CONFIG)
+    return UNet2DConditionModel(**{**UNET_CONFIG, "in_channels": in_channels})
 
 
 def build_vae(seed: int) -> AutoencoderKL:
@@ -74,22 +82,53 @@ def sha256(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
+def build_components(seed: int, in_channels: int = 4) -> dict:
+    """``{"unet", "vae", "text_encoder"}`` of one checkpoint. Each component is seeded on its own (seed, seed + 1,
+    seed + 2), so changing one component's dims leaves the others' bytes."""
+    return {"unet": build_unet(seed, in_channels), "vae": build_vae(seed + 1),
+            "text_encoder": build_text_encoder(seed + 2)}
+
+
+def save_diffusers_folder(folder: str, components: dict, scheduler_config: dict) -> None:
+    """The components as a diffusers-format folder: each one's ``save_pretrained`` (config and fp32 safetensors
+    weights), the scheduler config and a ``model_index.json`` naming them."""
+    index = {"_class_name": "StableDiffusionPipeline", "scheduler": ["diffusers", "PNDMScheduler"]}
+    for name, module in components.items():
+        module.save_pretrained(os.path.join(folder, name), safe_serialization=True)
+        index[name] = ["transformers" if isinstance(module, CLIPTextModel) else "diffusers", type(module).__name__]
+    os.makedirs(os.path.join(folder, "scheduler"), exist_ok=True)
+    for path, data in (("scheduler/scheduler_config.json", scheduler_config), ("model_index.json", index)):
+        with open(os.path.join(folder, path), "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out-dir", default=ROOT, help="folder that receives models/… (default: Serena's folder)")
+    parser.add_argument("--inpainting", action="store_true",
+                        help=f"write the 9-channel inpainting checkpoint {INPAINT_NAME} (file and diffusers folder) "
+                             f"instead of the shipped files")
     args = parser.parse_args(argv)
     scheduler_config = sd_models_loader.default_configs()["scheduler"]
+    sd_dir = os.path.join(args.out_dir, "models", "Stable-diffusion")
     written = []
-    for filename, seed in CHECKPOINTS.items():
-        path = os.path.join(args.out_dir, "models", "Stable-diffusion", filename)
-        # Each component is seeded on its own, so changing one component's dims leaves the others' bytes.
-        sd_models_writer.save_ldm_checkpoint(
-            path, unet=build_unet(seed), vae=build_vae(seed + 1), text_encoder=build_text_encoder(seed + 2),
-            scheduler_config=scheduler_config, dtype=torch.float16)
+    if args.inpainting:
+        checkpoints, in_channels = {f"{INPAINT_NAME}.safetensors": INPAINT_SEED}, INPAINT_IN_CHANNELS
+    else:
+        checkpoints, in_channels = CHECKPOINTS, 4
+    for filename, seed in checkpoints.items():
+        path = os.path.join(sd_dir, filename)
+        components = build_components(seed, in_channels)
+        sd_models_writer.save_ldm_checkpoint(path, **components, scheduler_config=scheduler_config,
+                                             dtype=torch.float16)
         written.append(path)
-    path = os.path.join(args.out_dir, "models", "VAE", VAE_FILE)
-    sd_models_writer.save_ldm_vae(path, build_vae(VAE_SEED), dtype=torch.float16)
-    written.append(path)
+    if args.inpainting:
+        save_diffusers_folder(os.path.join(sd_dir, INPAINT_NAME), components, scheduler_config)
+        print(f"{os.path.relpath(os.path.join(sd_dir, INPAINT_NAME), args.out_dir)}/  diffusers folder")
+    else:
+        path = os.path.join(args.out_dir, "models", "VAE", VAE_FILE)
+        sd_models_writer.save_ldm_vae(path, build_vae(VAE_SEED), dtype=torch.float16)
+        written.append(path)
     for path in written:
         print(f"{os.path.relpath(path, args.out_dir)}  {os.path.getsize(path):,} B  sha256 {sha256(path)}")
     return 0
