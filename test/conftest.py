@@ -89,10 +89,19 @@ def tiny_model():
 
 
 @pytest.fixture
-def real_model(data_dir, tiny_model, monkeypatch):
-    """A loaded-models cache that runs every generation, whatever checkpoint it asks for, on the real tiny model."""
-    monkeypatch.setattr(sd_models, "model_manager", sd_models.LoadedModels(lambda info: tiny_model))
-    return tiny_model
+def serve_model(data_dir, monkeypatch):
+    """``serve_model(model)``: a loaded-models cache that runs every generation, whatever checkpoint it asks for,
+    on ``model`` (returned)."""
+    def serve(model):
+        monkeypatch.setattr(sd_models, "model_manager", sd_models.LoadedModels(lambda info: model))
+        return model
+    return serve
+
+
+@pytest.fixture
+def real_model(serve_model, tiny_model):
+    """Every generation, whatever checkpoint it asks for, runs on the real tiny model."""
+    return serve_model(tiny_model)
 
 
 @pytest.fixture

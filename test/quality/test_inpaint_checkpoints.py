@@ -21,8 +21,9 @@ from hypothesis import given, settings, strategies as st
 from PIL import Image
 from safetensors.torch import save_file
 
-from modules import inpaint_conditioning, jobs, paths, sd_models, sd_models_loader as loader, sd_pipeline
+from modules import inpaint_conditioning, jobs, paths, sd_models_loader as loader, sd_pipeline, shared_options
 from modules.checkpoint_info import CheckpointInfo
+from modules.infotext import infotext_to_overrides
 from modules.processing import GenerationSettings
 
 ROOT = paths.script_path
@@ -52,10 +53,9 @@ def inpaint_model(inpaint_files):
 
 
 @pytest.fixture
-def on_inpaint_model(data_dir, inpaint_model, monkeypatch):
+def on_inpaint_model(serve_model, inpaint_model):
     """Every generation, whatever checkpoint it asks for, runs on the tiny inpainting model."""
-    monkeypatch.setattr(sd_models, "model_manager", sd_models.LoadedModels(lambda info: inpaint_model))
-    return inpaint_model
+    return serve_model(inpaint_model)
 
 
 @contextlib.contextmanager
@@ -247,6 +247,9 @@ def test_txt2img_on_an_inpainting_model_shows_it_an_all_gray_image(on_inpaint_mo
     info = json.loads(r.json()["info"])
     assert info["is_using_inpainting_conditioning"] is True
     assert "Conditional mask weight: 0.25" in info["infotexts"][0]
+    # Pasted back, the infotext sets the option for that generation
+    assert infotext_to_overrides({"Conditional mask weight": "0.25"}, shared_options.options_templates) == {
+        "inpainting_mask_weight": 0.25}
     gray = encode(model, torch.zeros(1, 3, SIZE, SIZE))
     assert seen and all(x.shape == (2, 9, LATENT, LATENT) for x in seen)
     for x in seen:
