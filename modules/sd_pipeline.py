@@ -2,7 +2,8 @@
 
 diffusers provides the networks and schedulers; this module writes by hand only what diffusers does not do:
 A1111's prompt syntax (attention weights, prompt editing, alternation, chunks longer than 75 tokens), clip skip,
-per-image seeds with variation seeds, noise drawn on the CPU, and the per-step progress/interrupt/preview.
+per-image seeds with variation seeds, noise drawn on the CPU, inpainting checkpoints' mask conditioning (A1111's,
+``modules.inpaint_conditioning``), and the per-step progress/interrupt/preview.
 Everything it needs arrives as arguments: a frozen ``SamplingRequest`` per batch (built by ``modules.processing``),
 the model, the job state and an optional per-step callback. Nothing here reads the processing object or
 ``modules.shared``.
@@ -282,7 +283,8 @@ class SamplingRequest:
         init_latents (`torch.Tensor` or `None`): img2img from latents already at this size, one per image (Hires
             fix's latent upscalers), instead of encoding ``init_images``.
         denoising_strength (`float` or `None`): img2img: the part of the schedule that is walked (1: all of it).
-        mask (PIL image or `None`): img2img: where to repaint (white), resized to the image.
+        mask (PIL image or `None`): img2img: where to repaint (white), resized to the image; an inpainting
+            checkpoint also sees it, with the image it hides (``prepare_image_conditioning``).
         inpainting_mask_invert (`bool`): repaint where the mask is black instead.
         mask_round (`bool`): the latent mask is 0 or 1 everywhere (A1111's ``mask_round``).
         inpainting_fill (`int`): what the masked latents start from: 1 the init image's (also 0, whose pixels
@@ -349,6 +351,9 @@ class LatentStart:
 
 class Denoiser:
     """The model as a function of (x, sigma): classifier-free guidance, CFG rescale and the inpainting mask.
+
+    An inpainting UNet also reads ``image_conditioning`` (``prepare_image_conditioning``), concatenated after the
+    latents in both halves of every call.
 
     ``x`` is the latent at noise level ``sigma`` in k-diffusion's scaling (``latent_at_t * sqrt(1 + sigma^2)``);
     the UNet sees ``c_in * x`` at the timestep of ``sigma`` and its output (eps, v or sample, per the model's
