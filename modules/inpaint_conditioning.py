@@ -30,11 +30,12 @@ KNOWN_IN_CHANNELS = {LATENT_CHANNELS: "SD1.x", LATENT_CHANNELS + EXTRA_CHANNELS:
 def check_in_channels(channels: int, name: str) -> int:
     """``channels`` if Serena runs a UNet with that many inputs: 4 (an ordinary checkpoint) or 9 (inpainting).
 
-    The loader reads it from the shape of ``conv_in`` (``model.diffusion_model.input_blocks.0.0.weight``, whose
-    second dimension is the input channels), as A1111's ``guess_model_config_from_state_dict`` does.
+    The count is the ``in_channels`` ``modules.model_families`` read from the shape of ``conv_in``
+    (``model.diffusion_model.input_blocks.0.0.weight``) or a folder's ``unet/config.json``. Families Serena cannot
+    run (InstructPix2Pix's 8) are refused there by name; this refuses the counts no family explains.
 
     Raises:
-        ValueError: another count (instruct-pix2pix's 8, a depth model's 5…), naming the file.
+        ValueError: another count, naming the file.
     """
     channels = int(channels)
     if channels not in KNOWN_IN_CHANNELS:

@@ -114,6 +114,7 @@ def test_the_inpainting_file_and_folder_load_with_nine_input_channels(inpaint_fi
     file, folder = inpaint_files
     from_folder = loader.load_checkpoint(info_for(folder))
     for model in (inpaint_model, from_folder):
+        assert model.family.name == "sd1-inpaint" and model.facts.family == "sd1-inpaint"
         assert (model.unet.config.in_channels, model.unet.config.out_channels) == (9, 4)
         assert model.unet.conv_in.weight.shape[1] == 9
         assert inpaint_conditioning.takes_image_conditioning(model)
@@ -139,18 +140,23 @@ def _rewritten(file, tmp_path, name, edit_state=None, edit_unet_config=None):
 
 def test_the_channel_count_comes_from_conv_in_and_unknown_counts_are_refused(inpaint_files, tmp_path):
     file = inpaint_files[0]
-    # A config that says 4 (as the SD1.5 default config does for a foreign file): the tensor's shape decides.
+    # A config that says 4 (as the SD1.5 default config does for a foreign file): the tensor's shape decides. The
+    # inspection runs the load's steps on the meta device, strictly: a 4-channel UNet would not fit the tensor.
     plain_config = _rewritten(file, tmp_path, "says-four.safetensors",
                               edit_unet_config=lambda c: c.update(in_channels=4))
-    assert loader.load_checkpoint(info_for(plain_config)).unet.config.in_channels == 9
+    assert loader.inspect_checkpoint(str(plain_config)).family == "sd1-inpaint"
 
     key = loader.UNET_PREFIX + "input_blocks.0.0.weight"
-    eight = _rewritten(file, tmp_path, "pix2pix.safetensors",
-                       edit_state=lambda s: s.__setitem__(key, torch.zeros(16, 8, 3, 3, dtype=torch.float16)))
-    for check in (lambda: loader.load_checkpoint(info_for(eight)), lambda: loader.inspect_checkpoint(str(eight))):
-        with pytest.raises(ValueError, match=r"pix2pix\.safetensors: its UNet takes 8 input channels; "
-                                             r"Serena runs 4 \(SD1\.x\), 9 \(SD1\.x inpainting\)"):
-            check()
+    cases = {8: r"pix2pix\.safetensors is an SD1\.x InstructPix2Pix checkpoint, which Serena cannot run yet",
+             5: r"odd\.safetensors: its UNet takes 5 input channels; "
+                r"Serena runs 4 \(SD1\.x\), 9 \(SD1\.x inpainting\)"}
+    for channels, message in cases.items():
+        name = "pix2pix.safetensors" if channels == 8 else "odd.safetensors"
+        path = _rewritten(file, tmp_path, name, edit_state=lambda s: s.__setitem__(
+            key, torch.zeros(16, channels, 3, 3, dtype=torch.float16)))
+        for check in (lambda: loader.load_checkpoint(info_for(path)), lambda: loader.inspect_checkpoint(str(path))):
+            with pytest.raises(ValueError, match=message):
+                check()
 
 
 # -- the conditioning ------------------------------------------------------------------------------------------------
