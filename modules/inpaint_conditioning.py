@@ -7,8 +7,8 @@ UNet call (A1111's ``c_concat``, diffusers' ``StableDiffusionInpaintPipeline``).
 A1111's rules (``StableDiffusionProcessing.inpainting_image_conditioning``), kept here as tensor arithmetic; the
 pipeline runs the VAE:
 
-* the mask is the processed mask (1 = repaint) at image size, rounded to 0/1, then taken to latent size by
-  nearest-neighbour sampling;
+* the mask is the processed mask (1 = repaint: inverted, blurred, cropped as img2img prepared it) at image size,
+  rounded to 0/1 (unless ``mask_round`` is off), then taken to latent size by nearest-neighbour sampling;
 * the masked image is ``lerp(image, image * (1 - mask), inpainting_mask_weight)`` in the VAE's [-1, 1] range, so a
   weight of 1 hides the repainted area completely (0 is mid-gray) and 0 shows the model the whole image;
 * without a mask (txt2img, plain img2img, Hires fix's second pass) the mask is all ones: txt2img's masked image is
@@ -50,14 +50,18 @@ def takes_image_conditioning(model) -> bool:
     return unet is not None and int(unet.config.in_channels) == LATENT_CHANNELS + EXTRA_CHANNELS
 
 
-def pixel_mask(mask: Image.Image | None, width: int, height: int, invert: bool) -> torch.Tensor:
-    """``[1, 1, height, width]``: 1 where the image is repainted, rounded to 0/1; all ones without a mask."""
+def pixel_mask(mask: Image.Image | None, width: int, height: int, invert: bool,
+               round_mask: bool = True) -> torch.Tensor:
+    """``[1, 1, height, width]``: 1 where the image is repainted, rounded to 0/1 unless ``round_mask`` is off
+    (A1111's ``mask_round``); all ones without a mask."""
     if mask is None:
         return torch.ones(1, 1, height, width)
     mask = mask.convert("L")
     if mask.size != (width, height):
         mask = mask.resize((width, height), Image.BILINEAR)
-    t = torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255.0).round()
+    t = torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255.0)
+    if round_mask:
+        t = t.round()
     return (1.0 - t if invert else t)[None, None]
 
 

@@ -459,7 +459,7 @@ def prepare_image_conditioning(request: SamplingRequest, model) -> torch.Tensor 
         return None
     count, weight = len(request.seeds), request.settings.inpainting_mask_weight
     mask = inpaint_conditioning.pixel_mask(request.mask, request.width, request.height,
-                                           request.inpainting_mask_invert)
+                                           request.inpainting_mask_invert, request.mask_round)
     if not request.is_img2img or inpaint_conditioning.hides_everything(mask, weight):
         # All gray whatever the image: encode it once, not per image
         pixels = torch.zeros(1, 3, request.height, request.width, device=model.device, dtype=model.dtype)

@@ -179,6 +179,8 @@ def test_the_mask_is_rounded_inverted_on_request_and_taken_to_latent_size_by_cel
     assert set(mask.unique().tolist()) == {0.0, 1.0}
     assert torch.equal(inpaint_conditioning.pixel_mask(soft, SIZE, SIZE, invert=True), 1 - mask)
     assert torch.equal(inpaint_conditioning.pixel_mask(None, SIZE, SIZE, invert=False), torch.ones(1, 1, SIZE, SIZE))
+    soft_kept = inpaint_conditioning.pixel_mask(soft, SIZE, SIZE, invert=False, round_mask=False)
+    assert len(soft_kept.unique()) > 2 and torch.equal(soft_kept.round(), mask)
     channels = inpaint_conditioning.concat_channels(inpaint_conditioning.pixel_mask(left_half_mask(), SIZE, SIZE,
                                                                                     False),
                                                     torch.zeros(3, 4, LATENT, LATENT))
@@ -222,7 +224,7 @@ def test_outside_the_mask_the_latents_stay_the_init_images(inpaint_model):
                                          inpaint_model, jobs.State())
         init = sd_pipeline.images_to_latents([image], inpaint_model.vae, SIZE, SIZE, inpaint_model.device,
                                              inpaint_model.dtype).float()
-    # The blend's mask is downscaled smoothly (sd_pipeline.mask_to_latent): columns 3 and 4 mix the two sides.
+    # The blend's mask is downscaled bicubically (sd_pipeline.mask_to_latent): columns 3 and 4 lie at the edge.
     assert torch.equal(out[..., 5:], init[..., 5:])
     assert (out[..., :3] - init[..., :3]).abs().max() > 0.05
 
@@ -232,12 +234,18 @@ def test_outside_the_mask_the_latents_stay_the_init_images(inpaint_model):
 def test_inpaint_through_the_api_feeds_the_unet_mask_and_masked_image(on_inpaint_model, api_client):
     model, image = on_inpaint_model, init_image()
     with unet_inputs(model) as seen:
+        # Masked content "original": the image the model is shown is the init image (A1111's default "fill"
+        # repaints the masked area, and the blurred edge beside it, before the conditioning is made from it)
         r = api_client.post("/sdapi/v1/img2img", json=dict(TXT, init_images=[b64(image)], mask=b64(left_half_mask()),
-                                                           denoising_strength=0.75))
+                                                           denoising_strength=0.75, inpainting_fill=1))
     assert r.status_code == 200, r.text
     info = json.loads(r.json()["info"])
     assert info["is_using_inpainting_conditioning"] is True
     assert "Conditional mask weight: 1.0" in info["infotexts"][0]
+    # Pasted back over the original (modules.img2img_inputs): beyond the blurred edge, the init image's pixels
+    out = np.asarray(Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))).convert("RGB"))
+    assert np.array_equal(out[:, 48:], np.asarray(image)[:, 48:])
+    assert not np.array_equal(out[:, :16], np.asarray(image)[:, :16])
     masked = encode(model, pixels(image) * (1 - LEFT.repeat_interleave(8, 0).repeat_interleave(8, 1)))
     assert seen and all(x.shape == (2, 9, LATENT, LATENT) for x in seen)
     for x in seen:  # both CFG halves, every step: channel 4 is the mask, 5-8 the masked image's latents
