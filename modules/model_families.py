@@ -26,8 +26,9 @@ _LORA_MARKS = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
 _LORA_PARTS = (".lora_down.", ".lora_up.", ".lora_A", ".lora_B")
 VAE_PARTS = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")  # a VAE's own keys
 
-#: The families Serena can run today. SD2.x and SDXL join when their loading lands.
-RUNNABLE = frozenset({"sd1", "sd1-inpaint"})
+#: The families Serena can run today (SDXL base and refiner: ``modules.sd_models_xl``). SD2.x joins when its
+#: loading lands.
+RUNNABLE = frozenset({"sd1", "sd1-inpaint", "sdxl", "sdxl-refiner"})
 
 MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit: a larger length field is a corrupt file, not a header
 

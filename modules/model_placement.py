@@ -86,11 +86,14 @@ def apply(model, where: Placement, *, compile_unet: bool = False):
     model.vae_dtype = vae_dtype
     for network in (model.unet, model.vae):
         set_attention(network, where.attention)
+    # SDXL has a second text encoder (bigG), and its refiner has only that one
+    networks = {name: network for name, network in (
+        ("text_encoder", model.text_encoder), ("text_encoder_2", getattr(model, "text_encoder_2", None)),
+        ("unet", model.unet), ("vae", model.vae)) if network is not None}
     if where.offload == "model":
-        model.offload = ModelOffload({"text_encoder": model.text_encoder, "unet": model.unet, "vae": model.vae},
-                                     where.device)
+        model.offload = ModelOffload(networks, where.device)
     elif where.offload == "sequential":
-        for network in (model.text_encoder, model.unet, model.vae):
+        for network in networks.values():
             cpu_offload(network, execution_device=torch.device(where.device))
     model.device = torch.device(where.device)
     if compile_unet:

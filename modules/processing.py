@@ -38,12 +38,22 @@ class GenerationSettings:
     randn_source: str = "CPU"
     tiling: bool = False  # the "tiling" option: what a request that leaves ``tiling`` unset gets (A1111)
     inpainting_mask_weight: float = 1.0  # how much of an inpainting model's masked image is hidden (0 to 1)
+    # SDXL: clip skip on CLIP-L too, the crop micro-conditioning, the refiner's aesthetic scores (A1111's options)
+    sdxl_clip_l_skip: bool = False
+    sdxl_crop_top: int = 0
+    sdxl_crop_left: int = 0
+    sdxl_refiner_low_aesthetic_score: float = 2.5
+    sdxl_refiner_high_aesthetic_score: float = 6.0
 
     @classmethod
     def capture(cls, opts) -> "GenerationSettings":
         return cls(clip_skip=int(opts.CLIP_stop_at_last_layers), eta_noise_seed_delta=int(opts.eta_noise_seed_delta),
                    randn_source=opts.randn_source, tiling=bool(opts.tiling),
-                   inpainting_mask_weight=float(opts.inpainting_mask_weight))
+                   inpainting_mask_weight=float(opts.inpainting_mask_weight),
+                   sdxl_clip_l_skip=bool(opts.sdxl_clip_l_skip), sdxl_crop_top=int(opts.sdxl_crop_top),
+                   sdxl_crop_left=int(opts.sdxl_crop_left),
+                   sdxl_refiner_low_aesthetic_score=float(opts.sdxl_refiner_low_aesthetic_score),
+                   sdxl_refiner_high_aesthetic_score=float(opts.sdxl_refiner_high_aesthetic_score))
 
     def fit(self, model, warnings: list) -> "GenerationSettings":
         """These settings within what ``model`` can do. Values from a request were checked against its model

@@ -408,14 +408,25 @@ def placement():
     return devices.placement_for(shared.cmd_opts)
 
 
+def _loader_for(path: str):
+    """The loading module for a checkpoint's family (``model_families``, from its header or ``model_index.json``):
+    SDXL's, or SD1.x's (which also reports every file it cannot read or run)."""
+    from modules import sd_models_loader, sd_models_xl
+    try:
+        family = model_families.detect_path(path)
+    except ValueError:
+        family = None
+    return sd_models_xl if family is not None and family.name in sd_models_xl.FAMILIES else sd_models_loader
+
+
 def load_from_disk(info: CheckpointInfo):
     """Load ``info``'s weights as the flags ask (device, precision, offload, attention, pickles) and the
     ``serena_torch_compile`` setting: the process's model cache's loader."""
-    from modules import model_placement, sd_models_loader
+    from modules import model_placement
     where = placement()
-    model = sd_models_loader.load_checkpoint(info, device=where.load_device,
-                                             dtype=model_placement.torch_dtype(where.dtype),
-                                             allow_pickle=shared.cmd_opts.allow_pickle_checkpoints)
+    model = _loader_for(info.filename).load_checkpoint(info, device=where.load_device,
+                                                       dtype=model_placement.torch_dtype(where.dtype),
+                                                       allow_pickle=shared.cmd_opts.allow_pickle_checkpoints)
     return model_placement.apply(model, where, compile_unet=bool(shared.opts.serena_torch_compile))
 
 
@@ -424,22 +435,23 @@ def inspect_on_disk(kind: str, path: str):
     from modules import sd_models_loader
     if kind == "vae":
         return sd_models_loader.inspect_vae(path)
-    return sd_models_loader.inspect_checkpoint(path, allow_pickle=shared.cmd_opts.allow_pickle_checkpoints)
+    return _loader_for(path).inspect_checkpoint(path, allow_pickle=shared.cmd_opts.allow_pickle_checkpoints)
 
 
 @functools.lru_cache(maxsize=None)
 def inspection_digest(allow_pickle: bool) -> str:
-    """A digest of what decides an inspection's outcome besides the file: the source of the loader, of the family
-    detection and of the UNet input channels it accepts, the SD1.x configs (read, not imported), the versions of the
-    packages it runs, and whether pickles are allowed."""
+    """A digest of what decides an inspection's outcome besides the file: the source of the loaders, of the family
+    detection and of the UNet input channels it accepts, the SD1.x and SDXL configs (read, not imported), the
+    versions of the packages it runs, and whether pickles are allowed."""
     from importlib import metadata
     h = hashlib.sha256()
     loader_dir = os.path.dirname(os.path.abspath(__file__))
-    files = [os.path.join(loader_dir, name)
-             for name in ("sd_models_loader.py", "model_families.py", "inpaint_conditioning.py")]
-    for root, dirs, names in os.walk(os.path.join(loader_dir, "sd_configs", "v1")):
-        dirs.sort()
-        files += [os.path.join(root, name) for name in sorted(names)]
+    files = [os.path.join(loader_dir, name) for name in ("sd_models_loader.py", "sd_models_xl.py", "model_families.py",
+                                                         "inpaint_conditioning.py")]
+    for configs in ("v1", "xl", "xl_refiner"):
+        for root, dirs, names in os.walk(os.path.join(loader_dir, "sd_configs", configs)):
+            dirs.sort()
+            files += [os.path.join(root, name) for name in sorted(names)]
     for name in files:
         h.update(os.path.relpath(name, loader_dir).encode())
         with open(name, "rb") as f:

@@ -1,6 +1,6 @@
-"""Writing Stable Diffusion 1.x checkpoints and VAEs in the single-file LDM (A1111) layout that
-``modules.sd_models_loader`` reads: diffusers keys are mapped back to LDM keys, and the component configs go into
-the ``serena_config`` safetensors metadata.
+"""Writing Stable Diffusion 1.x and SDXL checkpoints and VAEs in the single-file LDM (A1111) layout that
+``modules.sd_models_loader`` and ``modules.sd_models_xl`` read: diffusers keys are mapped back to LDM keys (bigG's
+to open_clip's), and the component configs go into the ``serena_config`` safetensors metadata.
 
 The same weights always give the same file bytes (sorted metadata, no writing-environment entries), and a file is
 replaced atomically.
@@ -15,16 +15,19 @@ import re
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import save
-from transformers import CLIPTextModel
+from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
 from modules.sd_models_loader import METADATA_KEY, TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX
+from modules.sd_models_xl import BIGG_PREFIX, CLIP_L_PREFIX, REFINER_BIGG_PREFIX
 
 # Config entries that describe the writing environment, not the architecture; left out of saved metadata
 # so the same weights always give the same file bytes.
 _VOLATILE_TEXT_CONFIG_KEYS = {"transformers_version", "_name_or_path", "dtype", "torch_dtype"}
 
 _UNET_TOP = {"time_embedding.linear_1.": "time_embed.0.", "time_embedding.linear_2.": "time_embed.2.",
-             "conv_in.": "input_blocks.0.0.", "conv_norm_out.": "out.0.", "conv_out.": "out.2."}
+             "conv_in.": "input_blocks.0.0.", "conv_norm_out.": "out.0.", "conv_out.": "out.2.",
+             # SDXL's added time/text embedding
+             "add_embedding.linear_1.": "label_emb.0.0.", "add_embedding.linear_2.": "label_emb.0.2."}
 _UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
                 "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}
 _VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
@@ -109,6 +112,76 @@ def ldm_state_dict(unet: UNet2DConditionModel, vae: AutoencoderKL,
     return out
 
 
+# transformers' CLIP layer names -> open_clip's, inside one residual block
+_OPEN_CLIP_BLOCK = {"layer_norm1.": "ln_1.", "layer_norm2.": "ln_2.", "mlp.fc1.": "mlp.c_fc.", "mlp.fc2.": "mlp.c_proj.",
+                    "self_attn.out_proj.": "attn.out_proj."}
+_OPEN_CLIP_TOP = {"text_model.embeddings.token_embedding.weight": "token_embedding.weight",
+                  "text_model.embeddings.position_embedding.weight": "positional_embedding",
+                  "text_model.final_layer_norm.weight": "ln_final.weight",
+                  "text_model.final_layer_norm.bias": "ln_final.bias"}
+# open_clip's initial CLIP temperature, ln(1 / 0.07): A1111 files carry it, generation never reads it.
+_LOGIT_SCALE = 2.6592600345611572
+
+
+def open_clip_state_dict(text_encoder: CLIPTextModelWithProjection) -> dict[str, torch.Tensor]:
+    """bigG's weights in open_clip's layout, as SDXL single files store them: query, key and value fused into one
+    ``in_proj`` tensor per block, ``text_projection`` transposed (open_clip multiplies from the right)."""
+    weights = text_encoder.state_dict()
+    out = {"logit_scale": torch.tensor(_LOGIT_SCALE)}
+    for key, tensor in weights.items():
+        if key in _OPEN_CLIP_TOP:
+            out[_OPEN_CLIP_TOP[key]] = tensor
+        elif key == "text_projection.weight":
+            out["text_projection"] = tensor.T.contiguous()
+        else:
+            m = re.fullmatch(r"text_model\.encoder\.layers\.(\d+)\.(.+)", key)
+            if m is None:
+                raise ValueError(f"bigG parameter {key!r} has no place in the open_clip layout")
+            block, rest = f"transformer.resblocks.{m.group(1)}.", m.group(2)
+            fused = re.fullmatch(r"self_attn\.q_proj\.(weight|bias)", rest)
+            if fused:
+                kind = fused.group(1)
+                parts = [weights[key.replace(".q_proj.", f".{p}_proj.")] for p in "qkv"]
+                out[f"{block}attn.in_proj_{kind}"] = torch.cat(parts)
+            elif not re.fullmatch(r"self_attn\.[kv]_proj\.(weight|bias)", rest):
+                for hf, oc in _OPEN_CLIP_BLOCK.items():
+                    if rest.startswith(hf):
+                        rest = oc + rest[len(hf):]
+                        break
+                out[block + rest] = tensor
+    return out
+
+
+def sdxl_state_dict(unet: UNet2DConditionModel, vae: AutoencoderKL, text_encoder: CLIPTextModel | None,
+                    text_encoder_2: CLIPTextModelWithProjection) -> dict[str, torch.Tensor]:
+    """An SDXL checkpoint's weights under the original single-file keys; ``text_encoder`` ``None`` is the
+    refiner's layout (bigG alone, as ``conditioner.embedders.0``)."""
+    unet_config = dict(unet.config)
+    out = {UNET_PREFIX + _unet_key_to_ldm(k, unet_config): v for k, v in unet.state_dict().items()}
+    out.update({VAE_PREFIX + k: v for k, v in vae_to_ldm(vae).items()})
+    if text_encoder is not None:
+        out.update({CLIP_L_PREFIX + "text_model." + k: v for k, v in text_encoder.state_dict().items()})
+    prefix = BIGG_PREFIX if text_encoder is not None else REFINER_BIGG_PREFIX
+    out.update({prefix + k: v for k, v in open_clip_state_dict(text_encoder_2).items()})
+    return out
+
+
+def save_sdxl_checkpoint(path: str, *, unet: UNet2DConditionModel, vae: AutoencoderKL,
+                         text_encoder: CLIPTextModel | None, text_encoder_2: CLIPTextModelWithProjection,
+                         scheduler_config: dict, dtype: torch.dtype = torch.float16) -> None:
+    """Write an SDXL base (or, with ``text_encoder`` ``None``, refiner) single file in the original layout, with
+    every component's config in the ``serena_config`` metadata; same weights, same bytes."""
+    configs = component_configs(unet, vae, text_encoder, scheduler_config)
+    configs["text_encoder_2"] = _text_config(text_encoder_2)
+    metadata = {METADATA_KEY: json.dumps(configs, sort_keys=True)}
+    _write_safetensors(path, sdxl_state_dict(unet, vae, text_encoder, text_encoder_2), metadata, dtype)
+
+
+def _text_config(text_encoder) -> dict:
+    return {k: v for k, v in text_encoder.config.to_dict().items()
+            if k not in _VOLATILE_TEXT_CONFIG_KEYS and k not in ("id2label", "label2id")}
+
+
 def component_configs(unet: UNet2DConditionModel | None = None, vae: AutoencoderKL | None = None,
                       text_encoder: CLIPTextModel | None = None, scheduler_config: dict | None = None,
                       sampling: dict | None = None) -> dict:
@@ -123,8 +196,7 @@ def component_configs(unet: UNet2DConditionModel | None = None, vae: Autoencoder
     if vae is not None:
         configs["vae"] = {k: v for k, v in dict(vae.config).items() if not k.startswith("_")}
     if text_encoder is not None:
-        configs["text_encoder"] = {k: v for k, v in text_encoder.config.to_dict().items()
-                                   if k not in _VOLATILE_TEXT_CONFIG_KEYS and k not in ("id2label", "label2id")}
+        configs["text_encoder"] = _text_config(text_encoder)
     if scheduler_config is not None:
         configs["scheduler"] = dict(scheduler_config)
     if sampling:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from modules import inpaint_conditioning, prompt_parser, sd_samplers, sd_schedules, tiling
+from modules import inpaint_conditioning, prompt_parser, sd_conditioning_xl, sd_samplers, sd_schedules, tiling
 
 CHUNK = 75  # tokens per CLIP window, between the start and end tokens (A1111)
 PREVIEW_EVERY = 5
@@ -68,6 +68,13 @@ class PromptEncoder:
         if text not in self._cache:
             self._cache[text] = self._encode_chunks(self.chunks(text))
         return self._cache[text]
+
+    def conditioning(self, negatives, positives, width: int, height: int):
+        """Each text's hidden states, negatives first (the UNet batch's order), and the UNet's added conditioning:
+        ``None``, as SD1.x UNets take none (``sd_conditioning_xl.SDXLPromptEncoder`` gives SDXL's). The prompts
+        are encoded before the negative prompts: the order their embeddings are named in (A1111's TI hashes)."""
+        cond = [self.encode(text) for text in positives]
+        return [self.encode(text) for text in negatives] + cond, None
 
     def chunks(self, text: str) -> list[PromptChunk]:
         """The prompt's windows: a new one after ``CHUNK`` tokens, at ``BREAK``, and where an embedding would not
@@ -142,6 +149,18 @@ class PromptEncoder:
             return output
 
         return layer.register_forward_hook(substitute)  # a context manager: removed when the block ends
+
+
+def prompt_encoder(model, request):
+    """The prompt encoder for ``model`` and the request's settings: ``PromptEncoder`` with the request's textual
+    inversion embeddings, or for an SDXL model (one with bigG, ``text_encoder_2``) both encoders over the windows
+    ``PromptEncoder`` parses (without embeddings: SDXL's carry vectors for both encoders, not read yet)."""
+    settings = request.settings
+    if getattr(model, "text_encoder_2", None) is None:
+        return PromptEncoder(model.tokenizer, model.text_encoder, settings.clip_skip, model.device, model.dtype,
+                             embeddings=request.embeddings)
+    parser = PromptEncoder(model.tokenizer, model.text_encoder, settings.clip_skip, model.device, model.dtype)
+    return sd_conditioning_xl.SDXLPromptEncoder(parser.chunks, model, settings, CHUNK)
 
 
 def _stack_padded(conds: list[torch.Tensor]) -> torch.Tensor:
@@ -382,17 +401,19 @@ class Denoiser:
         if step != state.sampling_step:
             self._step_done(step, x, sigma)
         prompt_step = min(request.steps - 1, step * request.steps // max(1, self.total_steps))
-        # The prompts before the negative prompts: the order their embeddings are named in (A1111's TI hashes)
-        cond, uncond = ([self.encoder.encode(prompt_parser.schedule_for_step(sch, prompt_step)) for sch in schedules]
-                        for schedules in (self.cond_schedules, self.uncond_schedules))
-        context = _stack_padded(uncond + cond)
+        negatives = [prompt_parser.schedule_for_step(sch, prompt_step) for sch in self.uncond_schedules]
+        positives = [prompt_parser.schedule_for_step(sch, prompt_step) for sch in self.cond_schedules]
+        conds, added_cond_kwargs = self.encoder.conditioning(negatives, positives, request.width, request.height)
+        context = _stack_padded(conds)
+        # SDXL's UNet takes the pooled embedding and the micro-conditioning besides the hidden states
+        unet_kwargs = {} if added_cond_kwargs is None else {"added_cond_kwargs": added_cond_kwargs}
         c_in, c_skip, c_out = self.schedule.scalings(sigma)
         t = self.schedule.sigma_to_t(sigma).to(device=x.device, dtype=torch.float32).expand(2 * len(x))
         model_in = (torch.cat([x, x]) * c_in).to(model.dtype)
         if self.image_conditioning is not None:  # both CFG halves see the same mask and masked image
             extra = torch.cat([self.image_conditioning, self.image_conditioning]).to(model.dtype)
             model_in = torch.cat([model_in, extra], dim=1)
-        pred = model.unet(model_in, t, encoder_hidden_states=context).sample.float()
+        pred = model.unet(model_in, t, encoder_hidden_states=context, **unet_kwargs).sample.float()
         pred_uncond, pred_cond = pred.chunk(2)
         guided = pred_uncond + request.cfg_scale * (pred_cond - pred_uncond)
         if model.guidance_rescale:
@@ -509,8 +530,7 @@ def sample_latents(request: SamplingRequest, model, state, callback_on_step_end:
     sigmas = sd_samplers.sigmas_for(sampler, scheduler, request.steps, schedule)
     total_steps = len(sigmas) - 1
     # 2. Conditioning schedules (prompt editing and alternation switch at their steps)
-    encoder = PromptEncoder(model.tokenizer, model.text_encoder, settings.clip_skip, device, model.dtype,
-                            embeddings=request.embeddings)
+    encoder = prompt_encoder(model, request)
     cond_schedules = prompt_parser.get_learned_conditioning_prompt_schedules(list(request.prompts), request.steps)
     uncond_schedules = prompt_parser.get_learned_conditioning_prompt_schedules(list(request.negative_prompts),
                                                                                request.steps)

@@ -20,6 +20,17 @@ options_templates.update(options_section(("sd", "Stable Diffusion", "sd"), {
         1, "Clip skip", "Slider", {"minimum": 1, "maximum": 12, "step": 1}, infotext="Clip skip"),
     # A1111 1.10 keeps tiling as a setting; a request's own ``tiling`` wins over it (modules.tiling).
     "tiling": OptionInfo(False, "Tiling", infotext="Tiling").info("produce a tileable picture"),
+    "sdxl_clip_l_skip": OptionInfo(False, "Clip skip SDXL").info(
+        "apply Clip skip to SDXL's CLIP-L text encoder too; without it, SDXL takes CLIP-L's penultimate layer"),
+}))
+
+options_templates.update(options_section(("sdxl", "Stable Diffusion XL", "sd"), {
+    "sdxl_crop_top": OptionInfo(0, "crop top coordinate", "Number", {"precision": 0}),
+    "sdxl_crop_left": OptionInfo(0, "crop left coordinate", "Number", {"precision": 0}),
+    "sdxl_refiner_low_aesthetic_score": OptionInfo(2.5, "SDXL low aesthetic score", "Number").info(
+        "used for refiner model negative prompt"),
+    "sdxl_refiner_high_aesthetic_score": OptionInfo(6.0, "SDXL high aesthetic score", "Number").info(
+        "used for refiner model prompt"),
 }))
 
 # Extra networks (<lora:…> tags, modules.extra_networks): the weight of a tag that gives none (A1111's section).

@@ -157,7 +157,7 @@ def test_diffusers_folders_are_told_from_their_index(tmp_path, index, unet_confi
 
 UNRUNNABLE = {"sd3-medium": ("sd3", "an SD3 checkpoint"), "flux-dev": ("flux", "a FLUX checkpoint"),
               "my-lora": ("lora-kohya", "a LoRA, not a checkpoint"),
-              "sdxl-base": ("sdxl", "an SDXL checkpoint, which Serena cannot run yet")}
+              "sdxl-inpaint": ("sdxl-inpaint", "an SDXL inpainting checkpoint, which Serena cannot run yet")}
 
 
 @pytest.fixture
@@ -223,7 +223,7 @@ def test_the_checkpoint_dropdowns_mark_what_cannot_run(models, monkeypatch):
     assert marked == {titles["a-tiny"]: titles["a-tiny"],
                       titles["sd3-medium"]: f"{titles['sd3-medium']} (SD3: cannot run yet)",
                       titles["flux-dev"]: f"{titles['flux-dev']} (FLUX: cannot run yet)",
-                      titles["sdxl-base"]: f"{titles['sdxl-base']} (SDXL: cannot run yet)",
+                      titles["sdxl-inpaint"]: f"{titles['sdxl-inpaint']} (SDXL inpainting: cannot run yet)",
                       titles["my-lora"]: f"{titles['my-lora']} (LoRA: not a checkpoint)"}
     assert sd_models.model_manager.loads == 0
     # Told once: a second listing reads no header while the files are unchanged.

@@ -1,0 +1,231 @@
+"""SDXL (issue 17 items 1 and 6): loading the original single-file layout and diffusers folders offline, both text
+encoders with A1111's prompt handling, the pooled embedding and micro-conditioning, and an SDXL generation through
+the API as a checkpoint override, after which the stored SD1 model serves the next request.
+
+Real files throughout, written by ``tools/make_tiny_sdxl.py`` (random weights, 64x64 images, 2 steps).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+
+from modules import jobs, paths, sd_models, sd_pipeline, shared
+from modules import sd_models_loader as loader, sd_models_writer as writer, sd_models_xl as xl
+from modules.checkpoint_info import CheckpointInfo
+from modules.processing import GenerationSettings
+from tools import make_tiny_sdxl as tiny
+
+SHIPPED = os.path.join(paths.script_path, "models")
+TINY_SD1 = os.path.join(SHIPPED, "Stable-diffusion", "serena-tiny-v1.safetensors")
+TINY_VAE = os.path.join(SHIPPED, "VAE", "serena-tiny-vae.safetensors")
+TXT = {"prompt": "a red (circle:1.2)", "negative_prompt": "", "steps": 2, "seed": 5, "cfg_scale": 5}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """The tiny SDXL base (single file and diffusers folder), the refiner, and the components they were built from."""
+    out = tmp_path_factory.mktemp("xl")
+    tiny.main(["--out-dir", str(out)])
+    folder = out / "models" / "Stable-diffusion"
+    return {"base": str(folder / tiny.BASE_FILE), "refiner": str(folder / tiny.REFINER_FILE),
+            "folder": str(folder / tiny.FOLDER), "built": tiny.build(tiny.BASE_SEED)}
+
+
+def load(path: str):
+    return xl.load_checkpoint(CheckpointInfo(path, os.path.basename(path), "0" * 64))
+
+
+@pytest.fixture(scope="module")
+def base(files):
+    return load(files["base"])
+
+
+@pytest.fixture(scope="module")
+def refiner(files):
+    return load(files["refiner"])
+
+
+def parts(model) -> dict:
+    return {"unet": model.unet, "vae": model._own_vae, "text_encoder": model.text_encoder,
+            "text_encoder_2": model.text_encoder_2}
+
+
+# --- loading ------------------------------------------------------------------------------------------------------
+
+def test_families_are_told_apart_by_their_keys_and_model_index(files):
+    assert xl.family_of(files["base"]) == xl.SDXL
+    assert xl.family_of(files["folder"]) == xl.SDXL
+    assert xl.family_of(files["refiner"]) == xl.SDXL_REFINER
+    assert xl.family_of(TINY_SD1) is None
+    assert sd_models._loader_for(files["base"]) is xl and sd_models._loader_for(TINY_SD1) is loader
+
+
+def test_the_shipped_configs_describe_sdxl_base_and_refiner():
+    base, refiner = xl.default_configs(xl.SDXL), xl.default_configs(xl.SDXL_REFINER)
+    assert loader._native_size(base["unet"], base["vae"]) == 1024
+    assert base["unet"]["cross_attention_dim"] == 768 + 1280 == base["text_encoder"]["hidden_size"] + 1280
+    # pooled bigG (1280) + 6 micro-conditioning numbers x 256; the refiner: 5 numbers (aesthetic score)
+    assert base["unet"]["projection_class_embeddings_input_dim"] == 1280 + 6 * 256
+    assert refiner["unet"]["projection_class_embeddings_input_dim"] == 1280 + 5 * 256
+    assert "text_encoder" not in refiner and refiner["unet"]["cross_attention_dim"] == 1280
+    assert base["vae"]["scaling_factor"] == 0.13025
+    assert xl.load_tokenizer_2().pad_token_id == 0 and loader.load_tokenizer().pad_token_id == 49407
+
+
+@pytest.mark.parametrize("which", ["base", "refiner"])
+def test_single_file_round_trip_is_bitwise(files, base, refiner, which, tmp_path):
+    """Loaded and written again, the file has the same bytes: every tensor went through the key maps unchanged."""
+    model = base if which == "base" else refiner
+    again = tmp_path / "again.safetensors"
+    writer.save_sdxl_checkpoint(str(again), scheduler_config=model.scheduler_config, **parts(model))
+    with open(files[which], "rb") as a, open(again, "rb") as b:
+        assert a.read() == b.read()
+
+
+def test_loaded_weights_are_the_built_ones(files, base):
+    for name, built in files["built"].items():
+        loaded = parts(base)[name].state_dict()
+        for key, tensor in built.state_dict().items():
+            assert torch.equal(loaded[key], tensor.to(torch.float16).float()), (name, key)
+
+
+def test_the_diffusers_folder_holds_the_same_model(files, base):
+    folder = load(files["folder"])
+    assert not folder.is_refiner and folder.facts == xl.inspect_checkpoint(files["folder"]) == base.facts
+    for name, part in parts(folder).items():
+        single = parts(base)[name].state_dict()
+        for key, tensor in part.state_dict().items():
+            assert torch.equal(tensor.to(torch.float16).float(), single[key]), (name, key)
+
+
+def test_a_dropped_bigg_tensor_is_refused_naming_the_file(files, tmp_path):
+    state, metadata = loader.read_state_dict(files["base"])
+    del state[xl.BIGG_PREFIX + "ln_final.weight"]
+    broken = tmp_path / "broken.safetensors"
+    writer._write_safetensors(str(broken), state, metadata, torch.float16)
+    with pytest.raises(ValueError, match="broken.safetensors: bigG text encoder weights do not fit"):
+        xl.inspect_checkpoint(str(broken))
+
+
+# --- conditioning -------------------------------------------------------------------------------------------------
+
+def encoder(model, **settings):
+    return sd_pipeline.prompt_encoder(model, GenerationSettings(**settings))
+
+
+def test_plain_prompts_condition_as_diffusers_sdxl_does(base):
+    """Without attention syntax, both encoders' penultimate states and the pooled bigG embedding are exactly
+    diffusers' ``StableDiffusionXLPipeline.encode_prompt``'s (which pads CLIP-L with its end token, bigG with ``!``)."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    pipe = StableDiffusionXLPipeline(vae=base.vae, text_encoder=base.text_encoder, text_encoder_2=base.text_encoder_2,
+                                     tokenizer=base.tokenizer, tokenizer_2=base.tokenizer_2, unet=base.unet,
+                                     scheduler=EulerDiscreteScheduler.from_config(base.scheduler_config))
+    with torch.inference_mode():
+        # no negative prompt: diffusers' zeros (force_zeros_for_empty_prompt); A1111 zeros an empty one
+        embeds, negative, pooled, negative_pooled = pipe.encode_prompt("a red circle", negative_prompt=None)
+        hidden, added = encoder(base).conditioning([""], ["a red circle"], 64, 48)
+    assert torch.equal(hidden[1], embeds[0]) and torch.equal(added["text_embeds"][1], pooled[0])
+    assert torch.equal(hidden[0], negative[0]) and not hidden[0].any() and not negative_pooled.any()
+    assert added["time_ids"].tolist() == [[48, 64, 0, 0, 48, 64]] * 2
+
+
+def test_a1111_prompt_syntax_reaches_both_encoders(base):
+    enc = encoder(base)
+    with torch.inference_mode():
+        plain, weighted = enc.encode("a red circle"), enc.encode("a (red:1.5) circle")
+        long = enc.encode(", ".join(["circle"] * 60))
+        broken = enc.encode("a red BREAK circle")
+    assert plain.shape == (77, 96)  # CLIP-L 32 + bigG 64 wide
+    assert not torch.equal(plain[:, :32], weighted[:, :32]) and not torch.equal(plain[:, 32:], weighted[:, 32:])
+    assert long.shape[0] == broken.shape[0] == 154  # two windows each
+    assert torch.equal(enc.pooled("a red circle"), enc.pooled("a red circle BREAK other"))  # first window's
+
+
+def test_clip_skip_reaches_clip_l_only_with_the_sdxl_option(base):
+    with torch.inference_mode():
+        default = encoder(base, clip_skip=1).encode("a red circle")
+        skipped = encoder(base, clip_skip=1, sdxl_clip_l_skip=True).encode("a red circle")
+        deeper = encoder(base, clip_skip=2, sdxl_clip_l_skip=True).encode("a red circle")
+    assert torch.equal(default, encoder(base, clip_skip=2).encode("a red circle"))  # ignored, as A1111
+    assert torch.equal(default, deeper)  # skip 2 is the penultimate layer, SDXL's default
+    assert not torch.equal(default[:, :32], skipped[:, :32]) and torch.equal(default[:, 32:], skipped[:, 32:])
+
+
+def test_the_refiner_conditions_on_bigg_and_aesthetic_scores(refiner):
+    with torch.inference_mode():
+        hidden, added = encoder(refiner, sdxl_refiner_low_aesthetic_score=2.0).conditioning(["bad"], ["good"], 64, 64)
+    assert hidden[0].shape == (77, 64) and added["text_embeds"].shape == (2, 48)
+    assert added["time_ids"].tolist() == [[64, 64, 0, 0, 2.0], [64, 64, 0, 0, 6.0]]
+
+
+# --- through the API ------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def models(tmp_path, monkeypatch, files):
+    """A data folder with the tiny SD1 checkpoint (the default), the tiny SDXL base and refiner, and a VAE, with the
+    real loaded-models cache; loads are recorded."""
+    sd_dir, vae_dir = tmp_path / "models" / "Stable-diffusion", tmp_path / "models" / "VAE"
+    sd_dir.mkdir(parents=True)
+    vae_dir.mkdir(parents=True)
+    shutil.copy(TINY_SD1, sd_dir / "a-sd1.safetensors")
+    shutil.copy(files["base"], sd_dir / "xl-base.safetensors")
+    shutil.copy(files["refiner"], sd_dir / "xl-refiner.safetensors")
+    shutil.copy(TINY_VAE, vae_dir / "tiny-vae.safetensors")
+    monkeypatch.setattr(shared, "data_paths",
+                        paths.Paths(str(tmp_path), str(tmp_path / "config.json"), shipped_models=False))
+    monkeypatch.setattr(sd_models, "_cache_file", None)
+    monkeypatch.setattr(sd_models, "_vae_cache", {})
+    loads = []
+
+    def load_from_disk(info):
+        loads.append(info.name)
+        return sd_models.load_from_disk(info)
+
+    manager = sd_models.LoadedModels(load_from_disk, sd_models.inspect_on_disk)
+    manager.disk_loads = loads
+    monkeypatch.setattr(sd_models, "model_manager", manager)
+    monkeypatch.setattr(shared.opts, "filename", str(tmp_path / "config.json"))
+    shared.opts.load()
+    sd_models.refresh_checkpoints()
+    yield manager
+    shared.opts.load(str(tmp_path / "does-not-exist.json"))
+
+
+@pytest.fixture
+def client(models, api_client):
+    yield api_client
+    assert not jobs.queue_lock.locked() and not jobs.state.busy
+
+
+def txt2img(client, **fields):
+    response = client.post("/sdapi/v1/txt2img", json={**TXT, **fields})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    return body["images"][0], body["info"]
+
+
+def test_an_sdxl_override_generates_deterministically_then_sd1_serves_the_next_request(client, models):
+    override = {"override_settings": {"sd_model_checkpoint": "xl-base"}}
+    first, info = txt2img(client, **override)
+    again, _ = txt2img(client, **override)
+    assert first == again
+    image = Image.open(io.BytesIO(base64.b64decode(first)))
+    assert image.size == (64, 64)  # the checkpoint's native size: the request gave none
+    assert '"sd_model_name": "xl-base"' in info and "Model: xl-base" in info
+    _, info = txt2img(client, width=64, height=64)
+    assert '"sd_model_name": "a-sd1"' in info
+    assert models.disk_loads.count("xl-base.safetensors") == 1  # the second SDXL request was served from the cache
+
+
+def test_an_sdxl_vae_override_keeps_the_sdxl_latent_scale(client, models):
+    txt2img(client, override_settings={"sd_model_checkpoint": "xl-base", "sd_vae": "tiny-vae.safetensors"})
+    model = sd_models.model_manager.get(sd_models.resolve_checkpoint("xl-base"))
+    assert model.vae_name == "tiny-vae.safetensors" and model.vae.config.scaling_factor == 0.13025
+    assert sd_models._vae_cache and all(v.config.scaling_factor == 0.18215 for v in sd_models._vae_cache.values())
