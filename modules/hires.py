@@ -192,10 +192,10 @@ def second_pass_request(p, first, *, latents=None, images=None):
         init_latents=latents, init_images=tuple(images or ()))
 
 
-def sample(p, model, first, state, step_callback) -> list:
+def sample(p, model, first, state, step_callback, refiner=None) -> list:
     """One batch of Hires fix: the first pass, the upscale, and the second pass (under the hires checkpoint's
-    nested override when ``hr_checkpoint_name`` names one). Interrupted during the first pass, its images are
-    the result, as in A1111."""
+    nested override when ``hr_checkpoint_name`` names one; a ``refiner`` switch takes over in it, A1111's default
+    "second pass"). Interrupted during the first pass, its images are the result, as in A1111."""
     from modules import sd_pipeline
 
     latents = sd_pipeline.sample_latents(first, model, state, step_callback(first))
@@ -215,4 +215,5 @@ def sample(p, model, first, state, step_callback) -> list:
             embeddings = textual_inversion.lookup_for(hires_model, used=embeddings.used)
         request = second_pass_request(p, dataclasses.replace(first, settings=first.settings.fit(
             hires_model, p.warnings), embeddings=embeddings), **start)
-        return sd_pipeline.sample_batch(request, hires_model, state, step_callback(request))
+        refine = {} if refiner is None else {"refiner": refiner}
+        return sd_pipeline.sample_batch(request, hires_model, state, step_callback(request), **refine)

@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from modules import (extra_networks, hires, image_resize, img2img_inputs, infotext, jobs, plugins, sd_models,
+from modules import (extra_networks, hires, image_resize, img2img_inputs, infotext, jobs, plugins, refiner, sd_models,
                      sd_samplers, shared, styles, textual_inversion)
 from modules.runtime_utils import temporary_opts, with_overrides
 
@@ -106,6 +106,8 @@ class StableDiffusionProcessing:
     save_samples: bool | None = None  # None: follow the samples_save option; the CLI forces True
     eta: float | None = None
     denoising_strength: float | None = None
+    refiner_checkpoint: str | None = None  # the checkpoint that takes over the end of sampling (modules.refiner)
+    refiner_switch_at: float | None = None
     override_settings: dict = field(default_factory=dict)
     override_settings_restore_afterwards: bool = True
     extra_generation_params: dict = field(default_factory=dict)
@@ -154,6 +156,7 @@ class StableDiffusionProcessing:
         sd_samplers.resolve_sampler(self.sampler_name)
         sd_samplers.resolve_scheduler(self.scheduler)
         styles.check_names(self.styles)
+        refiner.check_inputs(self)
 
     def init_seeds(self):
         """Seeds for every image: -1 picks a random seed; image i of the whole run uses seed + i (A1111)."""
@@ -196,11 +199,14 @@ class StableDiffusionProcessing:
         from modules import sd_pipeline
         request = dataclasses.replace(self.sampling_request(prompts, negative_prompts, seeds, subseeds),
                                       embeddings=textual_inversion.lookup_for(model, used=self.embeddings_used))
+        # A refiner is passed only when one switches: without, the pipeline is called exactly as before it existed.
+        switch = refiner.switch_for(self, model)
+        refine = {} if switch is None else {"refiner": switch}
         if self.uses_hires:  # two passes, each its own request through the same pipeline functions
-            images = hires.sample(self, model, request, jobs.state, lambda r: _step_hook(self, r))
+            images = hires.sample(self, model, request, jobs.state, lambda r: _step_hook(self, r), **refine)
         else:
             images = sd_pipeline.sample_batch(request, model, jobs.state,
-                                              callback_on_step_end=_step_hook(self, request))
+                                              callback_on_step_end=_step_hook(self, request), **refine)
         if self.embeddings_used and shared.opts.textual_inversion_add_hashes_to_infotext:
             self.extra_generation_params["TI hashes"] = textual_inversion.hashes_infotext(self.embeddings_used)
         return images

@@ -67,6 +67,8 @@ PASTE_FIELDS = (
     ("Hires schedule type", "hr_scheduler"),
     ("Hires prompt", "hr_prompt"),
     ("Hires negative prompt", "hr_negative_prompt"),
+    ("Refiner", "refiner_checkpoint"),
+    ("Refiner switch at", "refiner_switch_at"),
     # img2img's inpainting fields (A1111's img2img_paste_fields)
     ("Mask blur", "mask_blur"),
     ("Mask mode", "inpainting_mask_invert"),

@@ -393,6 +393,18 @@ class Denoiser:
         self.init_latents = self.mask = None
         self.image_conditioning = None  # an inpainting UNet's mask and masked-image channels, one row per image
         self.last_denoised = None
+        self.refiner = None  # the refiner switch (``sample_latents``), until it has switched
+
+    def _refine_if_due(self, sigma: float) -> None:
+        """Continue on the refiner once the noise is down to ``refiner.switch_at`` of the model's timesteps
+        (A1111's ``(999 - t) / 1000``): its model, its schedule's scalings, its conditioning."""
+        t = round(float(self.schedule.sigma_to_t(sigma)))
+        if self.refiner.switch_at is not None and (999 - t) / 1000 < self.refiner.switch_at:
+            return
+        self.model = self.refiner.enter()
+        self.schedule = sd_schedules.ModelSchedule(self.model.scheduler_config)
+        self.encoder = prompt_encoder(self.model, self.request.settings)
+        self.refiner = None
 
     def __call__(self, x: torch.Tensor, sigma: float, step: int) -> torch.Tensor:
         request, model, state = self.request, self.model, self.state
@@ -400,6 +412,9 @@ class Denoiser:
             raise _Interrupted
         if step != state.sampling_step:
             self._step_done(step, x, sigma)
+        if self.refiner is not None:
+            self._refine_if_due(sigma)
+            model = self.model
         prompt_step = min(request.steps - 1, step * request.steps // max(1, self.total_steps))
         negatives = [prompt_parser.schedule_for_step(sch, prompt_step) for sch in self.uncond_schedules]
         positives = [prompt_parser.schedule_for_step(sch, prompt_step) for sch in self.cond_schedules]
@@ -498,16 +513,21 @@ def prepare_image_conditioning(request: SamplingRequest, model) -> torch.Tensor 
 
 @torch.inference_mode()
 @tiling.with_request_padding
-def sample_batch(request: SamplingRequest, model, state, callback_on_step_end: Callable | None = None
-                 ) -> list[Image.Image]:
-    """Generate one batch; returns PIL images (``sample_latents``, then the model's VAE decodes them)."""
-    return latents_to_images(sample_latents(request, model, state, callback_on_step_end), model.vae)
+def sample_batch(request: SamplingRequest, model, state, callback_on_step_end: Callable | None = None,
+                 refiner=None) -> list[Image.Image]:
+    """Generate one batch; returns PIL images (``sample_latents``, then the VAE of the model that finished
+    decodes them). With a ``refiner`` switch, its override is held from the switch to the end of decoding."""
+    if refiner is None:
+        return latents_to_images(sample_latents(request, model, state, callback_on_step_end), model.vae)
+    with refiner:
+        latents = sample_latents(request, model, state, callback_on_step_end, refiner=refiner)
+        return latents_to_images(latents, (refiner.model or model).vae)
 
 
 @torch.inference_mode()
 @tiling.with_request_padding
-def sample_latents(request: SamplingRequest, model, state, callback_on_step_end: Callable | None = None
-                   ) -> torch.Tensor:
+def sample_latents(request: SamplingRequest, model, state, callback_on_step_end: Callable | None = None,
+                   refiner=None) -> torch.Tensor:
     """Sample one batch and return its final latents, not yet decoded (Hires fix upscales them).
 
     Args:
@@ -520,6 +540,9 @@ def sample_latents(request: SamplingRequest, model, state, callback_on_step_end:
             step's first model call receives, or what is decoded after the last step) and ``denoised`` (the step's
             last denoised prediction); both tensors are copies. Its return value is ignored. Not called for a
             step cut short by interrupt or skip.
+        refiner (`refiner.Switch`, *optional*): switches to the refiner model mid-sampling: ``switch_at`` (the part
+            of the model's timesteps after which it takes over; ``None``: at once) and ``enter()``, which returns
+            the model to continue with. The caller holds it open (``with refiner:``) until it has decoded.
     """
     # 0. Check inputs before any model work
     request.check_inputs()
@@ -556,7 +579,7 @@ def sample_latents(request: SamplingRequest, model, state, callback_on_step_end:
                                  denoised=None if denoised is None else denoised.clone())
     denoiser = Denoiser(request, model, schedule, encoder, cond_schedules, uncond_schedules, total_steps, state,
                         on_step_end=step_end)
-    denoiser.init_latents, denoiser.mask = start.init_latents, start.mask
+    denoiser.init_latents, denoiser.mask, denoiser.refiner = start.init_latents, start.mask, refiner
     # 4b. An inpainting UNet's mask and masked-image channels, the same at every step
     denoiser.image_conditioning = prepare_image_conditioning(request, model)
     eta = sampler.default_eta if request.eta is None else float(request.eta)

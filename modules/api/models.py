@@ -71,8 +71,12 @@ class _GenerationRequest(BaseModel):
                           "queues; any bad key fails the request with 422 listing each one, and nothing is applied.")
     override_settings_restore_afterwards: bool | None = Field(
         True, description="false keeps the overrides as stored settings afterwards (not written to config.json).")
-    refiner_checkpoint: str | None = Field(None, description="A1111 refiner (not supported; ignored).")
-    refiner_switch_at: float | None = Field(None, description="A1111 refiner (not supported; ignored).")
+    refiner_checkpoint: str | None = Field(
+        None, description="A checkpoint that takes over the end of sampling (SDXL's refiner); null, \"\" or "
+                          "\"None\": none. Unknown names are a 422.")
+    refiner_switch_at: float | None = Field(
+        None, description="0-1: the part of the model's timesteps after which the refiner takes over (A1111); "
+                          "null switches at the first step.")
     disable_extra_networks: bool | None = Field(
         False, description="Accepted for A1111 clients; Serena has no extra networks.")
     comments: dict[str, Any] | None = Field(None, description="Free-form comments (accepted, not used).")
@@ -178,7 +182,6 @@ UNSUPPORTED_FIELDS: dict[str, tuple[tuple, str | None]] = {
     "s_tmax": ((0,), None),
     "s_tmin": ((0,), None),
     "s_noise": ((1,), None),
-    "refiner_checkpoint": (("", "None"), None),
     "firstphase_width": ((), None),
     "firstphase_height": ((), None),
     "firstpass_image": (("",), None),

@@ -19,6 +19,7 @@ from PIL import Image
 from modules import jobs, paths, sd_models, sd_pipeline, shared
 from modules import sd_models_loader as loader, sd_models_writer as writer, sd_models_xl as xl
 from modules.checkpoint_info import CheckpointInfo
+from modules.hookspecs import hookimpl
 from modules.processing import GenerationSettings
 from tools import make_tiny_sdxl as tiny
 
@@ -229,3 +230,53 @@ def test_an_sdxl_vae_override_keeps_the_sdxl_latent_scale(client, models):
     model = sd_models.model_manager.get(sd_models.resolve_checkpoint("xl-base"))
     assert model.vae_name == "tiny-vae.safetensors" and model.vae.config.scaling_factor == 0.13025
     assert sd_models._vae_cache and all(v.config.scaling_factor == 0.18215 for v in sd_models._vae_cache.values())
+
+
+# --- the refiner ----------------------------------------------------------------------------------------------------
+
+# Two checkpoints held: the base and its refiner both stay loaded across requests.
+REFINED = {"override_settings": {"sd_model_checkpoint": "xl-base", "sd_checkpoints_limit": 2}, "width": 64, "height": 64, "steps": 4,
+           "refiner_checkpoint": "xl-refiner", "refiner_switch_at": 0.5}
+
+
+class SwitchRecorder:
+    """Records the effective checkpoint at every override enter, and every exit."""
+
+    def __init__(self):
+        self.events = []
+
+    @hookimpl
+    def on_opts_override_enter(self):
+        self.events.append(sd_models.resolve_checkpoint(shared.opts.sd_model_checkpoint).name)
+
+    @hookimpl
+    def on_opts_override_exit(self):
+        self.events.append("exit")
+
+
+def test_the_refiner_takes_over_mid_sampling_as_a_nested_override(client, models, register):
+    recorder = register(SwitchRecorder(), "switch-recorder")
+    plain, _ = txt2img(client, **{**REFINED, "refiner_checkpoint": None})
+    recorder.events.clear()
+    refined, info = txt2img(client, **REFINED)
+    # the request's override, then the refiner's nested inside it, closed first
+    assert recorder.events == ["xl-base.safetensors", "xl-refiner.safetensors", "exit", "exit"]
+    assert refined != plain and txt2img(client, **REFINED)[0] == refined
+    title = sd_models.resolve_checkpoint("xl-refiner")
+    assert f"Refiner: xl-refiner [{title.shorthash}], Refiner switch at: 0.5" in info
+    assert '"sd_model_name": "xl-base"' in info  # the image is the base checkpoint's, refined
+    assert models.disk_loads.count("xl-refiner.safetensors") == 1  # the cache served the second switch
+    _, info = txt2img(client, width=64, height=64)
+    assert '"sd_model_name": "a-sd1"' in info and "Refiner" not in info
+
+
+def test_a_refiner_that_never_switches_changes_nothing(client):
+    plain, _ = txt2img(client, **{**REFINED, "refiner_checkpoint": ""})
+    late, info = txt2img(client, **{**REFINED, "refiner_switch_at": 1.0})
+    assert late == plain and "Refiner" not in info
+
+
+@pytest.mark.parametrize("field, value", [("refiner_checkpoint", "no-such-model"), ("refiner_switch_at", 1.5)])
+def test_bad_refiner_fields_are_a_422_naming_them(client, field, value):
+    response = client.post("/sdapi/v1/txt2img", json={**TXT, **REFINED, field: value})
+    assert response.status_code == 422 and field in response.text
