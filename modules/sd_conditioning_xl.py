@@ -52,9 +52,11 @@ class SDXLPromptEncoder:
         """The pooled bigG embedding of the prompt's first window."""
         return self._encoded(text)[1]
 
-    def conditioning(self, negatives, positives, width: int, height: int):
+    def conditioning(self, negatives, positives, request):
         """Each text's hidden states, negatives first (the UNet batch's order), and the UNet's
-        ``added_cond_kwargs``: ``text_embeds`` (pooled) and ``time_ids`` (micro-conditioning), one row per text."""
+        ``added_cond_kwargs``: ``text_embeds`` (pooled) and ``time_ids`` (micro-conditioning at the request's
+        ``width`` and ``height``), one row per text."""
+        width, height = request.width, request.height
         hidden, pooled, time_ids = [], [], []
         for negative, text in [(True, t) for t in negatives] + [(False, t) for t in positives]:
             states, embeds = self._encoded(text)

@@ -69,10 +69,11 @@ class PromptEncoder:
             self._cache[text] = self._encode_chunks(self.chunks(text))
         return self._cache[text]
 
-    def conditioning(self, negatives, positives, width: int, height: int):
-        """Each text's hidden states, negatives first (the UNet batch's order), and the UNet's added conditioning:
-        ``None``, as SD1.x UNets take none (``sd_conditioning_xl.SDXLPromptEncoder`` gives SDXL's). The prompts
-        are encoded before the negative prompts: the order their embeddings are named in (A1111's TI hashes)."""
+    def conditioning(self, negatives, positives, request):
+        """Each text's hidden states, negatives first (the UNet batch's order), and the UNet's added conditioning
+        for ``request``: ``None``, as SD1.x UNets take none (``sd_conditioning_xl.SDXLPromptEncoder`` gives
+        SDXL's). The prompts are encoded before the negative prompts: the order their embeddings are named in
+        (A1111's TI hashes)."""
         cond = [self.encode(text) for text in positives]
         return [self.encode(text) for text in negatives] + cond, None
 
@@ -418,7 +419,7 @@ class Denoiser:
         prompt_step = min(request.steps - 1, step * request.steps // max(1, self.total_steps))
         negatives = [prompt_parser.schedule_for_step(sch, prompt_step) for sch in self.uncond_schedules]
         positives = [prompt_parser.schedule_for_step(sch, prompt_step) for sch in self.cond_schedules]
-        conds, added_cond_kwargs = self.encoder.conditioning(negatives, positives, request.width, request.height)
+        conds, added_cond_kwargs = self.encoder.conditioning(negatives, positives, request)
         context = _stack_padded(conds)
         # SDXL's UNet takes the pooled embedding and the micro-conditioning besides the hidden states
         unet_kwargs = {} if added_cond_kwargs is None else {"added_cond_kwargs": added_cond_kwargs}

@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from modules.sd_pipeline import rescale_guidance
+from modules.sd_pipeline import PromptEncoder, rescale_guidance
 
 
 def preds(seed: int, batch: int = 3):
@@ -66,6 +66,8 @@ class _RecordingUNet:
 class _Encoder:
     def encode(self, text):
         return torch.zeros(77, 8)
+
+    conditioning = PromptEncoder.conditioning  # SD1.x's: every text encoded, no added conditioning
 
 
 def _denoiser(v, guidance_rescale=0.0):

@@ -11,6 +11,7 @@ import base64
 import io
 import os
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -131,7 +132,7 @@ def test_plain_prompts_condition_as_diffusers_sdxl_does(base):
     with torch.inference_mode():
         # no negative prompt: diffusers' zeros (force_zeros_for_empty_prompt); A1111 zeros an empty one
         embeds, negative, pooled, negative_pooled = pipe.encode_prompt("a red circle", negative_prompt=None)
-        hidden, added = encoder(base).conditioning([""], ["a red circle"], 64, 48)
+        hidden, added = encoder(base).conditioning([""], ["a red circle"], SimpleNamespace(width=64, height=48))
     assert torch.equal(hidden[1], embeds[0]) and torch.equal(added["text_embeds"][1], pooled[0])
     assert torch.equal(hidden[0], negative[0]) and not hidden[0].any() and not negative_pooled.any()
     assert added["time_ids"].tolist() == [[48, 64, 0, 0, 48, 64]] * 2
@@ -161,7 +162,8 @@ def test_clip_skip_reaches_clip_l_only_with_the_sdxl_option(base):
 
 def test_the_refiner_conditions_on_bigg_and_aesthetic_scores(refiner):
     with torch.inference_mode():
-        hidden, added = encoder(refiner, sdxl_refiner_low_aesthetic_score=2.0).conditioning(["bad"], ["good"], 64, 64)
+        enc = encoder(refiner, sdxl_refiner_low_aesthetic_score=2.0)
+        hidden, added = enc.conditioning(["bad"], ["good"], SimpleNamespace(width=64, height=64))
     assert hidden[0].shape == (77, 64) and added["text_embeds"].shape == (2, 48)
     assert added["time_ids"].tolist() == [[64, 64, 0, 0, 2.0], [64, 64, 0, 0, 6.0]]
 
