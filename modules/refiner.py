@@ -9,8 +9,8 @@ switches the model (from the loaded-models cache when it is there) and every ext
 that depth; the loop continues on the refiner's UNet with the refiner's conditioning (SDXL's refiner: bigG alone,
 aesthetic scores), and its VAE decodes. The override closes when the batch's sampling ends, so the base model is
 back for the next batch and the next request. The infotext's ``Refiner`` and ``Refiner switch at`` are written when
-the switch happens (A1111: into ``extra_generation_params``). With Hires fix, the refiner takes over in the second pass (A1111's
-default ``hires_fix_refiner_pass``, "second pass").
+the switch happens (A1111: into ``extra_generation_params``). With Hires fix, the refiner takes over in the second
+pass (A1111's default ``hires_fix_refiner_pass``, "second pass").
 """
 
 from __future__ import annotations

@@ -113,8 +113,8 @@ def ldm_state_dict(unet: UNet2DConditionModel, vae: AutoencoderKL,
 
 
 # transformers' CLIP layer names -> open_clip's, inside one residual block
-_OPEN_CLIP_BLOCK = {"layer_norm1.": "ln_1.", "layer_norm2.": "ln_2.", "mlp.fc1.": "mlp.c_fc.", "mlp.fc2.": "mlp.c_proj.",
-                    "self_attn.out_proj.": "attn.out_proj."}
+_OPEN_CLIP_BLOCK = {"layer_norm1.": "ln_1.", "layer_norm2.": "ln_2.", "mlp.fc1.": "mlp.c_fc.",
+                    "mlp.fc2.": "mlp.c_proj.", "self_attn.out_proj.": "attn.out_proj."}
 _OPEN_CLIP_TOP = {"text_model.embeddings.token_embedding.weight": "token_embedding.weight",
                   "text_model.embeddings.position_embedding.weight": "positional_embedding",
                   "text_model.final_layer_norm.weight": "ln_final.weight",

@@ -237,8 +237,8 @@ def test_an_sdxl_vae_override_keeps_the_sdxl_latent_scale(client, models):
 # --- the refiner ----------------------------------------------------------------------------------------------------
 
 # Two checkpoints held: the base and its refiner both stay loaded across requests.
-REFINED = {"override_settings": {"sd_model_checkpoint": "xl-base", "sd_checkpoints_limit": 2}, "width": 64, "height": 64, "steps": 4,
-           "refiner_checkpoint": "xl-refiner", "refiner_switch_at": 0.5}
+REFINED = {"override_settings": {"sd_model_checkpoint": "xl-base", "sd_checkpoints_limit": 2}, "width": 64,
+           "height": 64, "steps": 4, "refiner_checkpoint": "xl-refiner", "refiner_switch_at": 0.5}
 
 
 class SwitchRecorder:
