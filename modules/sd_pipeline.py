@@ -404,7 +404,7 @@ class Denoiser:
             return
         self.model = self.refiner.enter()
         self.schedule = sd_schedules.ModelSchedule(self.model.scheduler_config)
-        self.encoder = prompt_encoder(self.model, self.request.settings)
+        self.encoder = prompt_encoder(self.model, self.request)
         self.refiner = None
 
     def __call__(self, x: torch.Tensor, sigma: float, step: int) -> torch.Tensor:

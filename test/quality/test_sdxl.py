@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from modules import jobs, paths, sd_models, sd_pipeline, shared
+from modules import jobs, model_families, paths, sd_models, sd_pipeline, shared
 from modules import sd_models_loader as loader, sd_models_writer as writer, sd_models_xl as xl
 from modules.checkpoint_info import CheckpointInfo
 from modules.hookspecs import hookimpl
@@ -61,12 +61,15 @@ def parts(model) -> dict:
 
 # --- loading ------------------------------------------------------------------------------------------------------
 
-def test_families_are_told_apart_by_their_keys_and_model_index(files):
-    assert xl.family_of(files["base"]) == xl.SDXL
-    assert xl.family_of(files["folder"]) == xl.SDXL
-    assert xl.family_of(files["refiner"]) == xl.SDXL_REFINER
-    assert xl.family_of(TINY_SD1) is None
-    assert sd_models._loader_for(files["base"]) is xl and sd_models._loader_for(TINY_SD1) is loader
+def test_families_are_told_apart_by_their_keys_and_model_index(files, base, refiner):
+    found = {which: model_families.detect_path(files[which]).name for which in ("base", "folder", "refiner")}
+    assert found == {"base": "sdxl", "folder": "sdxl", "refiner": "sdxl-refiner"}
+    assert all(model_families.FAMILIES[name].runnable for name in xl.FAMILIES)
+    assert sd_models._loader_for(files["folder"]) is xl and sd_models._loader_for(TINY_SD1) is loader
+    assert (base.family.name, refiner.family.name) == ("sdxl", "sdxl-refiner") and refiner.is_refiner
+    assert base.facts.text_encoder_widths == (32, 64) and refiner.facts.text_encoder_widths == (64,)
+    with pytest.raises(ValueError, match="an SDXL checkpoint, which modules.sd_models_xl loads"):
+        loader.inspect_checkpoint(files["base"])
 
 
 def test_the_shipped_configs_describe_sdxl_base_and_refiner():
@@ -119,7 +122,7 @@ def test_a_dropped_bigg_tensor_is_refused_naming_the_file(files, tmp_path):
 # --- conditioning -------------------------------------------------------------------------------------------------
 
 def encoder(model, **settings):
-    return sd_pipeline.prompt_encoder(model, GenerationSettings(**settings))
+    return sd_pipeline.prompt_encoder(model, SimpleNamespace(settings=GenerationSettings(**settings), embeddings=None))
 
 
 def test_plain_prompts_condition_as_diffusers_sdxl_does(base):
