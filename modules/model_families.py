@@ -223,7 +223,7 @@ def detect_path(path: str) -> Family | None:
 
 
 def runnable_labels() -> str:
-    """"SD1.x and SD1.x inpainting": what Serena runs, for messages."""
+    """"SD1.x, SD1.x inpainting, SDXL and SDXL refiner": what Serena runs, for messages."""
     labels = [FAMILIES[n].label for n in FAMILIES if n in RUNNABLE]
     return labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + " and " + labels[-1]
 

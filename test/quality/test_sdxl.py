@@ -285,3 +285,13 @@ def test_a_refiner_that_never_switches_changes_nothing(client):
 def test_bad_refiner_fields_are_a_422_naming_them(client, field, value):
     response = client.post("/sdapi/v1/txt2img", json={**TXT, **REFINED, field: value})
     assert response.status_code == 422 and field in response.text
+
+
+def test_the_txt2img_refiner_section_fills_and_pastes_the_fields(models):
+    from modules.ui import refiner as section
+    title = sd_models.resolve_checkpoint("xl-refiner").title
+    text = f"a cat\nSteps: 4, Seed: 1, Size: 64x64, Refiner: xl-refiner [{title[-11:-1]}], Refiner switch at: 0.6"
+    assert section.paste_values(text) == [True, title, 0.6]
+    assert section.paste_values("a cat\nSteps: 4, Seed: 1") == [False, None, 0.8]
+    assert section.p_kwargs([True, title, 0.6]) == {"refiner_checkpoint": title, "refiner_switch_at": 0.6}
+    assert section.p_kwargs([False, title, 0.6]) == section.p_kwargs([True, None, 0.6]) == section.p_kwargs([]) == {}
