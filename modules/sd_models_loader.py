@@ -487,26 +487,34 @@ def _instantiate(build, state_dict: dict[str, torch.Tensor], name: str, what: st
 
 def _load_diffusers_folder(folder: str, device: torch.device, dtype: torch.dtype):
     """``(unet, vae, text_encoder, scheduler_config)`` from a diffusers-format folder, strictly, safetensors only."""
+    loaded = [load_folder_part(folder, cls, sub, device, dtype)
+              for cls, sub in ((UNet2DConditionModel, "unet"), (AutoencoderKL, "vae"), (CLIPTextModel, "text_encoder"))]
+    return (*loaded, folder_scheduler_config(folder, default_configs()["scheduler"]))
+
+
+def load_folder_part(folder: str, cls, sub: str, device: torch.device, dtype: torch.dtype):
+    """One component of a diffusers folder (``cls`` from ``sub/``), strictly, safetensors only; ``ValueError``
+    naming the folder and the part when it cannot load or its weights do not fit its config."""
     name = os.path.basename(folder.rstrip("/\\"))
-    loaded = []
-    for cls, sub in ((UNet2DConditionModel, "unet"), (AutoencoderKL, "vae"), (CLIPTextModel, "text_encoder")):
-        try:
-            dtype_arg = {"dtype": dtype} if cls is CLIPTextModel else {"torch_dtype": dtype}
-            model, report = cls.from_pretrained(folder, subfolder=sub, local_files_only=True, use_safetensors=True,
-                                                output_loading_info=True, **dtype_arg)
-        except (OSError, ValueError, RuntimeError, SafetensorError) as e:
-            raise ValueError(f"{name}: cannot load {sub}/: {e}") from e
-        problems = {k: v for k, v in report.items() if k != "error_msgs" and v}
-        if problems or report.get("error_msgs"):
-            raise ValueError(f"{name}: {sub}/ weights do not fit its config: {problems or report['error_msgs']}")
-        loaded.append(model.to(device))
+    try:
+        dtype_arg = {"torch_dtype": dtype} if sub in ("unet", "vae") else {"dtype": dtype}  # transformers: dtype
+        model, report = cls.from_pretrained(folder, subfolder=sub, local_files_only=True, use_safetensors=True,
+                                            output_loading_info=True, **dtype_arg)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
+        raise ValueError(f"{name}: cannot load {sub}/: {e}") from e
+    problems = {k: v for k, v in report.items() if k != "error_msgs" and v}
+    if problems or report.get("error_msgs"):
+        raise ValueError(f"{name}: {sub}/ weights do not fit its config: {problems or report['error_msgs']}")
+    return model.to(device)
+
+
+def folder_scheduler_config(folder: str, default: dict) -> dict:
+    """A diffusers folder's ``scheduler/scheduler_config.json``, or ``default`` when it has none."""
     scheduler_file = os.path.join(folder, _COMPONENT_FILES["scheduler"])
-    if os.path.isfile(scheduler_file):
-        with open(scheduler_file, encoding="utf-8") as f:
-            scheduler_config = json.load(f)
-    else:
-        scheduler_config = default_configs()["scheduler"]
-    return (*loaded, scheduler_config)
+    if not os.path.isfile(scheduler_file):
+        return default
+    with open(scheduler_file, encoding="utf-8") as f:
+        return json.load(f)
 
 
 def _inspect_diffusers_folder(folder: str) -> ModelFacts:

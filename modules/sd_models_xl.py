@@ -236,29 +236,9 @@ _FOLDER_PARTS = ((UNet2DConditionModel, "unet"), (AutoencoderKL, "vae"), (CLIPTe
 
 def _load_diffusers_folder(folder: str, family: model_families.Family, device: torch.device, dtype: torch.dtype):
     """``(unet, vae, text_encoder or None, text_encoder_2, scheduler_config)``, strictly, safetensors only."""
-    name = os.path.basename(folder.rstrip("/\\"))
-    loaded = []
-    for cls, sub in _FOLDER_PARTS:
-        if sub == "text_encoder" and family.name == SDXL_REFINER:
-            loaded.append(None)
-            continue
-        try:
-            dtype_arg = {"dtype": dtype} if sub.startswith("text_encoder") else {"torch_dtype": dtype}
-            model, report = cls.from_pretrained(folder, subfolder=sub, local_files_only=True, use_safetensors=True,
-                                                output_loading_info=True, **dtype_arg)
-        except (OSError, ValueError, RuntimeError) as e:
-            raise ValueError(f"{name}: cannot load {sub}/: {e}") from e
-        problems = {k: v for k, v in report.items() if k != "error_msgs" and v}
-        if problems or report.get("error_msgs"):
-            raise ValueError(f"{name}: {sub}/ weights do not fit its config: {problems or report['error_msgs']}")
-        loaded.append(model.to(device))
-    scheduler_file = os.path.join(folder, _COMPONENT_FILES["scheduler"])
-    if os.path.isfile(scheduler_file):
-        with open(scheduler_file, encoding="utf-8") as f:
-            scheduler_config = json.load(f)
-    else:
-        scheduler_config = default_configs(family.name)["scheduler"]
-    return (*loaded, scheduler_config)
+    loaded = [None if sub == "text_encoder" and family.name == SDXL_REFINER
+              else loader.load_folder_part(folder, cls, sub, device, dtype) for cls, sub in _FOLDER_PARTS]
+    return (*loaded, loader.folder_scheduler_config(folder, default_configs(family.name)["scheduler"]))
 
 
 def _inspect_diffusers_folder(folder: str) -> ModelFacts:

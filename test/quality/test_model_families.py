@@ -104,7 +104,8 @@ def test_detection_always_gives_a_family_and_a_refusal_that_names_the_file(shape
     message = refusal("some/dir/x.safetensors", family)
     assert (message is None) == family.runnable
     if message:
-        assert message.startswith("x.safetensors is ") and "Serena runs SD1.x, SD1.x inpainting, SDXL and SDXL refiner" in message
+        assert message.startswith("x.safetensors is ")
+        assert "Serena runs SD1.x, SD1.x inpainting, SDXL and SDXL refiner" in message
 
 
 @pytest.mark.parametrize("damage", [b"", b"\x05\x00", (1 << 40).to_bytes(8, "little"),
