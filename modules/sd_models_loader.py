@@ -517,11 +517,12 @@ def folder_scheduler_config(folder: str, default: dict) -> dict:
         return json.load(f)
 
 
-def _inspect_diffusers_folder(folder: str) -> ModelFacts:
+def folder_part_configs(folder: str, parts) -> dict[str, dict]:
+    """``{part: config}`` of a diffusers folder's ``parts`` (``"unet"``, ``"vae"``...), each checked to have
+    readable ``.safetensors`` weights (headers only) and a ``config.json``; ``ValueError`` naming the part."""
     name = os.path.basename(folder.rstrip("/\\"))
-    family = _folder_family(folder)
     configs = {}
-    for sub in ("unet", "vae", "text_encoder"):
+    for sub in parts:
         directory = os.path.join(folder, sub)
         weights = sorted(n for n in os.listdir(directory) if n.endswith(".safetensors")) if os.path.isdir(directory) \
             else []
@@ -537,6 +538,13 @@ def _inspect_diffusers_folder(folder: str) -> ModelFacts:
                 configs[sub] = json.load(f)
         except (OSError, ValueError) as e:
             raise ValueError(f"{name}: cannot load {sub}/config.json: {e}") from e
+    return configs
+
+
+def _inspect_diffusers_folder(folder: str) -> ModelFacts:
+    name = os.path.basename(folder.rstrip("/\\"))
+    family = _folder_family(folder)
+    configs = folder_part_configs(folder, ("unet", "vae", "text_encoder"))
     try:
         return ModelFacts(text_encoder_layers=int(configs["text_encoder"]["num_hidden_layers"]),
                           latent_channels=int(configs["unet"].get("out_channels", 4)),

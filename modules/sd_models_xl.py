@@ -244,25 +244,8 @@ def _load_diffusers_folder(folder: str, family: model_families.Family, device: t
 def _inspect_diffusers_folder(folder: str) -> ModelFacts:
     name = os.path.basename(folder.rstrip("/\\"))
     family = _folder_family(folder)
-    configs = {}
-    for _, sub in _FOLDER_PARTS:
-        if sub == "text_encoder" and family.name == SDXL_REFINER:
-            continue
-        directory = os.path.join(folder, sub)
-        weights = sorted(n for n in os.listdir(directory) if n.endswith(".safetensors")) \
-            if os.path.isdir(directory) else []
-        if not weights:
-            raise ValueError(f"{name}: cannot load {sub}/: no .safetensors weights")
-        for weight in weights:
-            try:
-                loader._safetensors_metadata(os.path.join(directory, weight))
-            except ValueError as e:
-                raise ValueError(f"{name}: {sub}/{e}") from None
-        try:
-            with open(os.path.join(directory, "config.json"), encoding="utf-8") as f:
-                configs[sub] = json.load(f)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{name}: cannot load {sub}/config.json: {e}") from e
+    configs = loader.folder_part_configs(folder, [sub for _, sub in _FOLDER_PARTS
+                                                  if not (sub == "text_encoder" and family.name == SDXL_REFINER)])
     texts = [configs[sub] for sub in ("text_encoder", "text_encoder_2") if sub in configs]
     try:
         return ModelFacts(text_encoder_layers=int(texts[0]["num_hidden_layers"]),
