@@ -410,13 +410,16 @@ def placement():
 
 def _loader_for(path: str):
     """The loading module for a checkpoint's family (``model_families``, from its header or ``model_index.json``):
-    SDXL's, or SD1.x's (which also reports every file it cannot read or run)."""
-    from modules import sd_models_loader, sd_models_xl
+    SDXL's, SD2.x's, or SD1.x's (which also reports every file it cannot read or run)."""
+    from modules import sd_models_loader, sd_models_sd2, sd_models_xl
     try:
         family = model_families.detect_path(path)
     except ValueError:
         family = None
-    return sd_models_xl if family is not None and family.name in sd_models_xl.FAMILIES else sd_models_loader
+    for loader in (sd_models_xl, sd_models_sd2):
+        if family is not None and family.name in loader.FAMILIES:
+            return loader
+    return sd_models_loader
 
 
 def load_from_disk(info: CheckpointInfo):
@@ -441,14 +444,14 @@ def inspect_on_disk(kind: str, path: str):
 @functools.lru_cache(maxsize=None)
 def inspection_digest(allow_pickle: bool) -> str:
     """A digest of what decides an inspection's outcome besides the file: the source of the loaders, of the family
-    detection and of the UNet input channels it accepts, the SD1.x and SDXL configs (read, not imported), the
+    detection and of the UNet input channels it accepts, the SD1.x, SD2.x and SDXL configs (read, not imported), the
     versions of the packages it runs, and whether pickles are allowed."""
     from importlib import metadata
     h = hashlib.sha256()
     loader_dir = os.path.dirname(os.path.abspath(__file__))
-    files = [os.path.join(loader_dir, name) for name in ("sd_models_loader.py", "sd_models_xl.py", "model_families.py",
-                                                         "inpaint_conditioning.py")]
-    for configs in ("v1", "xl", "xl_refiner"):
+    files = [os.path.join(loader_dir, name) for name in ("sd_models_loader.py", "sd_models_xl.py", "sd_models_sd2.py",
+                                                         "model_families.py", "inpaint_conditioning.py")]
+    for configs in ("v1", "v2", "xl", "xl_refiner"):
         for root, dirs, names in os.walk(os.path.join(loader_dir, "sd_configs", configs)):
             dirs.sort()
             files += [os.path.join(root, name) for name in sorted(names)]

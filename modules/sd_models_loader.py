@@ -110,7 +110,11 @@ class SDModel:
     (0 for ordinary SD files; zero-terminal-SNR models such as Serena's shape models declare one, see
     ``sd_pipeline.rescale_guidance``); ``cfg_scale`` is the CFG scale it recommends, or ``None``. ``vae`` is the
     checkpoint's own VAE unless ``apply_vae`` swapped another in, in which case ``vae_name`` names the VAE file.
+    ``conditioning_layer`` is the text encoder layer a family always conditions on, counted from the end as clip
+    skip counts (SD2.x: 2, see ``modules.sd_models_sd2``); ``None``: clip skip chooses.
     """
+
+    conditioning_layer: int | None = None
 
     def __init__(self, *, info: CheckpointInfo, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel,
                  unet: UNet2DConditionModel, vae: AutoencoderKL, scheduler_config: dict,
@@ -384,6 +388,21 @@ def _safetensors_metadata(path: str) -> dict[str, str]:
 def _components_from_ldm(state_dict: dict[str, torch.Tensor], configs: dict[str, dict], name: str,
                          device: torch.device, dtype: torch.dtype):
     """``(unet, vae, text_encoder, scheduler_config)`` from an LDM-layout state dict ``_check_ldm_layout`` passed."""
+    unet, vae = ldm_unet_and_vae(state_dict, configs, name, device, dtype)
+    # position_ids is a non-persistent buffer in transformers; some old files carry broken float copies of it.
+    text_source = {k: v for k, v in state_dict.items()
+                   if k.startswith(_TEXT_PREFIX_SHORT) and not k.endswith("embeddings.position_ids")}
+    text_sd = {k.removeprefix("text_model."): v for k, v in convert_ldm_clip_checkpoint(text_source).items()}
+    _check_conversion(name, "text encoder", len(text_source), text_sd)
+    text_config = CLIPTextConfig(**configs["text_encoder"])
+    text_encoder = _instantiate(lambda: CLIPTextModel(text_config), text_sd, name, "text encoder", device, dtype)
+    return unet, vae, text_encoder, dict(configs["scheduler"])
+
+
+def ldm_unet_and_vae(state_dict: dict[str, torch.Tensor], configs: dict[str, dict], name: str,
+                     device: torch.device, dtype: torch.dtype):
+    """``(unet, vae)`` from the ``model.diffusion_model.*`` and ``first_stage_model.*`` tensors of a single file,
+    built from ``configs["unet"]`` and ``configs["vae"]``; ``ValueError`` naming the file when a tensor is left."""
     unet_config, vae_config = configs["unet"], configs["vae"]
 
     n_unet = sum(k.startswith(UNET_PREFIX) for k in state_dict)
@@ -395,17 +414,9 @@ def _components_from_ldm(state_dict: dict[str, torch.Tensor], configs: dict[str,
     vae_sd = _convert(name, "VAE", convert_ldm_vae_checkpoint, vae_source, vae_config)
     _check_conversion(name, "VAE", len(vae_source), vae_sd)
 
-    # position_ids is a non-persistent buffer in transformers; some old files carry broken float copies of it.
-    text_source = {k: v for k, v in state_dict.items()
-                   if k.startswith(_TEXT_PREFIX_SHORT) and not k.endswith("embeddings.position_ids")}
-    text_sd = {k.removeprefix("text_model."): v for k, v in convert_ldm_clip_checkpoint(text_source).items()}
-    _check_conversion(name, "text encoder", len(text_source), text_sd)
-
     unet = _instantiate(lambda: UNet2DConditionModel.from_config(unet_config), unet_sd, name, "UNet", device, dtype)
     vae = _instantiate(lambda: AutoencoderKL.from_config(vae_config), vae_sd, name, "VAE", device, dtype)
-    text_config = CLIPTextConfig(**configs["text_encoder"])
-    text_encoder = _instantiate(lambda: CLIPTextModel(text_config), text_sd, name, "text encoder", device, dtype)
-    return unet, vae, text_encoder, dict(configs["scheduler"])
+    return unet, vae
 
 
 def _check_ldm_layout(state_dict: dict[str, torch.Tensor], name: str) -> model_families.Family:
@@ -420,6 +431,8 @@ def _check_ldm_layout(state_dict: dict[str, torch.Tensor], name: str) -> model_f
         check_in_channels(family.in_channels, name)
     if family.name in ("sdxl", "sdxl-refiner"):  # runnable, by their own loader
         raise ValueError(f"{name}: an {family.label} checkpoint, which modules.sd_models_xl loads")
+    if family.name.startswith("sd2"):  # runnable, by its own loader
+        raise ValueError(f"{name}: an {family.label} checkpoint, which modules.sd_models_sd2 loads")
 
     def has(prefix):
         return any(k.startswith(prefix) for k in keys)

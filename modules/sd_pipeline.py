@@ -158,8 +158,9 @@ def prompt_encoder(model, request):
     ``PromptEncoder`` parses (without embeddings: SDXL's carry vectors for both encoders, not read yet)."""
     settings = request.settings
     if getattr(model, "text_encoder_2", None) is None:
-        return PromptEncoder(model.tokenizer, model.text_encoder, settings.clip_skip, model.device, model.dtype,
-                             embeddings=request.embeddings)
+        # a family that always conditions on one layer (SD2.x's penultimate) ignores clip skip, as A1111 does
+        return PromptEncoder(model.tokenizer, model.text_encoder, model.conditioning_layer or settings.clip_skip,
+                             model.device, model.dtype, embeddings=request.embeddings)
     parser = PromptEncoder(model.tokenizer, model.text_encoder, settings.clip_skip, model.device, model.dtype)
     return sd_conditioning_xl.SDXLPromptEncoder(parser.chunks, model, settings, CHUNK)
 

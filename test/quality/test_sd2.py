@@ -1,0 +1,166 @@
+"""SD2.x (issue 17 item 3): original single files load offline (OpenCLIP text encoder converted exactly), the
+prediction type comes from a .yaml beside the file, its metadata or A1111's test forward, conditioning is the
+penultimate layer, and an SD2 generation runs through the API as a checkpoint override, after which the stored
+SD1 model serves the next request. Real files from ``tools/make_tiny_sd2.py`` (random weights, 64x64, 2 steps).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+import torch
+
+from modules import jobs, model_families, paths, sd_models, sd_pipeline, shared
+from modules import sd_models_sd2 as sd2, sd_models_writer as writer
+from modules.checkpoint_info import CheckpointInfo
+from tools import make_tiny_sd2 as tiny
+
+SHIPPED = os.path.join(paths.script_path, "models")
+TINY_SD1 = os.path.join(SHIPPED, "Stable-diffusion", "serena-tiny-v1.safetensors")
+TXT = {"prompt": "a red (circle:1.2)", "negative_prompt": "", "steps": 2, "seed": 5, "cfg_scale": 5,
+       "width": 64, "height": 64}
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sd2")
+    tiny.main(["--out-dir", str(out)])
+    return out / "models" / "Stable-diffusion"
+
+
+def load(path) -> sd2.SD2Model:
+    return sd2.load_checkpoint(CheckpointInfo(str(path), os.path.basename(path), "0" * 64))
+
+
+@pytest.fixture(scope="module")
+def v_model(folder):
+    return load(folder / tiny.V_FILE)
+
+
+def test_sd2_files_are_detected_and_runnable(folder):
+    for name in (tiny.EPS_FILE, tiny.V_FILE):
+        family = model_families.detect_path(str(folder / name))
+        assert (family.name, family.context_dim, family.runnable) == ("sd2", 32, True)
+    assert sd_models._loader_for(str(folder / tiny.V_FILE)) is sd2
+    assert sd_models._loader_for(TINY_SD1) is not sd2
+
+
+def test_open_clip_text_encoder_round_trips_bitwise(folder, v_model):
+    built = tiny.build("v")
+    source = writer.open_clip_state_dict(built["text_encoder"].half(), built["text_projection"])
+    loaded = {k: v.half() for k, v in v_model.text_encoder.state_dict().items()}
+    assert set(loaded) == set(built["text_encoder"].state_dict())
+    for key, value in built["text_encoder"].state_dict().items():
+        assert torch.equal(loaded[key], value.half()), key
+    # and back: the loaded encoder written out again is the file's tensors, in_proj fused as open_clip keeps it
+    again = writer.open_clip_state_dict(v_model.text_encoder.half(), built["text_projection"])
+    v_model.text_encoder.float()
+    assert all(torch.equal(again[k], source[k]) for k in source) and set(again) == set(source)
+
+
+def test_a_dropped_text_tensor_is_refused_naming_the_file(folder, tmp_path):
+    from safetensors.torch import load_file, save_file
+    tensors = load_file(str(folder / tiny.EPS_FILE))
+    del tensors[sd2.TEXT_PREFIX + "transformer.resblocks.1.mlp.c_fc.weight"]
+    path = tmp_path / "broken.safetensors"
+    save_file(tensors, str(path))
+    with pytest.raises(ValueError, match="broken.safetensors"):
+        load(path)
+
+
+@pytest.mark.parametrize("name, beside, expected", [
+    (tiny.V_FILE, None, "v"),                                   # the .yaml beside it
+    (tiny.V_META_FILE, None, "v"),                              # modelspec.prediction_type
+    (tiny.EPS_FILE, tiny.V_YAML, "v"),                          # a .yaml outranks the test forward
+    (tiny.V_META_FILE, "model:\n  params: {}\n", "epsilon"),    # ... and the metadata; no parameterization: eps
+])
+def test_a_declared_prediction_type_comes_from_yaml_then_metadata(folder, tmp_path, name, beside, expected):
+    path = tmp_path / name
+    shutil.copy(folder / name, path)
+    if beside is not None:
+        path.with_suffix(".yaml").write_text(beside)
+    elif (folder / name).with_suffix(".yaml").exists():
+        shutil.copy((folder / name).with_suffix(".yaml"), path.with_suffix(".yaml"))
+    # the loading steps on the meta device: a declared type needs no weight
+    (_, _, _, scheduler), _, family = sd2._file_components(str(path), torch.device("meta"), torch.float32, False)
+    assert family.prediction == expected
+    assert family.native_size == (768 if expected == "v" else 512)
+    assert scheduler["prediction_type"] == {"v": "v_prediction", "epsilon": "epsilon"}[expected]
+    assert sd2.inspect_checkpoint(str(path)).native_size == 64  # the file's own UNet config
+
+
+def test_an_undeclared_prediction_type_is_the_test_forwards(folder):
+    assert sd2.inspect_checkpoint(str(folder / tiny.EPS_FILE)).native_size is None  # no weight read: undecided
+    model = load(folder / tiny.EPS_FILE)
+    assert (model.family.prediction, model.family.native_size) == ("epsilon", 512)
+    assert model.scheduler_config["prediction_type"] == "epsilon"
+
+
+def test_the_test_forward_is_a1111s_threshold(v_model):
+    assert sd2.v_test(v_model.unet) < -1
+    assert sd2.v_test(tiny.build("epsilon")["unet"]) > -1
+
+
+def test_shipped_configs_are_sd2s():
+    v, eps = sd2.default_configs("v"), sd2.default_configs("epsilon")
+    assert v["unet"]["attention_head_dim"] == [5, 10, 20, 20] and v["unet"]["use_linear_projection"] is True
+    assert v["unet"]["cross_attention_dim"] == 1024 == v["text_encoder"]["hidden_size"]
+    assert (v["unet"]["sample_size"] * 8, eps["unet"]["sample_size"] * 8) == (768, 512)
+    assert (v["scheduler"]["prediction_type"], eps["scheduler"]["prediction_type"]) == ("v_prediction", "epsilon")
+    assert v["text_encoder"]["num_hidden_layers"] == 24 and v["text_encoder"]["hidden_act"] == "gelu"
+
+
+def test_conditioning_is_the_penultimate_layer_whatever_clip_skip_says(v_model):
+    encoder = sd_pipeline.PromptEncoder(v_model.tokenizer, v_model.text_encoder, v_model.conditioning_layer,
+                                        "cpu", torch.float32)
+    ids = v_model.tokenizer("a cat", padding="max_length", max_length=77, return_tensors="pt").input_ids
+    assert ids[0, -1].item() == 0  # padded with "!", as open_clip pads
+    with torch.no_grad():
+        out = v_model.text_encoder(ids, output_hidden_states=True)
+        penultimate = v_model.text_encoder.final_layer_norm(out.hidden_states[-2])[0]
+    assert torch.allclose(encoder.encode("a cat"), penultimate, atol=1e-6)
+    assert not torch.allclose(penultimate, out.last_hidden_state[0], atol=1e-3)
+
+
+@pytest.fixture
+def models(folder, tmp_path, monkeypatch):
+    sd_dir = tmp_path / "models" / "Stable-diffusion"
+    sd_dir.mkdir(parents=True)
+    shutil.copy(TINY_SD1, sd_dir / "a-sd1.safetensors")
+    shutil.copy(folder / tiny.V_FILE, sd_dir / "sd2-v.safetensors")
+    shutil.copy(folder / "serena-tiny-sd2-v.yaml", sd_dir / "sd2-v.yaml")
+    monkeypatch.setattr(shared, "data_paths",
+                        paths.Paths(str(tmp_path), str(tmp_path / "config.json"), shipped_models=False))
+    monkeypatch.setattr(sd_models, "_cache_file", None)
+    monkeypatch.setattr(sd_models, "_vae_cache", {})
+    loads = []
+
+    def load_from_disk(info):
+        loads.append(info.name)
+        return sd_models.load_from_disk(info)
+
+    manager = sd_models.LoadedModels(load_from_disk, sd_models.inspect_on_disk)
+    manager.disk_loads = loads
+    monkeypatch.setattr(sd_models, "model_manager", manager)
+    monkeypatch.setattr(shared.opts, "filename", str(tmp_path / "config.json"))
+    shared.opts.load()
+    sd_models.refresh_checkpoints()
+    yield manager
+    shared.opts.load(str(tmp_path / "does-not-exist.json"))
+
+
+def test_an_sd2_override_generates_deterministically_then_sd1_serves_the_next_request(models, api_client):
+    def txt2img(**fields):
+        response = api_client.post("/sdapi/v1/txt2img", json={**TXT, **fields})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    override = {"override_settings": {"sd_model_checkpoint": "sd2-v"}}
+    first, again = txt2img(**override), txt2img(**override)
+    assert first["images"] == again["images"]
+    assert "Model: sd2-v" in first["info"]
+    assert "Model: a-sd1" in txt2img()["info"]
+    assert models.disk_loads.count("sd2-v.safetensors") == 1
+    assert not jobs.queue_lock.locked() and not jobs.state.busy
