@@ -182,7 +182,8 @@ def _json(path: str) -> dict:
 
 
 def detect_folder(folder: str) -> Family:
-    """The family of a diffusers-format folder, from ``model_index.json`` and ``unet/config.json``."""
+    """The family of a diffusers-format folder, from ``model_index.json``, ``unet/config.json`` and (SD2.x's
+    open_clip text encoder) ``text_encoder/config.json``."""
     index = _json(os.path.join(folder, "model_index.json"))
     pipeline = str(index.get("_class_name", ""))
     if pipeline.startswith("StableDiffusion3") or "text_encoder_3" in index:
@@ -196,7 +197,8 @@ def detect_folder(folder: str) -> Family:
         base = "sdxl" if "text_encoder" in index and index.get("text_encoder") != [None, None] else "sdxl-refiner"
     elif not unet:
         return FAMILIES["unknown"]
-    elif found["context_dim"] == 1024:
+    elif found["context_dim"] == 1024 or _json(os.path.join(folder, "text_encoder", "config.json")).get(
+            "hidden_act") == "gelu":  # open_clip's text tower uses GELU, OpenAI CLIP's quick GELU
         base = "sd2"
     else:
         base = "sd1"

@@ -1,6 +1,7 @@
-"""Loading Stable Diffusion 2.x single-file checkpoints (``model_families`` "sd2"): the UNet and VAE as SD1.x's
+"""Loading Stable Diffusion 2.x checkpoints (``model_families`` "sd2"): single files, the UNet and VAE as SD1.x's
 (``sd_models_loader.ldm_unet_and_vae``), the OpenCLIP ViT-H text encoder (``cond_stage_model.model.*``) converted
-to a transformers ``CLIPTextModel`` with every layer, and the prediction type decided per file.
+to a transformers ``CLIPTextModel`` with every layer, and the prediction type decided per file; diffusers folders
+through ``sd_models_loader``'s folder loading (their scheduler config holds the prediction type).
 
 Configs come from the file's ``serena_config`` metadata when present, else from ``modules/sd_configs/v2`` (UNet,
 text encoder) and ``v1`` (VAE, and the scheduler with its prediction type set). Nothing is fetched from a hub.
@@ -49,7 +50,8 @@ _SCHEDULER_PREDICTION = {"v": "v_prediction", "epsilon": "epsilon"}
 
 
 class SD2Model(loader.SDModel):
-    """A loaded SD2.x checkpoint: an ``SDModel`` that always conditions on the penultimate text layer."""
+    """A loaded SD2.x checkpoint: an ``SDModel`` that conditions on open_clip's penultimate text layer, whatever
+    clip skip says (``conditioning_layer``: 2 for a single file, 1 for a diffusers folder's cut encoder)."""
 
     conditioning_layer = PENULTIMATE
 
@@ -180,33 +182,41 @@ def _text_encoder(state_dict, config: dict, name: str, device, dtype) -> CLIPTex
     return loader._instantiate(lambda: CLIPTextModel(text_config), converted, name, "text encoder", device, dtype)
 
 
-def _refuse_folder(path: str) -> None:
-    if os.path.isdir(path):
-        name = os.path.basename(path.rstrip("/\\"))
-        raise ValueError(f"{name}: SD2.x diffusers folders cannot be loaded yet; use the single .safetensors file")
-
-
 def load_checkpoint(info: CheckpointInfo, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                     allow_pickle: bool = False) -> SD2Model:
-    """Load an SD2.x single file into an ``SD2Model``; its family decided (v or epsilon, native size).
+    """Load an SD2.x single file or diffusers folder into an ``SD2Model``; its family decided (v or epsilon,
+    native size).
+
+    A diffusers folder's text encoder is stored as diffusers cuts it, without open_clip's last layer, so its last
+    layer is A1111's penultimate one and conditions the model.
 
     Raises:
-        ValueError: as ``sd_models_loader.load_checkpoint`` does, naming the file and what is wrong; a diffusers
-            folder (not supported for SD2.x yet).
+        ValueError: as ``sd_models_loader.load_checkpoint`` does, naming the file and what is wrong.
     """
-    _refuse_folder(info.filename)
     device = torch.device(device)
-    (unet, vae, text_encoder, scheduler_config), sampling, family = _file_components(info.filename, device, dtype,
-                                                                                     allow_pickle)
-    return SD2Model(info=info, tokenizer=load_tokenizer(), text_encoder=text_encoder.eval(), unet=unet.eval(),
-                    vae=vae.eval(), scheduler_config=scheduler_config, device=device, dtype=dtype,
-                    guidance_rescale=sampling["guidance_rescale"], cfg_scale=sampling["cfg_scale"], family=family)
+    layer = PENULTIMATE
+    sampling = loader._sampling_from({}, "")
+    if os.path.isdir(info.filename):
+        family = model_families.detect_folder(info.filename)
+        if family.name not in FAMILIES:
+            raise ValueError(model_families.refusal(info.filename, family) or f"{info.name}: not an SD2.x folder")
+        unet, vae, text_encoder, scheduler_config = loader._load_diffusers_folder(info.filename, device, dtype)
+        layer = 1
+    else:
+        (unet, vae, text_encoder, scheduler_config), sampling, family = _file_components(info.filename, device,
+                                                                                         dtype, allow_pickle)
+    model = SD2Model(info=info, tokenizer=load_tokenizer(), text_encoder=text_encoder.eval(), unet=unet.eval(),
+                     vae=vae.eval(), scheduler_config=scheduler_config, device=device, dtype=dtype,
+                     guidance_rescale=sampling["guidance_rescale"], cfg_scale=sampling["cfg_scale"], family=family)
+    model.conditioning_layer = layer
+    return model
 
 
 def inspect_checkpoint(path: str, *, allow_pickle: bool = False) -> ModelFacts:
     """Check that ``load_checkpoint`` would succeed without reading a weight; return what the model can do (the
     native size ``None`` while the prediction type waits for the load's test forward)."""
-    _refuse_folder(path)
+    if os.path.isdir(path):
+        return loader._inspect_diffusers_folder(path)
     (unet, vae, text_encoder, _), sampling, family = _file_components(path, loader.META, torch.float32, allow_pickle)
     facts = loader.model_facts(unet, vae, text_encoder, sampling, family)
     return facts if family.prediction else dataclasses.replace(facts, native_size=None)

@@ -62,19 +62,25 @@ def write(path: str, built: dict, extra_metadata: dict[str, str] | None = None) 
                                          extra_metadata=extra_metadata)
 
 
+def write_all(out_dir: str) -> dict[str, dict]:
+    """Write the three files under ``out_dir/models/Stable-diffusion``; returns the models built, by prediction."""
+    folder = os.path.join(out_dir, "models", "Stable-diffusion")
+    built = {prediction: build(prediction) for prediction in SEEDS}
+    write(os.path.join(folder, EPS_FILE), built["epsilon"])
+    write(os.path.join(folder, V_FILE), built["v"])
+    with open(os.path.join(folder, os.path.splitext(V_FILE)[0] + ".yaml"), "w", encoding="utf-8") as f:
+        f.write(V_YAML)
+    write(os.path.join(folder, V_META_FILE), built["v"], {"modelspec.prediction_type": "v"})
+    return built
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out-dir", required=True, help="folder that receives models/Stable-diffusion/…")
     args = parser.parse_args(argv)
-    folder = os.path.join(args.out_dir, "models", "Stable-diffusion")
-    write(os.path.join(folder, EPS_FILE), build("epsilon"))
-    v_model = build("v")
-    write(os.path.join(folder, V_FILE), v_model)
-    with open(os.path.join(folder, os.path.splitext(V_FILE)[0] + ".yaml"), "w", encoding="utf-8") as f:
-        f.write(V_YAML)
-    write(os.path.join(folder, V_META_FILE), v_model, {"modelspec.prediction_type": "v"})
+    write_all(args.out_dir)
     for name in (EPS_FILE, V_FILE, V_META_FILE):
-        path = os.path.join(folder, name)
+        path = os.path.join(args.out_dir, "models", "Stable-diffusion", name)
         print(f"{os.path.relpath(path, args.out_dir)}  {os.path.getsize(path):,} B  sha256 {tiny_sd1.sha256(path)}")
     return 0
 

@@ -83,7 +83,7 @@ def test_every_family_is_told_from_a_real_header(tmp_path, name):
     assert found.name == family and model_families.detect_path(str(path)) == found
     if family != "unknown":
         assert (found.in_channels, found.context_dim) == (in_channels, context)
-    assert found.runnable == (family in ("sd1", "sd1-inpaint", "sdxl", "sdxl-refiner"))
+    assert found.runnable == (family in ("sd1", "sd1-inpaint", "sd2", "sdxl", "sdxl-refiner"))
     assert found.is_inpaint == family.endswith("-inpaint")
 
 
@@ -105,7 +105,7 @@ def test_detection_always_gives_a_family_and_a_refusal_that_names_the_file(shape
     assert (message is None) == family.runnable
     if message:
         assert message.startswith("x.safetensors is ")
-        assert "Serena runs SD1.x, SD1.x inpainting, SDXL and SDXL refiner" in message
+        assert "Serena runs SD1.x, SD1.x inpainting, SD2.x, SDXL and SDXL refiner" in message
 
 
 @pytest.mark.parametrize("damage", [b"", b"\x05\x00", (1 << 40).to_bytes(8, "little"),

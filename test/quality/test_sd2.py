@@ -6,6 +6,7 @@ SD1 model serves the next request. Real files from ``tools/make_tiny_sd2.py`` (r
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -24,10 +25,20 @@ TXT = {"prompt": "a red (circle:1.2)", "negative_prompt": "", "steps": 2, "seed"
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
+def written(tmp_path_factory):
     out = tmp_path_factory.mktemp("sd2")
-    tiny.main(["--out-dir", str(out)])
-    return out / "models" / "Stable-diffusion"
+    return out / "models" / "Stable-diffusion", tiny.write_all(str(out))
+
+
+@pytest.fixture(scope="module")
+def folder(written):
+    return written[0]
+
+
+@pytest.fixture(scope="module")
+def built(written):
+    """The tiny models the files were written from, by prediction type."""
+    return written[1]
 
 
 def load(path) -> sd2.SD2Model:
@@ -47,17 +58,18 @@ def test_sd2_files_are_detected_and_runnable(folder):
     assert sd_models._loader_for(TINY_SD1) is not sd2
 
 
-def test_open_clip_text_encoder_round_trips_bitwise(folder, v_model):
-    built = tiny.build("v")
-    source = writer.open_clip_state_dict(built["text_encoder"].half(), built["text_projection"])
-    loaded = {k: v.half() for k, v in v_model.text_encoder.state_dict().items()}
-    assert set(loaded) == set(built["text_encoder"].state_dict())
-    for key, value in built["text_encoder"].state_dict().items():
-        assert torch.equal(loaded[key], value.half()), key
-    # and back: the loaded encoder written out again is the file's tensors, in_proj fused as open_clip keeps it
-    again = writer.open_clip_state_dict(v_model.text_encoder.half(), built["text_projection"])
-    v_model.text_encoder.float()
-    assert all(torch.equal(again[k], source[k]) for k in source) and set(again) == set(source)
+def test_open_clip_text_encoder_round_trips_bitwise(folder, built, v_model):
+    from safetensors.torch import load_file
+    on_disk = {k[len(sd2.TEXT_PREFIX):]: v for k, v in load_file(str(folder / tiny.V_FILE)).items()
+               if k.startswith(sd2.TEXT_PREFIX)}
+    loaded = v_model.text_encoder.state_dict()
+    assert set(loaded) == set(built["v"]["text_encoder"].state_dict())
+    for key, value in built["v"]["text_encoder"].state_dict().items():
+        assert torch.equal(loaded[key], value.half().float()), key
+    # and back: the loaded encoder in open_clip's layout is the file's tensors, in_proj fused as open_clip keeps it
+    again = writer.open_clip_state_dict(v_model.text_encoder, on_disk["text_projection"])
+    assert set(again) == set(on_disk)
+    assert all(torch.equal(again[k].half(), on_disk[k]) for k in on_disk)
 
 
 def test_a_dropped_text_tensor_is_refused_naming_the_file(folder, tmp_path):
@@ -98,9 +110,8 @@ def test_an_undeclared_prediction_type_is_the_test_forwards(folder):
     assert model.scheduler_config["prediction_type"] == "epsilon"
 
 
-def test_the_test_forward_is_a1111s_threshold(v_model):
-    assert sd2.v_test(v_model.unet) < -1
-    assert sd2.v_test(tiny.build("epsilon")["unet"]) > -1
+def test_the_test_forward_is_a1111s_threshold(built, v_model):
+    assert sd2.v_test(v_model.unet) < -1 < sd2.v_test(built["epsilon"]["unet"])
 
 
 def test_shipped_configs_are_sd2s():
@@ -164,3 +175,24 @@ def test_an_sd2_override_generates_deterministically_then_sd1_serves_the_next_re
     assert "Model: a-sd1" in txt2img()["info"]
     assert models.disk_loads.count("sd2-v.safetensors") == 1
     assert not jobs.queue_lock.locked() and not jobs.state.busy
+
+
+def test_a_diffusers_folder_cut_as_diffusers_cuts_conditions_as_the_file(v_model, tmp_path):
+    from transformers import CLIPTextConfig, CLIPTextModel
+    folder = tmp_path / "sd2-folder"
+    v_model.unet.save_pretrained(folder / "unet")
+    v_model.vae.save_pretrained(folder / "vae")
+    # diffusers' SD2 folders drop open_clip's last layer, which the penultimate conditioning never reads
+    config = CLIPTextConfig(**{**v_model.text_encoder.config.to_dict(), "num_hidden_layers": 2})
+    cut = CLIPTextModel(config)
+    cut.load_state_dict({k: v for k, v in v_model.text_encoder.state_dict().items() if "layers.2." not in k})
+    cut.save_pretrained(folder / "text_encoder")
+    (folder / "scheduler").mkdir()
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(v_model.scheduler_config))
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    assert sd_models._loader_for(str(folder)) is sd2
+    model = sd2.load_checkpoint(CheckpointInfo(str(folder), "sd2-folder", "0" * 64))
+    assert (model.family.name, model.family.prediction, model.family.native_size) == ("sd2", "v", 768)
+    encode = [sd_pipeline.PromptEncoder(m.tokenizer, m.text_encoder, m.conditioning_layer, "cpu",
+                                        torch.float32).encode("a cat") for m in (v_model, model)]
+    assert torch.equal(encode[0], encode[1])
