@@ -6,12 +6,15 @@ SD1 model serves the next request. Real files from ``tools/make_tiny_sd2.py`` (r
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import shutil
 
 import pytest
 import torch
+from PIL import Image
 
 from modules import jobs, model_families, paths, sd_models, sd_pipeline, shared
 from modules import sd_models_sd2 as sd2, sd_models_writer as writer
@@ -123,7 +126,7 @@ def test_shipped_configs_are_sd2s():
     assert v["text_encoder"]["num_hidden_layers"] == 24 and v["text_encoder"]["hidden_act"] == "gelu"
 
 
-def test_conditioning_is_the_penultimate_layer_whatever_clip_skip_says(v_model):
+def test_conditioning_is_the_penultimate_layer_padded_with_bang(v_model):
     encoder = sd_pipeline.PromptEncoder(v_model.tokenizer, v_model.text_encoder, v_model.conditioning_layer,
                                         "cpu", torch.float32)
     ids = v_model.tokenizer("a cat", padding="max_length", max_length=77, return_tensors="pt").input_ids
@@ -162,6 +165,11 @@ def models(folder, tmp_path, monkeypatch):
     shared.opts.load(str(tmp_path / "does-not-exist.json"))
 
 
+def pixels(png_b64: str) -> bytes:
+    """An image's pixels (the PNG's own bytes also hold its infotext)."""
+    return Image.open(io.BytesIO(base64.b64decode(png_b64))).tobytes()
+
+
 def test_an_sd2_override_generates_deterministically_then_sd1_serves_the_next_request(models, api_client):
     def txt2img(**fields):
         response = api_client.post("/sdapi/v1/txt2img", json={**TXT, **fields})
@@ -171,6 +179,9 @@ def test_an_sd2_override_generates_deterministically_then_sd1_serves_the_next_re
     override = {"override_settings": {"sd_model_checkpoint": "sd2-v"}}
     first, again = txt2img(**override), txt2img(**override)
     assert first["images"] == again["images"]
+    # A1111 applies no clip skip to SD2.x: the penultimate layer conditions whatever it says
+    skipped = txt2img(override_settings={"sd_model_checkpoint": "sd2-v", "CLIP_stop_at_last_layers": 3})
+    assert pixels(skipped["images"][0]) == pixels(first["images"][0]) and "Clip skip: 3" in skipped["info"]
     assert "Model: sd2-v" in first["info"]
     assert "Model: a-sd1" in txt2img()["info"]
     assert models.disk_loads.count("sd2-v.safetensors") == 1
