@@ -350,17 +350,25 @@ def _sampling_from(stored, name: str) -> dict:
     return sampling
 
 
+def stored_configs(metadata: dict[str, str], path: str) -> dict:
+    """The ``serena_config`` metadata object of a file (``{}`` without one); ``ValueError`` naming the file when it
+    is not a JSON object."""
+    if METADATA_KEY not in metadata:
+        return {}
+    try:
+        stored = json.loads(metadata[METADATA_KEY])
+    except ValueError as e:
+        raise ValueError(f"{os.path.basename(path)}: unreadable {METADATA_KEY} metadata: {e}") from e
+    if not isinstance(stored, dict):
+        raise ValueError(f"{os.path.basename(path)}: {METADATA_KEY} metadata is not a JSON object")
+    return stored
+
+
 def _configs_from_metadata(metadata: dict[str, str], path: str) -> dict[str, dict]:
-    configs = {**default_configs(), "sampling": _sampling_from({}, "")}
-    if METADATA_KEY in metadata:
-        try:
-            stored = json.loads(metadata[METADATA_KEY])
-        except ValueError as e:
-            raise ValueError(f"{os.path.basename(path)}: unreadable {METADATA_KEY} metadata: {e}") from e
-        if not isinstance(stored, dict):
-            raise ValueError(f"{os.path.basename(path)}: {METADATA_KEY} metadata is not a JSON object")
-        configs.update({k: v for k, v in stored.items() if k in configs and k != "sampling"})
-        configs["sampling"] = _sampling_from(stored.get("sampling", {}), os.path.basename(path))
+    configs = default_configs()
+    stored = stored_configs(metadata, path)
+    configs.update({k: v for k, v in stored.items() if k in configs})
+    configs["sampling"] = _sampling_from(stored.get("sampling", {}), os.path.basename(path))
     return configs
 
 

@@ -128,18 +128,6 @@ def v_test(unet) -> float:
     return (unet(x, t, encoder_hidden_states=context).sample - x).float().mean().item()
 
 
-def _stored_configs(metadata: dict[str, str], name: str) -> dict:
-    if loader.METADATA_KEY not in metadata:
-        return {}
-    try:
-        stored = json.loads(metadata[loader.METADATA_KEY])
-    except ValueError as e:
-        raise ValueError(f"{name}: unreadable {loader.METADATA_KEY} metadata: {e}") from e
-    if not isinstance(stored, dict):
-        raise ValueError(f"{name}: {loader.METADATA_KEY} metadata is not a JSON object")
-    return stored
-
-
 def _file_components(path: str, device: torch.device, dtype: torch.dtype, allow_pickle: bool):
     """``((unet, vae, text_encoder, scheduler_config), sampling, family)`` of an SD2.x single file; the family
     decided unless an inspection found no declared prediction."""
@@ -152,7 +140,7 @@ def _file_components(path: str, device: torch.device, dtype: torch.dtype, allow_
     missing = [what for prefix, what in parts if not any(k.startswith(prefix) for k in state_dict)]
     if missing:
         raise ValueError(f"{name}: an SD2.x checkpoint without {', '.join(missing)} tensors")
-    stored = _stored_configs(metadata, name)
+    stored = loader.stored_configs(metadata, path)
     prediction = prediction_for(path, metadata, stored)
     configs = default_configs(prediction)
     configs.update({k: v for k, v in stored.items() if k in configs})

@@ -103,41 +103,17 @@ def vae_to_ldm(vae: AutoencoderKL) -> dict[str, torch.Tensor]:
     return out
 
 
-_OPEN_CLIP_LAYER = {"self_attn.out_proj.": "attn.out_proj.", "layer_norm1.": "ln_1.", "layer_norm2.": "ln_2.",
-                    "mlp.fc1.": "mlp.c_fc.", "mlp.fc2.": "mlp.c_proj."}
-_OPEN_CLIP_TOP = {"embeddings.token_embedding.weight": "token_embedding.weight",
-                  "embeddings.position_embedding.weight": "positional_embedding",
-                  "final_layer_norm.weight": "ln_final.weight", "final_layer_norm.bias": "ln_final.bias"}
-
-
-def open_clip_state_dict(text_encoder: CLIPTextModel, text_projection: torch.Tensor) -> dict[str, torch.Tensor]:
-    """A transformers CLIP text encoder's weights in open_clip's layout, without prefix (SD2.x files hold them
-    under ``cond_stage_model.model.``): query, key and value fused into ``attn.in_proj_*``, and the pooled
-    ``text_projection`` (``[width, projection]``, applied as ``x @ text_projection``) that transformers keeps apart."""
-    state = text_encoder.state_dict()
-    out = {ldm: state[key] for key, ldm in _OPEN_CLIP_TOP.items()}
-    for i in range(text_encoder.config.num_hidden_layers):
-        layer, block = f"encoder.layers.{i}.", f"transformer.resblocks.{i}."
-        for part in ("weight", "bias"):
-            out[f"{block}attn.in_proj_{part}"] = torch.cat(
-                [state[f"{layer}self_attn.{p}_proj.{part}"] for p in "qkv"])
-            for key, ldm in _OPEN_CLIP_LAYER.items():
-                out[f"{block}{ldm}{part}"] = state[f"{layer}{key}{part}"]
-    out["text_projection"] = text_projection
-    return out
-
-
-def ldm_state_dict(unet: UNet2DConditionModel, vae: AutoencoderKL, text_encoder: CLIPTextModel,
-                   text_projection: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """The three components' weights under the LDM keys a single-file checkpoint uses: SD1.x's, or SD2.x's
-    (the text encoder in open_clip's layout) when ``text_projection`` is given."""
+def ldm_state_dict(unet: UNet2DConditionModel, vae: AutoencoderKL,
+                   text_encoder: CLIPTextModel | CLIPTextModelWithProjection) -> dict[str, torch.Tensor]:
+    """The three components' weights under the LDM keys a single-file checkpoint uses: SD1.x's, or SD2.x's when
+    ``text_encoder`` has a projection (open_clip ViT-H, written in open_clip's layout as SDXL's bigG is)."""
     unet_config = dict(unet.config)
     out = {UNET_PREFIX + _unet_key_to_ldm(k, unet_config): v for k, v in unet.state_dict().items()}
     out.update({VAE_PREFIX + k: v for k, v in vae_to_ldm(vae).items()})
-    if text_projection is None:
-        out.update({TEXT_PREFIX + k.removeprefix("text_model."): v for k, v in text_encoder.state_dict().items()})
+    if isinstance(text_encoder, CLIPTextModelWithProjection):
+        out.update({SD2_TEXT + k: v for k, v in open_clip_state_dict(text_encoder).items()})
     else:
-        out.update({SD2_TEXT + k: v for k, v in open_clip_state_dict(text_encoder, text_projection).items()})
+        out.update({TEXT_PREFIX + k.removeprefix("text_model."): v for k, v in text_encoder.state_dict().items()})
     return out
 
 
@@ -235,10 +211,9 @@ def component_configs(unet: UNet2DConditionModel | None = None, vae: Autoencoder
 
 def save_ldm_checkpoint(path: str, *, unet: UNet2DConditionModel, vae: AutoencoderKL, text_encoder: CLIPTextModel,
                         scheduler_config: dict | None, dtype: torch.dtype = torch.float16,
-                        extra_metadata: dict[str, str] | None = None, sampling: dict | None = None,
-                        text_projection: torch.Tensor | None = None) -> None:
+                        extra_metadata: dict[str, str] | None = None, sampling: dict | None = None) -> None:
     """Write an SD1.x single-file checkpoint in the LDM key layout (A1111's), which ``load_checkpoint`` reads; an
-    SD2.x one (open_clip text encoder, ``modules.sd_models_sd2``) when ``text_projection`` is given.
+    SD2.x one (``modules.sd_models_sd2``) when ``text_encoder`` is a ``CLIPTextModelWithProjection``.
 
     Args:
         path: the ``.safetensors`` file to write (replaced atomically).
@@ -254,7 +229,7 @@ def save_ldm_checkpoint(path: str, *, unet: UNet2DConditionModel, vae: Autoencod
     metadata = {METADATA_KEY: json.dumps(component_configs(unet, vae, text_encoder, scheduler_config, sampling),
                                          sort_keys=True)}
     metadata.update(extra_metadata or {})
-    _write_safetensors(path, ldm_state_dict(unet, vae, text_encoder, text_projection), metadata, dtype)
+    _write_safetensors(path, ldm_state_dict(unet, vae, text_encoder), metadata, dtype)
 
 
 def save_ldm_vae(path: str, vae: AutoencoderKL, *, dtype: torch.dtype = torch.float16) -> None:

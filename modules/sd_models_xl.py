@@ -160,17 +160,9 @@ def _folder_family(folder: str) -> model_families.Family:
 
 def _configs(metadata: dict[str, str], path: str, family: str) -> dict[str, dict]:
     configs = default_configs(family)
-    configs["sampling"] = loader._sampling_from({}, "")
-    if loader.METADATA_KEY in metadata:
-        name = os.path.basename(path)
-        try:
-            stored = json.loads(metadata[loader.METADATA_KEY])
-        except ValueError as e:
-            raise ValueError(f"{name}: unreadable {loader.METADATA_KEY} metadata: {e}") from e
-        if not isinstance(stored, dict):
-            raise ValueError(f"{name}: {loader.METADATA_KEY} metadata is not a JSON object")
-        configs.update({k: v for k, v in stored.items() if k in _COMPONENTS})
-        configs["sampling"] = loader._sampling_from(stored.get("sampling", {}), name)
+    stored = loader.stored_configs(metadata, path)
+    configs.update({k: v for k, v in stored.items() if k in _COMPONENTS})
+    configs["sampling"] = loader._sampling_from(stored.get("sampling", {}), os.path.basename(path))
     return configs
 
 

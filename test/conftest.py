@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,6 +103,40 @@ def serve_model(data_dir, monkeypatch):
 def real_model(serve_model, tiny_model):
     """Every generation, whatever checkpoint it asks for, runs on the real tiny model."""
     return serve_model(tiny_model)
+
+
+@pytest.fixture
+def disk_models(tmp_path, monkeypatch):
+    """Real files through the real loaded-models cache: call it with ``{name: source}`` checkpoints (and ``vaes``,
+    the same for ``models/VAE``); they are copied into a fresh data folder, ``shared.opts`` is bound to its
+    config.json, and the cache it returns records every load from disk in ``disk_loads``."""
+
+    def serve(checkpoints: dict, vaes: dict | None = None):
+        for sub, files in (("Stable-diffusion", checkpoints), ("VAE", vaes or {})):
+            folder = tmp_path / "models" / sub
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, source in files.items():
+                shutil.copy(source, folder / name)
+        monkeypatch.setattr(shared, "data_paths",
+                            paths.Paths(str(tmp_path), str(tmp_path / "config.json"), shipped_models=False))
+        monkeypatch.setattr(sd_models, "_cache_file", None)
+        monkeypatch.setattr(sd_models, "_vae_cache", {})
+        loads = []
+
+        def load_from_disk(info):
+            loads.append(info.name)
+            return sd_models.load_from_disk(info)
+
+        manager = sd_models.LoadedModels(load_from_disk, sd_models.inspect_on_disk)
+        manager.disk_loads = loads
+        monkeypatch.setattr(sd_models, "model_manager", manager)
+        monkeypatch.setattr(shared.opts, "filename", str(tmp_path / "config.json"))
+        shared.opts.load()
+        sd_models.refresh_checkpoints()
+        return manager
+
+    yield serve
+    shared.opts.load(str(tmp_path / "does-not-exist.json"))
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 from diffusers import UNet2DConditionModel  # noqa: E402
-from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
+from transformers import CLIPTextConfig, CLIPTextModelWithProjection  # noqa: E402
 
 from modules import sd_models_sd2, sd_models_writer  # noqa: E402
 from tools import make_tiny_checkpoint as tiny_sd1  # noqa: E402
@@ -43,18 +43,16 @@ V_TEST_TARGET = {"epsilon": 0.0, "v": -2.0}
 
 
 def build(prediction: str) -> dict:
-    """``{"unet", "vae", "text_encoder", "text_projection"}`` of the tiny SD2.x model for ``prediction``."""
+    """``{"unet", "vae", "text_encoder"}`` of the tiny SD2.x model for ``prediction``."""
     seed = SEEDS[prediction]
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**UNET_CONFIG).eval()
     with torch.no_grad():
         unet.conv_out.bias += V_TEST_TARGET[prediction] - sd_models_sd2.v_test(unet)
     torch.manual_seed(seed + 2)
-    text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
-    width = TEXT_CONFIG["hidden_size"]
-    projection = torch.randn(width, TEXT_CONFIG["projection_dim"]) * width ** -0.5
-    return {"unet": unet, "vae": tiny_sd1.build_vae(seed + 1), "text_encoder": text_encoder,
-            "text_projection": projection}
+    # with its projection, so the writer puts it in open_clip's layout (the projection is written, never used)
+    text_encoder = CLIPTextModelWithProjection(CLIPTextConfig(**TEXT_CONFIG))
+    return {"unet": unet, "vae": tiny_sd1.build_vae(seed + 1), "text_encoder": text_encoder}
 
 
 def write(path: str, built: dict, extra_metadata: dict[str, str] | None = None) -> None:

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from modules import jobs, model_families, paths, sd_models, sd_pipeline, shared
+from modules import jobs, model_families, paths, sd_models, sd_pipeline
 from modules import sd_models_sd2 as sd2, sd_models_writer as writer
 from modules.checkpoint_info import CheckpointInfo
 from tools import make_tiny_sd2 as tiny
@@ -65,14 +65,17 @@ def test_open_clip_text_encoder_round_trips_bitwise(folder, built, v_model):
     from safetensors.torch import load_file
     on_disk = {k[len(sd2.TEXT_PREFIX):]: v for k, v in load_file(str(folder / tiny.V_FILE)).items()
                if k.startswith(sd2.TEXT_PREFIX)}
+    source = built["v"]["text_encoder"]
+    # the file holds the built encoder in open_clip's layout (in_proj fused) ...
+    written = writer.open_clip_state_dict(source)
+    assert set(written) == set(on_disk) and all(torch.equal(written[k].half(), on_disk[k]) for k in on_disk)
+    # ... and loading splits it back into exactly the built tensors, every layer (the unused projection left out)
     loaded = v_model.text_encoder.state_dict()
-    assert set(loaded) == set(built["v"]["text_encoder"].state_dict())
-    for key, value in built["v"]["text_encoder"].state_dict().items():
+    expected = {k.removeprefix("text_model."): v for k, v in source.state_dict().items()
+                if k != "text_projection.weight"}
+    assert set(loaded) == set(expected) and v_model.text_encoder.config.num_hidden_layers == 3
+    for key, value in expected.items():
         assert torch.equal(loaded[key], value.half().float()), key
-    # and back: the loaded encoder in open_clip's layout is the file's tensors, in_proj fused as open_clip keeps it
-    again = writer.open_clip_state_dict(v_model.text_encoder, on_disk["text_projection"])
-    assert set(again) == set(on_disk)
-    assert all(torch.equal(again[k].half(), on_disk[k]) for k in on_disk)
 
 
 def test_a_dropped_text_tensor_is_refused_naming_the_file(folder, tmp_path):
@@ -139,30 +142,9 @@ def test_conditioning_is_the_penultimate_layer_padded_with_bang(v_model):
 
 
 @pytest.fixture
-def models(folder, tmp_path, monkeypatch):
-    sd_dir = tmp_path / "models" / "Stable-diffusion"
-    sd_dir.mkdir(parents=True)
-    shutil.copy(TINY_SD1, sd_dir / "a-sd1.safetensors")
-    shutil.copy(folder / tiny.V_FILE, sd_dir / "sd2-v.safetensors")
-    shutil.copy(folder / "serena-tiny-sd2-v.yaml", sd_dir / "sd2-v.yaml")
-    monkeypatch.setattr(shared, "data_paths",
-                        paths.Paths(str(tmp_path), str(tmp_path / "config.json"), shipped_models=False))
-    monkeypatch.setattr(sd_models, "_cache_file", None)
-    monkeypatch.setattr(sd_models, "_vae_cache", {})
-    loads = []
-
-    def load_from_disk(info):
-        loads.append(info.name)
-        return sd_models.load_from_disk(info)
-
-    manager = sd_models.LoadedModels(load_from_disk, sd_models.inspect_on_disk)
-    manager.disk_loads = loads
-    monkeypatch.setattr(sd_models, "model_manager", manager)
-    monkeypatch.setattr(shared.opts, "filename", str(tmp_path / "config.json"))
-    shared.opts.load()
-    sd_models.refresh_checkpoints()
-    yield manager
-    shared.opts.load(str(tmp_path / "does-not-exist.json"))
+def models(disk_models, folder):
+    return disk_models({"a-sd1.safetensors": TINY_SD1, "sd2-v.safetensors": folder / tiny.V_FILE,
+                        "sd2-v.yaml": folder / "serena-tiny-sd2-v.yaml"})
 
 
 def pixels(png_b64: str) -> bytes:

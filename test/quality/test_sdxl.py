@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import io
 import os
-import shutil
 from types import SimpleNamespace
 
 import pytest
@@ -174,34 +173,11 @@ def test_the_refiner_conditions_on_bigg_and_aesthetic_scores(refiner):
 # --- through the API ------------------------------------------------------------------------------------------------
 
 @pytest.fixture
-def models(tmp_path, monkeypatch, files):
+def models(disk_models, files):
     """A data folder with the tiny SD1 checkpoint (the default), the tiny SDXL base and refiner, and a VAE, with the
     real loaded-models cache; loads are recorded."""
-    sd_dir, vae_dir = tmp_path / "models" / "Stable-diffusion", tmp_path / "models" / "VAE"
-    sd_dir.mkdir(parents=True)
-    vae_dir.mkdir(parents=True)
-    shutil.copy(TINY_SD1, sd_dir / "a-sd1.safetensors")
-    shutil.copy(files["base"], sd_dir / "xl-base.safetensors")
-    shutil.copy(files["refiner"], sd_dir / "xl-refiner.safetensors")
-    shutil.copy(TINY_VAE, vae_dir / "tiny-vae.safetensors")
-    monkeypatch.setattr(shared, "data_paths",
-                        paths.Paths(str(tmp_path), str(tmp_path / "config.json"), shipped_models=False))
-    monkeypatch.setattr(sd_models, "_cache_file", None)
-    monkeypatch.setattr(sd_models, "_vae_cache", {})
-    loads = []
-
-    def load_from_disk(info):
-        loads.append(info.name)
-        return sd_models.load_from_disk(info)
-
-    manager = sd_models.LoadedModels(load_from_disk, sd_models.inspect_on_disk)
-    manager.disk_loads = loads
-    monkeypatch.setattr(sd_models, "model_manager", manager)
-    monkeypatch.setattr(shared.opts, "filename", str(tmp_path / "config.json"))
-    shared.opts.load()
-    sd_models.refresh_checkpoints()
-    yield manager
-    shared.opts.load(str(tmp_path / "does-not-exist.json"))
+    return disk_models({"a-sd1.safetensors": TINY_SD1, "xl-base.safetensors": files["base"],
+                        "xl-refiner.safetensors": files["refiner"]}, vaes={"tiny-vae.safetensors": TINY_VAE})
 
 
 @pytest.fixture
