@@ -10,17 +10,23 @@ exited after the batch, whether it returned, raised or was interrupted, in the r
 does to the model lives exactly as long as the batch that asked for it.
 
 The prompts a generation records (``p.all_prompts``, the infotext) keep their tags.
+
+A type also lists its networks as ``Card``s for the UI's Extra networks panel (``ExtraNetwork.cards``; the pages
+themselves are ``modules.extra_networks_cards``): name, file, preview and description found next to the file
+(``find_preview``, ``find_description``), the words a search matches and the text a click puts in the prompt.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any, ContextManager
 
-from modules import plugins
+from modules import plugins, shared
 
 log = logging.getLogger("serena.extra_networks")
 
@@ -49,6 +55,56 @@ class ExtraNetworkParams:
         return f"ExtraNetworkParams({self.items!r})"
 
 
+#: A preview is a sibling image of the network file: ``NAME.png`` or ``NAME.preview.png`` (A1111's names), in
+#: this order of extensions.
+PREVIEW_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def find_preview(path: str) -> str | None:
+    """The preview image next to the network file ``path`` (``NAME.ext``, then ``NAME.preview.ext``), or ``None``."""
+    stem = os.path.splitext(path)[0]
+    for candidate in [stem + suffix + ext for suffix in ("", ".preview") for ext in PREVIEW_EXTENSIONS]:
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def find_description(path: str) -> str:
+    """The text of ``NAME.txt`` or ``NAME.description.txt`` next to the network file (A1111's), else ``""``."""
+    stem = os.path.splitext(path)[0]
+    for candidate in (stem + ".txt", stem + ".description.txt"):
+        try:
+            with open(candidate, encoding="utf-8", errors="replace") as f:
+                return f.read().strip()
+        except OSError:
+            continue
+    return ""
+
+
+def format_multiplier(value) -> str:
+    """A weight as A1111's page writes it (JavaScript's number to text): ``1.0`` → ``"1"``, ``0.5`` → ``"0.5"``."""
+    return f"{float(value):g}"
+
+
+@dataclass(frozen=True)
+class Card:
+    """One network as the Extra networks panel shows it: ``name`` (the caption), ``path`` (its file), ``prompt``
+    (what a click puts in the prompt), ``preview`` (an image file next to it, or ``None``), ``description`` and
+    ``search_terms`` (what the search box matches besides the name)."""
+
+    name: str
+    path: str
+    prompt: str
+    preview: str | None = None
+    description: str = ""
+    search_terms: tuple[str, ...] = ()
+
+    @classmethod
+    def for_file(cls, name: str, path: str, prompt: str, search_terms=()) -> "Card":
+        """A card with the preview and description found next to ``path``."""
+        return cls(name, path, prompt, find_preview(path), find_description(path), tuple(search_terms))
+
+
 class ExtraNetwork:
     """A network type, named by its tag (``name``). Subclass it and list an instance in ``on_list_extra_networks``.
 
@@ -59,6 +115,8 @@ class ExtraNetwork:
     """
 
     name = ""
+    #: The panel's tab for this type ("Lora"); the tag name when empty.
+    title = ""
 
     def __init__(self, name: str | None = None):
         if name is not None:
@@ -74,6 +132,22 @@ class ExtraNetwork:
 
     def refresh(self) -> None:
         """Scan the disk again (``POST /sdapi/v1/refresh-loras`` refreshes the ``lora`` type)."""
+
+    def cards(self) -> list[Card]:
+        """The Extra networks panel's cards: by default one per ``items()`` entry, inserting
+        ``<name:alias or name:default multiplier>``."""
+        multiplier = format_multiplier(shared.opts.extra_networks_default_multiplier)
+        cards = []
+        for item in self.items():
+            label = str(item.get("alias") or item["name"])
+            cards.append(Card.for_file(str(item["name"]), str(item.get("path") or ""),
+                                       f"<{self.name}:{label}:{multiplier}>", (label,)))
+        return cards
+
+    def folders(self) -> list[str]:
+        """Where this type's files live: a preview outside them is never shown. By default the folders of
+        ``items()``' files."""
+        return sorted({os.path.dirname(str(item["path"])) for item in self.items() if item.get("path")})
 
 
 def parse_prompt(prompt: str) -> tuple[str, dict[str, list[ExtraNetworkParams]]]:

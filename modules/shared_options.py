@@ -37,6 +37,9 @@ options_templates.update(options_section(("sdxl", "Stable Diffusion XL", "sd"), 
 options_templates.update(options_section(("extra_networks", "Extra Networks", "sd"), {
     "extra_networks_default_multiplier": OptionInfo(
         1.0, "Default multiplier for extra networks", "Slider", {"minimum": 0.0, "maximum": 2.0, "step": 0.01}),
+    # What the Extra networks panel puts between the prompt and the text of a clicked card.
+    "extra_networks_add_text_separator": OptionInfo(" ", "Extra networks separator").info(
+        "extra text to add before <...> when adding extra network to prompt"),
 }))
 
 options_templates.update(options_section(("img2img", "img2img", "sd"), {

@@ -15,7 +15,7 @@ extension's own tests are in ``modules.extensions_api.testing``.
 
 from modules import plugins as _plugins  # read at call time: tests swap the host (plugins.use_host)
 from modules import shared as _shared
-from modules.extra_networks import ExtraNetwork, ExtraNetworkParams
+from modules.extra_networks import Card, ExtraNetwork, ExtraNetworkParams, format_multiplier
 from modules.hookspecs import hookimpl
 from modules.image_grid import combine_grid, split_grid, upscale_tiled
 from modules.infotext import create_infotext
@@ -83,6 +83,8 @@ __all__ = [
     "interrupted",
     "ExtraNetwork",
     "ExtraNetworkParams",
+    "Card",
+    "format_multiplier",
     "model_dirs",
     "allow_pickle",
     "save_result",

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from modules.ui import common, paste, progress, prompt_styles
+from modules.ui import common, extra_networks, paste, progress, prompt_styles
 
 # Component order of the form values passed to ``make_p`` (after the tab's own extra inputs).
 FORM_VALUE_NAMES = ("prompt", "negative_prompt", "sampler", "scheduler", "steps", "cfg_scale", "width", "height",
@@ -35,6 +35,7 @@ class GenerationForm:
     prompt: Any = None
     negative_prompt: Any = None
     paste: Any = None
+    extra_networks: Any = None      # the Extra networks panel (modules.ui.extra_networks)
     generate: Any = None
     interrupt: Any = None
     skip: Any = None
@@ -105,6 +106,9 @@ def build_prompt_row(form: GenerationForm):
                 form.skip = gr.Button("Skip", elem_id=f"{t}_skip", size="sm", min_width=60)
             form.paste = gr.Button(f"{common.PASTE_SYMBOL} Read parameters from prompt", size="sm",
                                    elem_id=f"{t}_paste")
+            show_networks = gr.Button(f"{extra_networks.SYMBOL} Extra networks", size="sm",
+                                      elem_id=f"{t}_extra_networks_button")
+    form.extra_networks = extra_networks.create_panel(t, show_networks, form.prompt)
 
 
 def build_parameters(form: GenerationForm, *, img2img: bool = False):

@@ -8,13 +8,21 @@ Written against ``modules.extensions_api`` only: the ``lora`` tag type is an ``E
 Options (A1111's names, section "Extra Networks"): ``sd_lora`` ("Add network to prompt": a LoRA added to every
 prompt; as a per-request override, a LoRA for one request), ``lora_add_hashes_to_infotext`` and
 ``lora_in_memory_limit``. The core's ``extra_networks_default_multiplier`` is the weight of a tag that gives none.
+
+The Extra networks panel's "Lora" page shows a card per file (``cards``), inserting ``<lora:ALIAS:MULTIPLIER>``
+(A1111's: the alias, the file name when another file has that alias; the ``preferred weight`` of the file's
+``NAME.json``, else the default multiplier) and the ``activation text`` of that ``NAME.json`` after it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
+import os
 
-from modules.extensions_api import ExtraNetwork, ExtraNetworkParams, OptionInfo, hookimpl, opts
+from modules.extensions_api import (Card, ExtraNetwork, ExtraNetworkParams, OptionInfo, format_multiplier, hookimpl,
+                                    model_dirs, opts)
 
 from .lora import files, patch
 
@@ -38,6 +46,7 @@ def _parse(params, default: float):
 
 class ExtraNetworkLora(ExtraNetwork):
     name = "lora"
+    title = "Lora"
 
     def activate(self, p, params_list, model):
         default = float(opts.extra_networks_default_multiplier)
@@ -75,6 +84,45 @@ class ExtraNetworkLora(ExtraNetwork):
 
     def refresh(self):
         library.refresh()
+
+    def cards(self):
+        library.names()  # scans once
+        default = opts.extra_networks_default_multiplier
+        cards = []
+        for network in library.networks.values():
+            user = _user_metadata(network.path)
+            # A1111's get_alias: a tag by alias only where the alias names this file and no other
+            alias = network.alias if library.find(network.alias) is network else network.name
+            weight = user.get("preferred weight") or default
+            prompt = f"<lora:{alias}:{format_multiplier(weight)}>"
+            if user.get("activation text"):
+                prompt += " " + str(user["activation text"])
+            card = Card.for_file(network.name, network.path, prompt, (alias, *_relative(network.path)))
+            if not card.description and user.get("description"):
+                card = dataclasses.replace(card, description=str(user["description"]))
+            cards.append(card)
+        return cards
+
+    def folders(self):
+        return model_dirs("Lora")
+
+
+def _user_metadata(path: str) -> dict:
+    """A1111's per-file user metadata, ``NAME.json`` next to the file (``{}`` when absent or unreadable)."""
+    try:
+        with open(os.path.splitext(path)[0] + ".json", encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _relative(path: str) -> tuple[str, ...]:
+    """The file's path under its Lora folder (what A1111's search matches), if it is under one."""
+    for folder in model_dirs("Lora"):
+        if os.path.commonpath([os.path.abspath(folder), os.path.abspath(path)]) == os.path.abspath(folder):
+            return (os.path.relpath(path, folder),)
+    return ()
 
 
 def _warn(p, message: str) -> None:
