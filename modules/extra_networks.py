@@ -62,6 +62,8 @@ PREVIEW_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 
 def find_preview(path: str) -> str | None:
     """The preview image next to the network file ``path`` (``NAME.ext``, then ``NAME.preview.ext``), or ``None``."""
+    if not path:
+        return None
     stem = os.path.splitext(path)[0]
     for candidate in [stem + suffix + ext for suffix in ("", ".preview") for ext in PREVIEW_EXTENSIONS]:
         if os.path.isfile(candidate):
@@ -71,6 +73,8 @@ def find_preview(path: str) -> str | None:
 
 def find_description(path: str) -> str:
     """The text of ``NAME.txt`` or ``NAME.description.txt`` next to the network file (A1111's), else ``""``."""
+    if not path:
+        return ""
     stem = os.path.splitext(path)[0]
     for candidate in (stem + ".txt", stem + ".description.txt"):
         try:

@@ -6,7 +6,7 @@ Extras, PNG Info, the tabs extensions add through ``on_ui_tabs``, Settings and E
 
 One module per responsibility: ``generation`` (the form and events txt2img and img2img share), ``txt2img``,
 ``img2img``, ``progress`` (queueing, progress, preview, interrupt), ``paste`` (pasted parameters and the
-override settings field), ``extras``, ``png_info``, ``settings`` (settings page and quick settings), ``extensions_tab``.
+override settings field), ``extra_networks`` (the 🎴 panel of cards), ``extras``, ``png_info``, ``settings`` (settings page and quick settings), ``extensions_tab``.
 """
 
 from __future__ import annotations

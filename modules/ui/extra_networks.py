@@ -23,9 +23,10 @@ SYMBOL = "\U0001f3b4"  # 🎴, A1111's button
 _thumbnails: dict[tuple, object] = {}  # (path, mtime, size) -> PIL image
 
 
-def thumbnail(path: str | None, name: str):
-    """A card's picture: its preview scaled down (cached per file version), else a grey card with the name."""
-    from PIL import Image, ImageDraw
+def thumbnail(path: str | None):
+    """A card's picture: its preview scaled down (cached per file version), else a plain grey card (the caption
+    names it)."""
+    from PIL import Image
 
     if path:
         try:
@@ -38,13 +39,11 @@ def thumbnail(path: str | None, name: str):
             return _thumbnails[key]
         except (OSError, ValueError):
             pass  # an unreadable preview: the card without one
-    image = Image.new("RGB", (THUMBNAIL, THUMBNAIL), (72, 72, 80))
-    ImageDraw.Draw(image).text((12, THUMBNAIL // 2 - 6), name[:36], fill=(230, 230, 230))
-    return image
+    return Image.new("RGB", (THUMBNAIL, THUMBNAIL), (72, 72, 80))
 
 
 def gallery_value(page: extra_networks_cards.Page, cards) -> list:
-    return [(thumbnail(extra_networks_cards.preview_file(card, page.folders), card.name), card.name)
+    return [(thumbnail(extra_networks_cards.preview_file(card, page.folders)), card.name)
             for card in cards]
 
 
@@ -69,8 +68,9 @@ def create_panel(tab: str, toggle_button, prompt):
             for page in pages:
                 with gr.Tab(page.title, id=f"{tab}_extra_{page.id}", elem_id=f"{tab}_extra_tab_{page.id}"):
                     gallery = gr.Gallery(value=gallery_value(page, page.cards), label=page.title, show_label=False,
-                                         elem_id=f"{tab}_extra_{page.id}_cards", columns=6, height=360,
-                                         object_fit="contain", allow_preview=False, interactive=False)
+                                         elem_id=f"{tab}_extra_{page.id}_cards", columns=8, fit_columns=False,
+                                         height=320, object_fit="contain", allow_preview=False,
+                                         interactive=False)
                     shown = gr.State([card.prompt for card in page.cards])
                     gallery.select(clicked, inputs=[prompt, shown], outputs=[prompt], queue=False,
                                    api_visibility="undocumented", show_progress="hidden")

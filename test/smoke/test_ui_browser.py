@@ -10,7 +10,7 @@ pasted parameters with a setting override (applied to that generation, never sto
 (a second pass at twice the size, pasted back), an X/Y/Z plot from the Script dropdown (a Steps axis drawn as a
 grid), PNG Info → Send to
 txt2img/img2img (a Hires fix image's parameters fill the Hires section), a setting changed and applied on the Settings tab (checked in ``config.json``), an extension's tab
-and option, the Extensions tab, ``--freeze-settings``, screenshots of the main tabs in ``test-artifacts/``, and a
+and option, the Extensions tab, the Extra networks panel (a LoRA card's click toggles its tag in the prompt), ``--freeze-settings``, screenshots of the main tabs in ``test-artifacts/``, and a
 page of another origin calling the API (``--nowebui`` servers with and without ``--cors-allow-origins``).
 Without ``/usr/bin/chromium`` they are skipped with a message naming ``apt-get install chromium``.
 
@@ -435,10 +435,21 @@ def write_probe_extension(data_dir: Path):
     (scripts / "ui_probe.py").write_text(EXTENSION)
 
 
+def write_lora_card(data_dir: Path, name: str):
+    """A LoRA file for the Extra networks panel: only listed and clicked, never applied, so a one-key file."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder = data_dir / "models" / "Lora"
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({"lora_unet_probe.alpha": torch.tensor(1.0)}, str(folder / f"{name}.safetensors"))
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("serena-ui-data")
     write_probe_extension(data_dir)
+    write_lora_card(data_dir, "tiny-style")
     (data_dir / "styles.csv").write_text('name,prompt,negative_prompt\ngreen,"{prompt}, green",blurry\n')
     server = Server(data_dir)
     try:
@@ -614,6 +625,26 @@ def test_styles_and_tiling_reach_the_generation(page):
     page.locator("#txt2img_tiling input[type=checkbox]").uncheck()
     text = generate(page)
     assert text.startswith("a square, green\nNegative prompt: blurry\n") and "Tiling" not in text, text
+
+
+def test_extra_networks_card_click_toggles_the_lora_tag(page):
+    open_tab(page, "txt2img")
+    page.fill("#txt2img_prompt textarea", "a circle")
+    page.click("#txt2img_extra_networks_button")
+    panel = page.locator("#txt2img_extra_networks")
+    panel.wait_for(state="visible")
+    panel.get_by_role("tab", name="Lora", exact=True).click()
+    card = page.locator("#txt2img_extra_lora_cards .thumbnail-lg", has_text="tiny-style")
+    card.click()
+    wait_value(page, "#txt2img_prompt textarea", "a circle <lora:tiny-style:1>")
+    shot(page, "extra-networks")
+    card.click()  # a second click takes it out again (A1111)
+    wait_value(page, "#txt2img_prompt textarea", "a circle")
+    page.fill("#txt2img_extra_search input", "no such network")
+    card.wait_for(state="detached")
+    page.fill("#txt2img_extra_search input", "")
+    page.click("#txt2img_extra_networks_button")
+    panel.wait_for(state="hidden")
 
 
 def test_hires_fix_section_generates_the_second_pass_and_pastes_back(page):
