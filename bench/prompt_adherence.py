@@ -19,8 +19,10 @@ Each image is analysed deterministically, with no learned model:
 Usage:
     venv/bin/python bench/prompt_adherence.py [--checkpoint models/Stable-diffusion/serena-shapes-v1.safetensors]
         [--alt] [--steps 20] [--sampler "Euler a"] [--cfg S] [--size 64] [--seed-offset N] [--save DIR]
-        [--self-check] [--json FILE]
+        [--self-check] [--json FILE] [--examples]
 ``--cfg`` defaults to the checkpoint's recommended CFG scale (``serena_config.sampling``), else A1111's 7.
+``--examples`` scores the shipped example embedding and LoRA (``tools/train_examples.py``) instead: the fraction
+of images showing each one's concept, with and without its trigger word or tag, on the same prompts and seeds.
 Prints one row per prompt and a summary table; exits 1 when colour < 90% or shape < 75% (``--no-fail`` to
 always exit 0).
 """
@@ -111,7 +113,7 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
 
 def nearest_colour(rgb, names=None) -> str:
     names = names or list(ds.PALETTE)
-    return min(names, key=lambda n: float(np.sum((np.asarray(ds.PALETTE[n], float) - rgb) ** 2)))
+    return min(names, key=lambda n: float(np.sum((np.asarray(ds.rgb(n), float) - rgb) ** 2)))
 
 
 @dataclass
@@ -123,8 +125,10 @@ class Analysis:
     scores: dict
 
 
-def analyse(image, shapes=ds.SHAPES) -> Analysis:
-    """Background, dominant foreground colour and shape of a 64x64-ish RGB image (PIL or uint8 array)."""
+def analyse(image, shapes=ds.SHAPES, colours=None) -> Analysis:
+    """Background, dominant foreground colour and shape of a 64x64-ish RGB image (PIL or uint8 array).
+
+    ``colours``: the colour names the foreground may be called (default: ``ds.PALETTE``'s)."""
     arr = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, dtype=np.float32)
     h, w, _ = arr.shape
     b = 3
@@ -141,7 +145,7 @@ def analyse(image, shapes=ds.SHAPES) -> Analysis:
     inner = region.copy()
     inner[1:-1, 1:-1] &= region[:-2, 1:-1] & region[2:, 1:-1] & region[1:-1, :-2] & region[1:-1, 2:]
     pixels = arr[inner] if inner.sum() >= 4 else arr[region]
-    colour = nearest_colour(np.median(pixels, axis=0))
+    colour = nearest_colour(np.median(pixels, axis=0), colours)
     ys, xs = np.nonzero(region)
     box = (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
     scores = {}
@@ -151,13 +155,91 @@ def analyse(image, shapes=ds.SHAPES) -> Analysis:
     return Analysis(colour, max(scores, key=scores.get), background, area, scores)
 
 
+# --- the shipped extra-network examples (tools/train_examples.py) ---------------------------------------------------
+
+@dataclass(frozen=True)
+class Example:
+    """A shipped example network: the text that calls it, and what the oracle should then see."""
+
+    name: str
+    kind: str       # "embedding" or "lora"
+    addition: str   # appended to a prompt to use it
+    measure: str    # the Analysis field it sets: "background" or "colour"
+    target: str
+
+
+EXAMPLES = {
+    "serena-night": Example("serena-night", "embedding", ", serena-night", "background", "black"),
+    "serena-cyan": Example("serena-cyan", "lora", " <lora:serena-cyan:1>", "colour", "cyan"),
+}
+#: The colour names an example's images are analysed with: the palette and the colours the examples teach.
+EXAMPLE_COLOURS = list(ds.PALETTE) + list(ds.EXTRA_COLOURS)
+
+
+def example_cases(name: str) -> list[Case]:
+    """The prompts an example is scored on, without its addition. ``serena-night``: each foreground colour that
+    shows on black with each shape, the background never named (32); ``serena-cyan``: a cyan shape on each of four
+    backgrounds (16)."""
+    rng = random.Random(11)
+    cases = []
+    if name == "serena-night":
+        pairs = [(c, s, "black") for c in ds.FOREGROUNDS if ds.contrast(c, "black") >= ds.MIN_CONTRAST
+                 for s in ds.SHAPES]
+    else:
+        pairs = [("cyan", s, b) for s in ds.SHAPES for b in ("black", "white", "gray", "purple")]
+    for colour, shape, background in pairs:
+        caption = ds.caption_for(rng, colour, shape, background, rng.choice(list(ds.SIZES)),
+                                 rng.choice(list(ds.POSITIONS)), say_size=rng.random() < 0.4,
+                                 say_position=rng.random() < 0.35, say_background=name != "serena-night")
+        cases.append(Case(caption, 4000 + len(cases), colour, shape, background))
+    return cases
+
+
+def example_score(example: Example, cases, images) -> dict:
+    """Fractions of ``images`` showing the example's concept (``hit``), the asked-for colour and shape."""
+    found = [analyse(image, colours=EXAMPLE_COLOURS) for image in images]
+    n = len(found)
+    return {"n": n, "hit": sum(getattr(a, example.measure) == example.target for a in found) / n,
+            "colour": sum(a.colour == c.colour for a, c in zip(found, cases)) / n,
+            "shape": sum(a.shape == c.shape for a, c in zip(found, cases)) / n}
+
+
+def with_addition(cases, example: Example) -> list[Case]:
+    return [replace(c, prompt=c.prompt + example.addition) for c in cases]
+
+
+def run_examples(name: str, **gen) -> int:
+    """Score each shipped example with and without its addition, same prompts and seeds; print the table."""
+    print(f"\n{name}: {gen['steps']} steps, {gen['sampler']}, CFG {gen['cfg']}, {gen['size']}x{gen['size']}")
+    print("| example | prompts | measure | without | with |\n|---|---|---|---|---|")
+    for example in EXAMPLES.values():
+        cases = example_cases(example.name)
+        runs = [(cases, "concept prompts")]
+        if example.kind == "lora":  # what the LoRA leaves of the base model: the benchmark's first prompts
+            runs.append((prompt_set()[:16], "benchmark prompts"))
+        for run_cases, label in runs:
+            without = [im for im, _ in generate(run_cases, name, **gen)]
+            with_it = [im for im, _ in generate(with_addition(run_cases, example), name, **gen)]
+            a, b = example_score(example, run_cases, without), example_score(example, run_cases, with_it)
+            title = f"`{example.addition.strip(', ')}` ({example.kind}), {label}"
+            print(f"| {title} | {a['n']} | {example.measure} {example.target} | {a['hit']:.0%} | {b['hit']:.0%} |")
+            print(f"| | | colour / shape as asked | {a['colour']:.0%} / {a['shape']:.0%} | "
+                  f"{b['colour']:.0%} / {b['shape']:.0%} |")
+    return 0
+
+
 # --- generation through Serena ------------------------------------------------------------------------------------
 
-def setup_serena(checkpoint: str, data_dir: str):
-    """Initialise Serena on ``data_dir`` with ``checkpoint`` registered; returns the checkpoint's title."""
+def setup_serena(checkpoint: str, data_dir: str, examples: bool = False):
+    """Initialise Serena on ``data_dir`` with ``checkpoint`` registered; returns the checkpoint's title.
+
+    ``examples``: with the shipped embeddings folder and the built-in extensions (the Lora extension)."""
     from modules import cmd_args, initialize, sd_models
 
-    initialize.initialize(cmd_args.parse_args(["--data-dir", data_dir, "--ckpt", checkpoint]), load_extensions=False)
+    argv = ["--data-dir", data_dir, "--ckpt", checkpoint]
+    if examples:
+        argv += ["--embeddings-dir", os.path.join(ROOT, "embeddings")]
+    initialize.initialize(cmd_args.parse_args(argv), load_extensions=examples)
     return sd_models.checkpoint_for_file(checkpoint).title
 
 
@@ -224,6 +306,9 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="write the per-prompt rows here")
     parser.add_argument("--self-check", action="store_true", help="score the data set's own drawings instead")
     parser.add_argument("--no-fail", action="store_true")
+    parser.add_argument("--examples", action="store_true",
+                        help="score the shipped example embedding and LoRA instead: each with and without its "
+                             "trigger word or tag, same prompts and seeds")
     args = parser.parse_args(argv)
     shapes = ds.ALT_SHAPES if args.alt else ds.SHAPES
     cases = prompt_set(args.alt)
@@ -248,11 +333,13 @@ def main(argv=None) -> int:
     torch.set_num_threads(2)
     checkpoint = os.path.abspath(args.checkpoint or (ALT_CHECKPOINT if args.alt else DEFAULT_CHECKPOINT))
     with tempfile.TemporaryDirectory() as data_dir:
-        name = setup_serena(checkpoint, data_dir)
+        name = setup_serena(checkpoint, data_dir, examples=args.examples)
         if args.cfg is None:
             from modules import sd_models_loader
 
             args.cfg = sd_models_loader.checkpoint_sampling(checkpoint)["cfg_scale"] or 7.0
+        if args.examples:
+            return run_examples(name, steps=args.steps, sampler=args.sampler, cfg=args.cfg, size=args.size)
         generate(cases[:1], name, steps=args.steps, sampler=args.sampler, cfg=args.cfg, size=args.size)  # warm-up
         results = generate(cases, name, steps=args.steps, sampler=args.sampler, cfg=args.cfg, size=args.size)
     images = [im for im, _ in results]

@@ -45,6 +45,8 @@ PALETTE: dict[str, tuple[int, int, int]] = {
     "black": (15, 15, 15),
     "gray": (128, 128, 128),
 }
+#: Colours no shipped checkpoint was trained on: the shipped LoRA example teaches "cyan" (``tools/train_examples.py``).
+EXTRA_COLOURS: dict[str, tuple[int, int, int]] = {"cyan": (20, 200, 200)}
 FOREGROUNDS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "white", "black")
 BACKGROUNDS = ("white", "black", "gray", "blue", "red", "green", "yellow", "purple")
 #: The alt model's palette: the same names minus black and yellow as foregrounds, all backgrounds pastel-free.
@@ -90,8 +92,15 @@ class Sample:
     centre: tuple[float, float]
 
 
-def contrast(a: str, b: str) -> float:
-    return math.dist(PALETTE[a], PALETTE[b])
+def rgb(colour) -> tuple[int, int, int]:
+    """A colour name (``PALETTE`` or ``EXTRA_COLOURS``) or an RGB tuple, as an RGB tuple."""
+    if isinstance(colour, str):
+        return PALETTE[colour] if colour in PALETTE else EXTRA_COLOURS[colour]
+    return tuple(colour)
+
+
+def contrast(a, b) -> float:
+    return math.dist(rgb(a), rgb(b))
 
 
 def _star_points(cx, cy, r, points=5, inner=0.45):
@@ -138,8 +147,7 @@ def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: f
 
 def render(shape: str, colour, background, centre, diameter, size: int = SIZE) -> tuple[Image.Image, np.ndarray]:
     """``(RGB image, float mask in [0,1])`` of one shape; ``colour``/``background`` are names or RGB tuples."""
-    fg = PALETTE[colour] if isinstance(colour, str) else tuple(colour)
-    bg = PALETTE[background] if isinstance(background, str) else tuple(background)
+    fg, bg = rgb(colour), rgb(background)
     big = size * SUPERSAMPLE
     mask = Image.new("L", (big, big), 0)
     cx, cy = centre[0] * big, centre[1] * big
@@ -218,7 +226,7 @@ def sample(rng: random.Random, shapes=SHAPES, foregrounds=FOREGROUNDS, backgroun
 
 
 def jitter_colour(rng: random.Random, name: str, amount: int = 12) -> tuple[int, int, int]:
-    return tuple(int(min(255, max(0, c + rng.randint(-amount, amount)))) for c in PALETTE[name])
+    return tuple(int(min(255, max(0, c + rng.randint(-amount, amount)))) for c in rgb(name))
 
 
 def generate(n: int, seed: int, *, shapes=SHAPES, foregrounds=FOREGROUNDS, backgrounds=BACKGROUNDS,
