@@ -19,7 +19,7 @@ Each image is analysed deterministically, with no learned model:
 Usage:
     venv/bin/python bench/prompt_adherence.py [--checkpoint models/Stable-diffusion/serena-shapes-v1.safetensors]
         [--alt] [--steps 20] [--sampler "Euler a"] [--cfg S] [--size 64] [--seed-offset N] [--save DIR]
-        [--self-check] [--json FILE] [--examples]
+        [--self-check] [--json FILE] [--examples [NAME ...]]
 ``--cfg`` defaults to the checkpoint's recommended CFG scale (``serena_config.sampling``), else A1111's 7.
 ``--examples`` scores the shipped example embedding and LoRA (``tools/train_examples.py``) instead: the fraction
 of images showing each one's concept, with and without its trigger word or tag, on the same prompts and seeds.
@@ -208,11 +208,11 @@ def with_addition(cases, example: Example) -> list[Case]:
     return [replace(c, prompt=c.prompt + example.addition) for c in cases]
 
 
-def run_examples(name: str, **gen) -> int:
-    """Score each shipped example with and without its addition, same prompts and seeds; print the table."""
+def run_examples(examples: list[str], name: str, **gen) -> int:
+    """Score the shipped ``examples`` with and without their additions, same prompts and seeds; print the table."""
     print(f"\n{name}: {gen['steps']} steps, {gen['sampler']}, CFG {gen['cfg']}, {gen['size']}x{gen['size']}")
     print("| example | prompts | measure | without | with |\n|---|---|---|---|---|")
-    for example in EXAMPLES.values():
+    for example in (EXAMPLES[e] for e in examples):
         cases = example_cases(example.name)
         runs = [(cases, "concept prompts")]
         if example.kind == "lora":  # what the LoRA leaves of the base model: the benchmark's first prompts
@@ -306,9 +306,9 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="write the per-prompt rows here")
     parser.add_argument("--self-check", action="store_true", help="score the data set's own drawings instead")
     parser.add_argument("--no-fail", action="store_true")
-    parser.add_argument("--examples", action="store_true",
-                        help="score the shipped example embedding and LoRA instead: each with and without its "
-                             "trigger word or tag, same prompts and seeds")
+    parser.add_argument("--examples", nargs="*", choices=sorted(EXAMPLES), metavar="NAME",
+                        help="score the shipped example embedding and LoRA (or only those named) instead: each "
+                             "with and without its trigger word or tag, same prompts and seeds")
     args = parser.parse_args(argv)
     shapes = ds.ALT_SHAPES if args.alt else ds.SHAPES
     cases = prompt_set(args.alt)
@@ -333,13 +333,14 @@ def main(argv=None) -> int:
     torch.set_num_threads(2)
     checkpoint = os.path.abspath(args.checkpoint or (ALT_CHECKPOINT if args.alt else DEFAULT_CHECKPOINT))
     with tempfile.TemporaryDirectory() as data_dir:
-        name = setup_serena(checkpoint, data_dir, examples=args.examples)
+        name = setup_serena(checkpoint, data_dir, examples=args.examples is not None)
         if args.cfg is None:
             from modules import sd_models_loader
 
             args.cfg = sd_models_loader.checkpoint_sampling(checkpoint)["cfg_scale"] or 7.0
-        if args.examples:
-            return run_examples(name, steps=args.steps, sampler=args.sampler, cfg=args.cfg, size=args.size)
+        if args.examples is not None:
+            return run_examples(args.examples or list(EXAMPLES), name, steps=args.steps, sampler=args.sampler,
+                                cfg=args.cfg, size=args.size)
         generate(cases[:1], name, steps=args.steps, sampler=args.sampler, cfg=args.cfg, size=args.size)  # warm-up
         results = generate(cases, name, steps=args.steps, sampler=args.sampler, cfg=args.cfg, size=args.size)
     images = [im for im, _ in results]

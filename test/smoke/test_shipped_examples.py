@@ -66,7 +66,7 @@ def test_shipped_embedding_is_loaded_for_the_default_model(shipped):
     Api(app)
     with TestClient(app) as client:
         body = client.get("/sdapi/v1/embeddings").json()
-    assert shared.opts.sd_model_checkpoint.startswith("serena-shapes-v1")
+    assert sd_models.effective_checkpoint().name == "serena-shapes-v1.safetensors"
     assert body["loaded"]["serena-night"]["vectors"] == 2
     assert body["loaded"]["serena-night"]["shape"] == 64  # the default model's text encoder width
     assert "serena-night" not in body["skipped"]
