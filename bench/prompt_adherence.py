@@ -123,6 +123,7 @@ class Analysis:
     background: str
     area: int
     scores: dict
+    rgb: tuple | None = None   # the foreground's median colour
 
 
 def analyse(image, shapes=ds.SHAPES, colours=None) -> Analysis:
@@ -145,14 +146,15 @@ def analyse(image, shapes=ds.SHAPES, colours=None) -> Analysis:
     inner = region.copy()
     inner[1:-1, 1:-1] &= region[:-2, 1:-1] & region[2:, 1:-1] & region[1:-1, :-2] & region[1:-1, 2:]
     pixels = arr[inner] if inner.sum() >= 4 else arr[region]
-    colour = nearest_colour(np.median(pixels, axis=0), colours)
+    median = np.median(pixels, axis=0)
+    colour = nearest_colour(median, colours)
     ys, xs = np.nonzero(region)
     box = (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
     scores = {}
     for shape in shapes:
         template = ds.render_shape_mask(shape, box, size=max(h, w))[:h, :w]
         scores[shape] = float((template & region).sum() / max(1, (template | region).sum()))
-    return Analysis(colour, max(scores, key=scores.get), background, area, scores)
+    return Analysis(colour, max(scores, key=scores.get), background, area, scores, tuple(float(v) for v in median))
 
 
 # --- the shipped extra-network examples (tools/train_examples.py) ---------------------------------------------------
@@ -196,12 +198,16 @@ def example_cases(name: str) -> list[Case]:
 
 
 def example_score(example: Example, cases, images) -> dict:
-    """Fractions of ``images`` showing the example's concept (``hit``), the asked-for colour and shape."""
+    """Fractions of ``images`` showing the example's concept (``hit``), the asked-for colour and shape, and the
+    mean RGB distance of the foreground colour to the target colour (``distance``; 442 where none was found)."""
     found = [analyse(image, colours=EXAMPLE_COLOURS) for image in images]
     n = len(found)
+    target = np.asarray(ds.rgb(example.target), float)
     return {"n": n, "hit": sum(getattr(a, example.measure) == example.target for a in found) / n,
             "colour": sum(a.colour == c.colour for a, c in zip(found, cases)) / n,
-            "shape": sum(a.shape == c.shape for a, c in zip(found, cases)) / n}
+            "shape": sum(a.shape == c.shape for a, c in zip(found, cases)) / n,
+            "distance": sum(float(np.linalg.norm(np.asarray(a.rgb) - target)) if a.rgb else 442.0
+                            for a in found) / n}
 
 
 def with_addition(cases, example: Example) -> list[Case]:
@@ -225,6 +231,9 @@ def run_examples(examples: list[str], name: str, **gen) -> int:
             print(f"| {title} | {a['n']} | {example.measure} {example.target} | {a['hit']:.0%} | {b['hit']:.0%} |")
             print(f"| | | colour / shape as asked | {a['colour']:.0%} / {a['shape']:.0%} | "
                   f"{b['colour']:.0%} / {b['shape']:.0%} |")
+            if example.measure == "colour":
+                print(f"| | | foreground's RGB distance to {example.target} | {a['distance']:.0f} | "
+                      f"{b['distance']:.0f} |")
     return 0
 
 

@@ -177,14 +177,17 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="default: embeddings/serena-night.safetensors, models/Lora/serena-cyan.safetensors")
     parser.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
     parser.add_argument("--seed", type=int, default=20261202)
-    parser.add_argument("--images", type=int, default=1024)
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=None, help="default: 2e-2 (embedding), 2e-3 (lora)")
+    parser.add_argument("--images", type=int, default=None, help="default: 256 (embedding), 512 (lora)")
+    parser.add_argument("--steps", type=int, default=None, help="default: 200 (embedding), 300 (lora)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=None, help="default: 3e-2 (embedding), 5e-3 (lora)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     embedding = args.kind == "embedding"
-    args.lr = args.lr or (2e-2 if embedding else 2e-3)
+    # The defaults are what made the shipped files.
+    args.images = args.images or (256 if embedding else 512)
+    args.steps = args.steps or (200 if embedding else 300)
+    args.lr = args.lr or (3e-2 if embedding else 5e-3)
     args.out = args.out or (os.path.join(ROOT, "embeddings", f"{EMBEDDING_NAME}.safetensors") if embedding
                             else os.path.join(ROOT, "models", "Lora", f"{LORA_NAME}.safetensors"))
     torch.set_num_threads(args.threads)
