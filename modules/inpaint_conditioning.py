@@ -1,5 +1,7 @@
 """Inpainting checkpoints: which UNets take mask conditioning, and the extra input channels they take.
 
+SDXL inpainting checkpoints (``sdxl-inpaint``) take the same 5 channels by the same rules; only the VAE differs.
+
 An SD1.x inpainting UNet (RunwayML's ``sd-v1-5-inpainting`` and its merges) reads 9 channels where an ordinary one
 reads 4: the noisy latent, then 1 channel of repaint mask and 4 of the masked image's latents, concatenated at every
 UNet call (A1111's ``c_concat``, diffusers' ``StableDiffusionInpaintPipeline``). Its output stays 4 channels.
@@ -24,7 +26,7 @@ from PIL import Image
 LATENT_CHANNELS = 4
 EXTRA_CHANNELS = 5  # 1 mask + 4 masked-image latents
 #: UNet input channels Serena runs, and what they are.
-KNOWN_IN_CHANNELS = {LATENT_CHANNELS: "SD1.x", LATENT_CHANNELS + EXTRA_CHANNELS: "SD1.x inpainting"}
+KNOWN_IN_CHANNELS = {LATENT_CHANNELS: "SD1.x, SDXL", LATENT_CHANNELS + EXTRA_CHANNELS: "SD1.x, SDXL inpainting"}
 
 
 def check_in_channels(channels: int, name: str) -> int:

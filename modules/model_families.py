@@ -26,9 +26,9 @@ _LORA_MARKS = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
 _LORA_PARTS = (".lora_down.", ".lora_up.", ".lora_A", ".lora_B")
 VAE_PARTS = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")  # a VAE's own keys
 
-#: The families Serena can run today (SDXL base and refiner: ``modules.sd_models_xl``; SD2.x:
+#: The families Serena can run today (SDXL base, inpainting and refiner: ``modules.sd_models_xl``; SD2.x:
 #: ``modules.sd_models_sd2``).
-RUNNABLE = frozenset({"sd1", "sd1-inpaint", "sd2", "sdxl", "sdxl-refiner"})
+RUNNABLE = frozenset({"sd1", "sd1-inpaint", "sd2", "sdxl", "sdxl-inpaint", "sdxl-refiner"})
 
 MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit: a larger length field is a corrupt file, not a header
 
@@ -225,7 +225,7 @@ def detect_path(path: str) -> Family | None:
 
 
 def runnable_labels() -> str:
-    """"SD1.x, SD1.x inpainting, SD2.x, SDXL and SDXL refiner": what Serena runs, for messages."""
+    """"SD1.x, SD1.x inpainting, SD2.x, SDXL, SDXL inpainting and SDXL refiner": what Serena runs, for messages."""
     labels = [FAMILIES[n].label for n in FAMILIES if n in RUNNABLE]
     return labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + " and " + labels[-1]
 

@@ -36,10 +36,12 @@ class SDXLPromptEncoder:
         model: the ``SDXLModel``.
         settings: the generation's ``GenerationSettings`` (clip skip and the SDXL options).
         chunk: tokens per window between the start and end tokens.
+        vectors_in_place: ``(text_encoder, ids, fixes) -> context``: textual inversion vectors of that encoder's
+            width in place of a window's ``fixes`` (``sd_pipeline.vectors_in_place``) while it is encoded.
     """
 
-    def __init__(self, chunks: Callable, model, settings, chunk: int):
-        self.chunks = chunks
+    def __init__(self, chunks: Callable, model, settings, chunk: int, vectors_in_place: Callable):
+        self.chunks, self.vectors_in_place = chunks, vectors_in_place
         self.model, self.settings, self.chunk = model, settings, chunk
         self.device, self.dtype = model.device, model.dtype
         self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -85,8 +87,8 @@ class SDXLPromptEncoder:
                 w = torch.tensor([1.0] + chunk_w + [1.0] * (self.chunk + 1 - len(chunk)), device=self.device)
                 parts = []
                 if self.model.text_encoder is not None:
-                    parts.append(_weighted(self._clip_l(chunk), w))
-                states, embeds = self._bigg(chunk)
+                    parts.append(_weighted(self._clip_l(chunk, window.fixes), w))
+                states, embeds = self._bigg(chunk, window.fixes)
                 parts.append(_weighted(states, w))
                 pooled = embeds if pooled is None else pooled
                 windows.append(torch.cat(parts, dim=-1))
@@ -98,13 +100,17 @@ class SDXLPromptEncoder:
         ids += [tokenizer.pad_token_id] * (self.chunk + 2 - len(ids))
         return torch.tensor([ids], device=self.device)
 
-    def _clip_l(self, chunk: list[int]) -> torch.Tensor:
-        out = self.model.text_encoder(self._ids(chunk, self.model.tokenizer), output_hidden_states=True)
+    def _clip_l(self, chunk: list[int], fixes) -> torch.Tensor:
+        ids = self._ids(chunk, self.model.tokenizer)
+        with self.vectors_in_place(self.model.text_encoder, ids, fixes):
+            out = self.model.text_encoder(ids, output_hidden_states=True)
         layer = max(1, int(self.settings.clip_skip)) if self.settings.sdxl_clip_l_skip else 2
         return out.hidden_states[-layer][0]
 
-    def _bigg(self, chunk: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.model.text_encoder_2(self._ids(chunk, self.model.tokenizer_2), output_hidden_states=True)
+    def _bigg(self, chunk: list[int], fixes) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = self._ids(chunk, self.model.tokenizer_2)
+        with self.vectors_in_place(self.model.text_encoder_2, ids, fixes):
+            out = self.model.text_encoder_2(ids, output_hidden_states=True)
         return out.hidden_states[-2][0], out.text_embeds[0]
 
 

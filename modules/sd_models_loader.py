@@ -437,7 +437,7 @@ def _check_ldm_layout(state_dict: dict[str, torch.Tensor], name: str) -> model_f
         raise ValueError(model_families.refusal(name, family))
     if family.in_channels is not None:
         check_in_channels(family.in_channels, name)
-    if family.name in ("sdxl", "sdxl-refiner"):  # runnable, by their own loader
+    if family.name.startswith("sdxl"):  # runnable, by their own loader
         raise ValueError(f"{name}: an {family.label} checkpoint, which modules.sd_models_xl loads")
     if family.name.startswith("sd2"):  # runnable, by its own loader
         raise ValueError(f"{name}: an {family.label} checkpoint, which modules.sd_models_sd2 loads")

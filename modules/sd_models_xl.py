@@ -9,6 +9,9 @@ The same two on-disk forms as SD1.x (``modules.sd_models_loader``), with SDXL's 
   ``text_projection``); the refiner has bigG alone (``0.model.*``);
 * a diffusers folder whose ``model_index.json`` names a ``text_encoder_2`` (the refiner's has no ``text_encoder``).
 
+SDXL inpainting (``sdxl-inpaint``) is the base with a 9-channel conv_in; its UNet reads the same mask conditioning
+as SD1.x inpainting (``modules.inpaint_conditioning``), the channel count taken from the tensor's shape.
+
 Configs come from the file's ``serena_config`` metadata when present, else from SDXL's own configs shipped in
 ``modules/sd_configs/xl`` and ``xl_refiner``; both tokenizers are the CLIP BPE of ``modules/sd_configs/tokenizer``
 (bigG's pads with ``!``, ``xl/tokenizer_2``). Nothing is fetched from a hub.
@@ -39,6 +42,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from modules import model_families, sd_models_loader as loader
 from modules.checkpoint_info import CheckpointInfo
+from modules.inpaint_conditioning import check_in_channels
 from modules.model_facts import ModelFacts
 
 XL_CONFIG_DIR = os.path.join(loader.CONFIGS_DIR, "xl")
@@ -55,8 +59,8 @@ _COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2", "scheduler")
 _COMPONENT_FILES = {"unet": "unet/config.json", "vae": "vae/config.json", "text_encoder": "text_encoder/config.json",
                     "text_encoder_2": "text_encoder_2/config.json", "scheduler": "scheduler/scheduler_config.json"}
 
-SDXL, SDXL_REFINER = "sdxl", "sdxl-refiner"
-FAMILIES = (SDXL, SDXL_REFINER)  # the ``model_families`` names this module loads
+SDXL, SDXL_INPAINT, SDXL_REFINER = "sdxl", "sdxl-inpaint", "sdxl-refiner"
+FAMILIES = (SDXL, SDXL_INPAINT, SDXL_REFINER)  # the ``model_families`` names this module loads
 
 
 class SDXLModel(loader.SDModel):
@@ -109,7 +113,7 @@ def load_tokenizer_2() -> CLIPTokenizer:
 
 def default_configs(family: str = SDXL) -> dict[str, dict]:
     """SDXL's component configs (``modules/sd_configs/xl`` or ``xl_refiner``); the refiner has no ``text_encoder``."""
-    folder = XL_CONFIG_DIR if family == SDXL else XL_REFINER_CONFIG_DIR
+    folder = XL_REFINER_CONFIG_DIR if family == SDXL_REFINER else XL_CONFIG_DIR
     configs = {}
     for component, rel in _COMPONENT_FILES.items():
         path = os.path.join(folder, rel)
@@ -175,6 +179,9 @@ def _file_components(path: str, device: torch.device, dtype: torch.dtype, allow_
     if family.name not in FAMILIES:
         raise ValueError(f"{name}: not an SDXL checkpoint: {model_families.refusal(name, family) or family.label}")
     configs = _configs(metadata, path, family.name)
+    if family.in_channels is not None:
+        # conv_in's shape decides, as for SD1.x: a foreign inpainting file has no metadata, so the base's config (4)
+        configs["unet"] = dict(configs["unet"], in_channels=check_in_channels(family.in_channels, name))
     state_dict = {k: v for k, v in state_dict.items() if not k.endswith(_UNUSED_SUFFIXES)}
 
     unet_config, vae_config = configs["unet"], configs["vae"]
@@ -192,16 +199,15 @@ def _file_components(path: str, device: torch.device, dtype: torch.dtype, allow_
                                device, dtype)
     vae = loader._instantiate(lambda: AutoencoderKL.from_config(vae_config), vae_sd, name, "VAE", device, dtype)
     text_encoder = None
-    if family.name == SDXL:
+    if family.name != SDXL_REFINER:
         clip_source = {k: v for k, v in state_dict.items() if k.startswith(CLIP_L_PREFIX)}
         clip_sd = {k.removeprefix("text_model."): v for k, v in convert_ldm_clip_checkpoint(clip_source).items()}
         loader._check_conversion(name, "text encoder", len(clip_source), clip_sd)
         config = CLIPTextConfig(**configs["text_encoder"])
         text_encoder = loader._instantiate(lambda: CLIPTextModel(config), clip_sd, name, "text encoder", device,
                                            dtype)
-    text_encoder_2 = _open_clip_encoder(state_dict, configs["text_encoder_2"],
-                                        BIGG_PREFIX if family.name == SDXL else REFINER_BIGG_PREFIX, name, device,
-                                        dtype)
+    bigg_prefix = REFINER_BIGG_PREFIX if family.name == SDXL_REFINER else BIGG_PREFIX
+    text_encoder_2 = _open_clip_encoder(state_dict, configs["text_encoder_2"], bigg_prefix, name, device, dtype)
     return (unet, vae, text_encoder, text_encoder_2, dict(configs["scheduler"])), configs["sampling"], family
 
 

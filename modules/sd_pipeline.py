@@ -114,7 +114,7 @@ class PromptEncoder:
             ids = [bos] + chunk.tokens + [eos] + [pad] * (CHUNK - len(chunk.tokens))
             w = [1.0] + chunk.weights + [1.0] * (CHUNK + 1 - len(chunk.tokens))
             ids_t = torch.tensor([ids], device=self.device)
-            with self._vectors_in_place(ids_t, chunk.fixes):
+            with vectors_in_place(self.text_encoder, ids_t, chunk.fixes):
                 out = self.text_encoder(ids_t, output_hidden_states=self.clip_skip > 1)
             if self.clip_skip > 1:
                 # Clip skip: an earlier layer's output, normalised as the last layer's would be (A1111).
@@ -131,38 +131,39 @@ class PromptEncoder:
             outs.append(hidden)
         return torch.cat(outs, dim=0).to(self.dtype)
 
-    def _vectors_in_place(self, ids_t: torch.Tensor, fixes: list[tuple[int, Any]]):
-        """While the window ``ids_t`` is encoded, its embeddings' vectors replace the token embeddings at their
-        positions (A1111's ``EmbeddingsWithFixes``): a forward hook on the token embedding layer, removed after
-        the call, that changes only the output computed for ``ids_t`` itself."""
-        if not fixes:
-            return contextlib.nullcontext()
-        layer = self.text_encoder.get_input_embeddings()
-        width = layer.embedding_dim
 
-        def substitute(module, args, output):
-            if args[0].data_ptr() != ids_t.data_ptr():
-                return None  # another caller's ids: not this window
-            output = output.clone()
-            for position, embedding in fixes:
-                vectors = embedding.vectors[width]
-                output[0, 1 + position:1 + position + len(vectors)] = vectors.to(output.device, output.dtype)
-            return output
+def vectors_in_place(text_encoder, ids_t: torch.Tensor, fixes: list[tuple[int, Any]]):
+    """While ``text_encoder`` encodes the window ``ids_t``, the embeddings' vectors of its width (SDXL's two: each its
+    part) replace the token embeddings at their positions (A1111's ``EmbeddingsWithFixes``): a forward hook on the
+    embedding layer, removed after the call, that changes only the output computed for ``ids_t`` itself."""
+    if not fixes:
+        return contextlib.nullcontext()
+    layer = text_encoder.get_input_embeddings()
+    width = layer.embedding_dim
 
-        return layer.register_forward_hook(substitute)  # a context manager: removed when the block ends
+    def substitute(module, args, output):
+        if args[0].data_ptr() != ids_t.data_ptr():
+            return None  # another caller's ids: not this window
+        output = output.clone()
+        for position, embedding in fixes:
+            vectors = embedding.vectors[width]
+            output[0, 1 + position:1 + position + len(vectors)] = vectors.to(output.device, output.dtype)
+        return output
+
+    return layer.register_forward_hook(substitute)  # a context manager: removed when the block ends
 
 
 def prompt_encoder(model, request):
     """The prompt encoder for ``model`` and the request's settings: ``PromptEncoder`` with the request's textual
     inversion embeddings, or for an SDXL model (one with bigG, ``text_encoder_2``) both encoders over the windows
-    ``PromptEncoder`` parses (without embeddings: SDXL's carry vectors for both encoders, not read yet)."""
+    ``PromptEncoder`` parses, with the request's embeddings (each encoder takes the vectors of its width)."""
     settings = request.settings
     if getattr(model, "text_encoder_2", None) is None:
         # a family that always conditions on one layer (SD2.x's penultimate) ignores clip skip, as A1111 does
         return PromptEncoder(model.tokenizer, model.text_encoder, model.conditioning_layer or settings.clip_skip,
                              model.device, model.dtype, embeddings=request.embeddings)
-    parser = PromptEncoder(model.tokenizer, model.text_encoder, settings.clip_skip, model.device, model.dtype)
-    return sd_conditioning_xl.SDXLPromptEncoder(parser.chunks, model, settings, CHUNK)
+    chunks = PromptEncoder(model.tokenizer, None, 1, model.device, model.dtype, request.embeddings).chunks
+    return sd_conditioning_xl.SDXLPromptEncoder(chunks, model, settings, CHUNK, vectors_in_place)
 
 
 def _stack_padded(conds: list[torch.Tensor]) -> torch.Tensor:

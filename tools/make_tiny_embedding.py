@@ -59,11 +59,13 @@ def main(argv=None) -> None:
     parser.add_argument("--format", choices=FORMATS, default="safetensors")
     parser.add_argument("--vectors", type=int, default=1)
     parser.add_argument("--width", type=int, default=32, help="32: Serena's tiny models; 768: SD1.x")
+    parser.add_argument("--width-g", type=int, default=1280,
+                        help="--format sdxl: clip_g's width (--width is clip_l's); 64 and 32 for the tiny SDXL model")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scale", type=float, default=0.02)
     args = parser.parse_args(argv)
     print(make_embedding(args.out, fmt=args.format, vectors=args.vectors, width=args.width, seed=args.seed,
-                         scale=args.scale))
+                         scale=args.scale, width_g=args.width_g))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,11 @@ Writes, under ``--out-dir`` (default: Serena's folder), in fp16 with the configs
   models/Stable-diffusion/serena-tiny-xl-refiner.safetensors  (seed 20240620)
   models/Stable-diffusion/serena-tiny-xl-diffusers/           (the base's weights, diffusers folder, fp32)
 
-Usage: ``venv/bin/python tools/make_tiny_sdxl.py [--out-dir DIR]``
+With ``--inpainting`` it writes, instead, an SDXL *inpainting* checkpoint of the base's dims, whose UNet reads 9
+channels (4 latent + 1 mask + 4 masked-image latent, ``modules.inpaint_conditioning``):
+  models/Stable-diffusion/serena-tiny-xl-inpaint.safetensors  (seed 20240630)
+
+Usage: ``venv/bin/python tools/make_tiny_sdxl.py [--out-dir DIR] [--inpainting]``
 """
 
 from __future__ import annotations
@@ -39,12 +43,12 @@ BIGG = dict(CLIP_L, hidden_size=64, intermediate_size=72, num_attention_heads=4,
             projection_dim=48, hidden_act="gelu")
 
 
-def unet_config(refiner: bool = False) -> dict:
+def unet_config(refiner: bool = False, in_channels: int = 4) -> dict:
     """The base: a plain level then a cross-attention level (SDXL's order), context = CLIP-L + bigG widths and
     the pooled bigG plus six micro-conditioning numbers; the refiner: bigG's width, five numbers."""
     context = BIGG["hidden_size"] + (0 if refiner else CLIP_L["hidden_size"])
     return dict(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=2, norm_num_groups=16,
+        sample_size=8, in_channels=in_channels, out_channels=4, layers_per_block=2, norm_num_groups=16,
         block_out_channels=(32, 64), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 2),
         attention_head_dim=(2, 4), cross_attention_dim=context, use_linear_projection=True,
@@ -61,12 +65,13 @@ VAE_CONFIG = dict(
 BASE_FILE, BASE_SEED = "serena-tiny-xl.safetensors", 20240610
 REFINER_FILE, REFINER_SEED = "serena-tiny-xl-refiner.safetensors", 20240620
 FOLDER = "serena-tiny-xl-diffusers"
+INPAINT_FILE, INPAINT_SEED, INPAINT_IN_CHANNELS = "serena-tiny-xl-inpaint.safetensors", 20240630, 9
 
 
-def build(seed: int, refiner: bool = False) -> dict:
+def build(seed: int, refiner: bool = False, in_channels: int = 4) -> dict:
     """The components of one tiny SDXL checkpoint, each seeded on its own (seed, seed + 1, ...)."""
     torch.manual_seed(seed)
-    parts = {"unet": UNet2DConditionModel(**unet_config(refiner))}
+    parts = {"unet": UNet2DConditionModel(**unet_config(refiner, in_channels))}
     torch.manual_seed(seed + 1)
     parts["vae"] = AutoencoderKL(**VAE_CONFIG)
     torch.manual_seed(seed + 2)
@@ -97,8 +102,14 @@ def write_diffusers_folder(folder: str, parts: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out-dir", default=ROOT, help="folder that receives models/… (default: Serena's folder)")
+    parser.add_argument("--inpainting", action="store_true",
+                        help=f"write the 9-channel SDXL inpainting checkpoint {INPAINT_FILE} instead")
     args = parser.parse_args(argv)
     models = os.path.join(args.out_dir, "models", "Stable-diffusion")
+    if args.inpainting:
+        write_single_file(os.path.join(models, INPAINT_FILE), build(INPAINT_SEED, in_channels=INPAINT_IN_CHANNELS))
+        print(os.path.relpath(os.path.join(models, INPAINT_FILE), args.out_dir))
+        return 0
     base = build(BASE_SEED)
     write_single_file(os.path.join(models, BASE_FILE), base)
     write_single_file(os.path.join(models, REFINER_FILE), build(REFINER_SEED, refiner=True), refiner=True)

@@ -1,5 +1,5 @@
-"""SD1.x inpainting checkpoints (9-channel UNets): detection at load, A1111's mask conditioning at every UNet call,
-the ``inpainting_mask_weight`` option and what the infotext and ``info`` say (``modules.inpaint_conditioning``).
+"""SD1.x and SDXL inpainting checkpoints (9-channel UNets): detection at load, A1111's mask conditioning at every UNet
+call, the ``inpainting_mask_weight`` option and what the infotext and ``info`` say (``modules.inpaint_conditioning``).
 
 The checkpoint is the tool's tiny random one (``tools/make_tiny_checkpoint.py --inpainting``), built once for the
 module; images are 64x64 and runs take two steps.
@@ -21,7 +21,8 @@ from hypothesis import given, settings, strategies as st
 from PIL import Image
 from safetensors.torch import save_file
 
-from modules import inpaint_conditioning, jobs, paths, sd_models_loader as loader, sd_pipeline, shared_options
+from modules import inpaint_conditioning, jobs, paths, sd_models_loader as loader, sd_models_xl, sd_pipeline
+from modules import shared_options
 from modules.checkpoint_info import CheckpointInfo
 from modules.infotext import infotext_to_overrides
 from modules.processing import GenerationSettings
@@ -149,7 +150,7 @@ def test_the_channel_count_comes_from_conv_in_and_unknown_counts_are_refused(inp
     key = loader.UNET_PREFIX + "input_blocks.0.0.weight"
     cases = {8: r"pix2pix\.safetensors is an SD1\.x InstructPix2Pix checkpoint, which Serena cannot run yet",
              5: r"odd\.safetensors: its UNet takes 5 input channels; "
-                r"Serena runs 4 \(SD1\.x\), 9 \(SD1\.x inpainting\)"}
+                r"Serena runs 4 \(SD1\.x, SDXL\), 9 \(SD1\.x, SDXL inpainting\)"}
     for channels, message in cases.items():
         name = "pix2pix.safetensors" if channels == 8 else "odd.safetensors"
         path = _rewritten(file, tmp_path, name, edit_state=lambda s: s.__setitem__(
@@ -283,3 +284,65 @@ def test_a_four_channel_model_is_unaffected(real_model, api_client):
     info = json.loads(bodies[0]["info"])
     assert info["is_using_inpainting_conditioning"] is False
     assert "Conditional mask weight" not in info["infotexts"][0]
+
+
+# -- SDXL inpainting (issue 17 item 4): the same conditioning, through SDXL's loader and pipeline ---------------------
+
+@pytest.fixture(scope="module")
+def xl_inpaint_file(tmp_path_factory):
+    from tools import make_tiny_sdxl
+    out = tmp_path_factory.mktemp("xl-inpaint")
+    assert make_tiny_sdxl.main(["--out-dir", str(out), "--inpainting"]) == 0
+    return out / "models" / "Stable-diffusion" / make_tiny_sdxl.INPAINT_FILE
+
+
+@pytest.fixture(scope="module")
+def xl_inpaint_model(xl_inpaint_file):
+    return sd_models_xl.load_checkpoint(info_for(xl_inpaint_file))
+
+
+def test_an_sdxl_inpainting_file_loads_with_nine_channels_whatever_its_config_says(xl_inpaint_file, xl_inpaint_model,
+                                                                                   tmp_path):
+    model = xl_inpaint_model
+    assert model.family.name == "sdxl-inpaint" and model.family.runnable and not model.is_refiner
+    assert (model.unet.conv_in.weight.shape[1], model.unet.config.out_channels) == (9, 4)
+    assert inpaint_conditioning.takes_image_conditioning(model)
+    assert model.facts.family == "sdxl-inpaint" and model.facts.latent_channels == 4
+    says_four = _rewritten(xl_inpaint_file, tmp_path, "xl-says-four.safetensors",
+                           edit_unet_config=lambda c: c.update(in_channels=4))
+    assert sd_models_xl.inspect_checkpoint(str(says_four)).family == "sdxl-inpaint"  # strict, on the meta device
+    odd = _rewritten(xl_inpaint_file, tmp_path, "xl-odd.safetensors", edit_state=lambda s: s.__setitem__(
+        loader.UNET_PREFIX + "input_blocks.0.0.weight", torch.zeros(32, 5, 3, 3, dtype=torch.float16)))
+    with pytest.raises(ValueError, match=r"xl-odd\.safetensors: its UNet takes 5 input channels"):
+        sd_models_xl.inspect_checkpoint(str(odd))
+
+
+def test_sdxl_inpaint_through_the_api_keeps_the_pixels_outside_the_mask(serve_model, xl_inpaint_model, api_client):
+    model, image = serve_model(xl_inpaint_model), init_image()
+    with unet_inputs(model) as seen:
+        r = api_client.post("/sdapi/v1/img2img", json=dict(TXT, init_images=[b64(image)], mask=b64(left_half_mask()),
+                                                           denoising_strength=0.75, inpainting_fill=1))
+    assert r.status_code == 200, r.text
+    assert json.loads(r.json()["info"])["is_using_inpainting_conditioning"] is True
+    out = np.asarray(Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))).convert("RGB"))
+    assert np.array_equal(out[:, 48:], np.asarray(image)[:, 48:])
+    assert not np.array_equal(out[:, :16], np.asarray(image)[:, :16])
+    masked = encode(model, pixels(image) * (1 - LEFT.repeat_interleave(8, 0).repeat_interleave(8, 1)))
+    assert seen and all(x.shape == (2, 9, LATENT, LATENT) for x in seen)
+    for x in seen:  # channel 4 the mask, 5-8 the masked image's latents (the SDXL VAE's scale)
+        assert torch.equal(x[0, 4], LEFT) and torch.equal(x[1, 4], LEFT)
+        torch.testing.assert_close(x[:1, 5:], masked, rtol=1e-4, atol=1e-4)
+
+
+def test_txt2img_on_an_sdxl_inpainting_model_shows_it_an_all_gray_image(serve_model, xl_inpaint_model, api_client):
+    model = serve_model(xl_inpaint_model)
+    with unet_inputs(model) as seen:
+        bodies = [api_client.post("/sdapi/v1/txt2img", json=dict(TXT, width=SIZE, height=SIZE)) for _ in range(2)]
+    assert all(b.status_code == 200 for b in bodies), bodies[0].text
+    assert bodies[0].json()["images"] == bodies[1].json()["images"]
+    assert "Conditional mask weight: 1.0" in json.loads(bodies[0].json()["info"])["infotexts"][0]
+    gray = encode(model, torch.zeros(1, 3, SIZE, SIZE))
+    assert seen and all(x.shape == (2, 9, LATENT, LATENT) for x in seen)
+    for x in seen:
+        assert torch.equal(x[:, 4], torch.ones(2, LATENT, LATENT))
+        torch.testing.assert_close(x[:, 5:], gray.expand(2, -1, -1, -1), rtol=1e-4, atol=1e-4)

@@ -83,7 +83,7 @@ def test_every_family_is_told_from_a_real_header(tmp_path, name):
     assert found.name == family and model_families.detect_path(str(path)) == found
     if family != "unknown":
         assert (found.in_channels, found.context_dim) == (in_channels, context)
-    assert found.runnable == (family in ("sd1", "sd1-inpaint", "sd2", "sdxl", "sdxl-refiner"))
+    assert found.runnable == (family in ("sd1", "sd1-inpaint", "sd2", "sdxl", "sdxl-inpaint", "sdxl-refiner"))
     assert found.is_inpaint == family.endswith("-inpaint")
 
 
@@ -105,7 +105,7 @@ def test_detection_always_gives_a_family_and_a_refusal_that_names_the_file(shape
     assert (message is None) == family.runnable
     if message:
         assert message.startswith("x.safetensors is ")
-        assert "Serena runs SD1.x, SD1.x inpainting, SD2.x, SDXL and SDXL refiner" in message
+        assert "Serena runs SD1.x, SD1.x inpainting, SD2.x, SDXL, SDXL inpainting and SDXL refiner" in message
 
 
 @pytest.mark.parametrize("damage", [b"", b"\x05\x00", (1 << 40).to_bytes(8, "little"),
@@ -158,7 +158,7 @@ def test_diffusers_folders_are_told_from_their_index(tmp_path, index, unet_confi
 
 UNRUNNABLE = {"sd3-medium": ("sd3", "an SD3 checkpoint"), "flux-dev": ("flux", "a FLUX checkpoint"),
               "my-lora": ("lora-kohya", "a LoRA, not a checkpoint"),
-              "sdxl-inpaint": ("sdxl-inpaint", "an SDXL inpainting checkpoint, which Serena cannot run yet")}
+              "sd2-inpaint": ("sd2-inpaint", "an SD2.x inpainting checkpoint, which Serena cannot run yet")}
 
 
 @pytest.fixture
@@ -224,7 +224,7 @@ def test_the_checkpoint_dropdowns_mark_what_cannot_run(models, monkeypatch):
     assert marked == {titles["a-tiny"]: titles["a-tiny"],
                       titles["sd3-medium"]: f"{titles['sd3-medium']} (SD3: cannot run yet)",
                       titles["flux-dev"]: f"{titles['flux-dev']} (FLUX: cannot run yet)",
-                      titles["sdxl-inpaint"]: f"{titles['sdxl-inpaint']} (SDXL inpainting: cannot run yet)",
+                      titles["sd2-inpaint"]: f"{titles['sd2-inpaint']} (SD2.x inpainting: cannot run yet)",
                       titles["my-lora"]: f"{titles['my-lora']} (LoRA: not a checkpoint)"}
     assert sd_models.model_manager.loads == 0
     # Told once: a second listing reads no header while the files are unchanged.

@@ -8,6 +8,7 @@ Real files throughout, written by ``tools/make_tiny_sdxl.py`` (random weights, 6
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import os
 from types import SimpleNamespace
@@ -271,3 +272,44 @@ def test_the_txt2img_refiner_section_fills_and_pastes_the_fields(models):
     assert section.paste_values("a cat\nSteps: 4, Seed: 1") == [False, None, 0.8]
     assert section.p_kwargs([True, title, 0.6]) == {"refiner_checkpoint": title, "refiner_switch_at": 0.6}
     assert section.p_kwargs([False, title, 0.6]) == section.p_kwargs([True, None, 0.6]) == section.p_kwargs([]) == {}
+
+
+# --- textual inversion (issue 16 item 5): clip_l to CLIP-L, clip_g to bigG ------------------------------------------
+
+def test_an_sdxl_embedding_gives_each_encoder_its_own_vectors(base, tmp_path):
+    from modules import textual_inversion
+    from tools.make_tiny_embedding import make_embedding
+    widths = (tiny.CLIP_L["hidden_size"], tiny.BIGG["hidden_size"])
+    make_embedding(str(tmp_path / "a" / "xlemb.safetensors"), fmt="sdxl", vectors=2, width=widths[0],
+                   width_g=widths[1], seed=1, scale=1.0)
+    make_embedding(str(tmp_path / "b" / "xlemb.safetensors"), fmt="sdxl", vectors=2, width=widths[0],
+                   width_g=widths[1], seed=1, scale=1.0)  # the same clip_l ...
+    make_embedding(str(tmp_path / "b" / "other.safetensors"), fmt="sdxl", vectors=2, width=widths[0],
+                   width_g=widths[1], seed=8, scale=1.0)
+    make_embedding(str(tmp_path / "a" / "sd1emb.safetensors"), width=widths[0])
+    db_a = textual_inversion.EmbeddingDatabase((str(tmp_path / "a"),), allow_pickle=False)
+    on_xl, on_sd1 = db_a.evaluate(base.facts.text_encoder_widths), db_a.evaluate((widths[0],))
+    assert list(on_xl.loaded) == ["xlemb"] and list(on_xl.skipped) == ["sd1emb"]
+    assert list(on_sd1.loaded) == ["sd1emb"] and "an SDXL embedding" in on_sd1.skipped["xlemb"][1]
+    emb_a = on_xl.loaded["xlemb"]
+    found_b = textual_inversion.EmbeddingDatabase((str(tmp_path / "b"),), allow_pickle=False).scan()
+    # ... with another clip_g: an embedding that differs in bigG's part alone
+    emb_b = dataclasses.replace(found_b["xlemb"], vectors={widths[0]: emb_a.vectors[widths[0]],
+                                                           widths[1]: found_b["other"].vectors[widths[1]]})
+
+    def encoded(prompt, embedding):
+        lookup = textual_inversion.EmbeddingLookup.build(base.tokenizer, [embedding] if embedding else [])
+        request = SimpleNamespace(settings=GenerationSettings(), embeddings=lookup)
+        with torch.inference_mode():
+            return sd_pipeline.prompt_encoder(base, request).encode(prompt), lookup
+
+    with_a, lookup = encoded("a xlemb cat", emb_a)
+    with_b, _ = encoded("a xlemb cat", emb_b)
+    as_text, _ = encoded("a xlemb cat", None)
+    assert list(lookup.used) == ["xlemb"]
+    assert textual_inversion.hashes_infotext(lookup.used) == f"xlemb: {emb_a.shorthash}"
+    clip_l = slice(0, widths[0])
+    bigg = slice(widths[0], None)
+    assert torch.equal(with_a[:, clip_l], with_b[:, clip_l])  # CLIP-L reads clip_l only
+    assert not torch.allclose(with_a[:, bigg], with_b[:, bigg], atol=1e-4)  # bigG reads clip_g
+    assert not torch.allclose(with_a[:, clip_l], as_text[:, clip_l], atol=1e-4)
