@@ -204,8 +204,12 @@ def activated(p, model, data: dict[str, list[ExtraNetworkParams]]):
 
     A type that fails to activate is reported in ``p.warnings`` and the batch runs without it (with strict hooks
     the failure propagates, after every type already entered was exited). A type that fails to undo its effect
-    fails the generation: a model left changed must not run the next one.
+    fails the generation: a model left changed must not run the next one. With ``p.disable_extra_networks``
+    (A1111's request field) no type is activated at all, as in A1111.
     """
+    if getattr(p, "disable_extra_networks", False):
+        yield
+        return
     networks = registered()
     for unknown in sorted(set(data) - set(networks)):
         log.info("Skipping unknown extra network: %s", unknown)

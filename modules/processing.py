@@ -110,6 +110,7 @@ class StableDiffusionProcessing:
     refiner_switch_at: float | None = None
     override_settings: dict = field(default_factory=dict)
     override_settings_restore_afterwards: bool = True
+    disable_extra_networks: bool = False  # tags are still taken out of the prompts, but no network acts (A1111)
     extra_generation_params: dict = field(default_factory=dict)
     outpath_samples: str | None = None
     outpath_grids: str | None = None

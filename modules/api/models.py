@@ -78,7 +78,8 @@ class _GenerationRequest(BaseModel):
         None, description="0-1: the part of the model's timesteps after which the refiner takes over (A1111); "
                           "null switches at the first step.")
     disable_extra_networks: bool | None = Field(
-        False, description="Accepted for A1111 clients; Serena has no extra networks.")
+        False, description="true: no extra network (<lora:…> tags, the `sd_lora` option) acts; the tags are still "
+                           "taken out of the prompt.")
     comments: dict[str, Any] | None = Field(None, description="Free-form comments (accepted, not used).")
 
     sampler_index: str = Field("Euler", description="Deprecated: the sampler used when `sampler_name` is not given.")

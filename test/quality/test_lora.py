@@ -5,8 +5,10 @@ LoRA files are written at test time by ``tools/make_tiny_lora.py`` into the test
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
+import io
 import json
 import os
 
@@ -16,6 +18,7 @@ import torch
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from modules import extensions, extra_networks, jobs, paths, plugins, processing, sd_models, shared
 from modules.hookspecs import hookimpl
@@ -176,6 +179,21 @@ def test_sd_lora_override_is_a_lora_for_one_request(lora, real_model, api_client
     bad = api_client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 1, "width": 64, "height": 64,
                                                       "override_settings": {"sd_lora": "nobody"}})
     assert bad.status_code == 422 and "sd_lora" in bad.text
+
+
+def test_disable_extra_networks_strips_the_tags_and_applies_no_lora(lora, real_model, api_client):
+    body = {"prompt": "a red circle <lora:kohya:1>", "steps": 2, "width": 64, "height": 64, "seed": 11,
+            "sampler_name": "Euler", "override_settings": {"sd_lora": "peft"}}
+    applied = api_client.post("/sdapi/v1/txt2img", json=body).json()
+    disabled = api_client.post("/sdapi/v1/txt2img", json=dict(body, disable_extra_networks=True)).json()
+    plain = api_client.post("/sdapi/v1/txt2img", json=dict(body, prompt="a red circle", override_settings={},
+                                                            disable_extra_networks=True)).json()
+    def pixels(response):
+        return Image.open(io.BytesIO(base64.b64decode(response["images"][0]))).convert("RGB").tobytes()
+
+    assert pixels(disabled) == pixels(plain) != pixels(applied)
+    text = json.loads(disabled["info"])["infotexts"][0]
+    assert text.startswith("a red circle <lora:kohya:1>\n") and "Lora hashes" not in text
 
 
 def test_api_lists_and_refreshes_loras(lora, data_dir, real_model, api_client):

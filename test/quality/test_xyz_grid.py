@@ -13,6 +13,7 @@ import importlib.util
 import io
 import sys
 import threading
+import base64
 from base64 import b64decode
 from pathlib import Path
 
@@ -363,3 +364,15 @@ def test_the_ui_shows_axis_dropdowns_and_runs_a_grid(models, xyz_ext):
                                             form_values(steps=1, script=("txt2img", title, script_args))))
     gallery, text = events[-1][0], events[-1][1]
     assert len(gallery) == 1 and "X Type: Sampler, X Values: \"Euler, DDIM\"" in text
+
+
+def test_cond_image_mask_weight_axis_sets_the_option_per_cell(xyz, client):
+    """A1111's img2img axis "Cond. Image Mask Weight" is Serena's ``inpainting_mask_weight`` option, per cell."""
+    image = io.BytesIO()
+    Image.new("RGB", (64, 64), "red").save(image, format="PNG")
+    axis = xyz.find_axis(xyz.axes_for("img2img"), "Cond. Image Mask Weight")
+    r = client.post("/sdapi/v1/img2img", json={**BASE, "init_images": [base64.b64encode(image.getvalue()).decode()],
+                                               "script_name": "x/y/z plot",
+                                               "script_args": args(x_type=axis, x_values="0.25, 0.5")})
+    assert r.status_code == 200, r.text
+    assert r.json()["warnings"] == [] and shared.opts.inpainting_mask_weight == 1.0

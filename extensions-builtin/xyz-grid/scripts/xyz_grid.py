@@ -97,7 +97,7 @@ FIXED = (
     _field("Initial noise multiplier", float, "initial_noise_multiplier"),
     _override("Extra noise", float, "img2img_extra_noise"),
     _field("Hires upscaler", str, "hr_upscaler", tab="txt2img", choices=True),
-    _field("Cond. Image Mask Weight", float, "inpainting_mask_weight", tab="img2img"),
+    _override("Cond. Image Mask Weight", float, "inpainting_mask_weight", tab="img2img"),  # an option in Serena
     _override("VAE", str, "sd_vae", choices=True),
     Axis("Styles", "styles", choices=True),
     _override("UniPC Order", int, "uni_pc_order"),
