@@ -109,6 +109,17 @@ def test_unknown_name_and_foreign_file_are_warnings_and_the_generation_runs(lora
     assert np.array_equal(image, plain)
 
 
+@pytest.mark.parametrize("tag, reason", [("<lora:kohya:1e308>", "te weight"), ("<lora:kohya:nan>", "te weight"),
+                                         ("<lora:kohya:1:inf>", "unet weight"), ("<lora:kohya:1:1:0>", "dyn 0"),
+                                         ("<lora::1>", "no LoRA name")])
+def test_a_tag_with_an_unusable_weight_is_a_warning_and_changes_nothing(lora, real_model, tag, reason):
+    digest = weights_digest(real_model)
+    plain, _ = generate("a red circle")
+    image, processed = generate(f"a red circle {tag}")
+    assert any("ignored" in w and reason in w for w in processed.warnings), processed.warnings
+    assert np.array_equal(image, plain) and weights_digest(real_model) == digest
+
+
 def test_an_exception_or_interrupt_inside_sampling_restores_every_weight(lora, real_model, register):
     digest = weights_digest(real_model)
 

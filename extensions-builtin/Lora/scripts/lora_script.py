@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 
 from modules.extensions_api import (Card, ExtraNetwork, ExtraNetworkParams, OptionInfo, format_multiplier, hookimpl,
@@ -32,6 +33,10 @@ SECTION = ("extra_networks", "Extra Networks")
 library = files.Library()
 
 
+#: A multiplier past this is no longer a weight anyone means; far larger ones overflow the weights' dtype.
+MAX_WEIGHT = 1e4
+
+
 def _parse(params, default: float):
     """``(name, te, unet, dyn)`` of one tag, A1111's reading: positional te, unet, dyn, then named ones win."""
     name = params.positional[0] if params.positional else params.named.get("name", "")
@@ -41,6 +46,14 @@ def _parse(params, default: float):
     unet = float(params.named.get("unet", unet))
     dyn = int(params.positional[3]) if len(params.positional) > 3 else None
     dyn = int(params.named["dyn"]) if "dyn" in params.named else dyn
+    # Refused here so a bad tag is a warning naming it, never a failed or NaN generation.
+    if not str(name):
+        raise ValueError("no LoRA name")
+    for label, weight in (("te", te), ("unet", unet)):
+        if not math.isfinite(weight) or abs(weight) > MAX_WEIGHT:
+            raise ValueError(f"{label} weight {weight} is not a number within ±{MAX_WEIGHT:g}")
+    if dyn is not None and dyn < 1:
+        raise ValueError(f"dyn {dyn} must be at least 1")
     return str(name), te, unet, dyn
 
 
