@@ -22,6 +22,8 @@ from scripts import verify_pinned_deps
 ROOT = Path(__file__).resolve().parent
 RUNTIME_REQUIREMENTS = ROOT / "requirements_versions.txt"
 TEST_REQUIREMENTS = ROOT / "requirements-test.txt"
+# Ray Serve, for --workers/--ray-address only (and for the tests, which start real workers).
+SCALE_OUT_REQUIREMENTS = ROOT / "requirements-scale-out.txt"
 WEBUI = ROOT / "webui.py"
 VERIFY_SCRIPT = Path(verify_pinned_deps.__file__)
 STAMP_NAME = ".serena-requirements.sha256"
@@ -161,13 +163,23 @@ def run_extension_installers(python: Path, installers: list[Path], constraints: 
     return failed
 
 
+def requirement_files(args, with_tests: bool = False) -> list[Path]:
+    """The pinned requirement files this run needs: the runtime's, the tests', Ray Serve's when scaling out."""
+    files = [RUNTIME_REQUIREMENTS]
+    if with_tests:
+        files.append(TEST_REQUIREMENTS)
+    if with_tests or cmd_args.scales_out(args):
+        files.append(SCALE_OUT_REQUIREMENTS)
+    return files
+
+
 def prepare_environment(args, with_tests: bool = False, venv_dir: Path = ROOT / "venv") -> Path:
     """Make the environment ready and return the interpreter that must run webui.py (or the tests)."""
     start = time.perf_counter()
     python, prefix = choose_environment(venv_dir, create=not args.skip_install)
     if args.skip_install:
         return python
-    files = [RUNTIME_REQUIREMENTS, TEST_REQUIREMENTS] if with_tests else [RUNTIME_REQUIREMENTS]
+    files = requirement_files(args, with_tests)
     satisfied, reasons = requirements_satisfied(python, prefix, files)
     stamp = read_stamp(prefix)
     if not satisfied:

@@ -18,11 +18,12 @@ from modules import cmd_args, extensions, initialize, jobs, plugins, shared
 log = logging.getLogger("serena")
 
 
-def create_app(cmd_opts):
+def create_app(cmd_opts, workers=None):
     """The FastAPI app: A1111 API under /sdapi/v1, Serena's under /serena/v1, the gradio UI at / (unless --nowebui).
 
     Extension routes (``on_app_started``) are added before the UI is mounted: a route declared after gradio is
-    mounted at ``/`` is shadowed by it.
+    mounted at ``/`` is shadowed by it. ``workers`` (``scale_out.Front``, with ``--workers``) adds
+    ``/serena/v1/workers`` and the ``X-Serena-Worker`` header.
     """
     from fastapi import FastAPI
 
@@ -38,6 +39,9 @@ def create_app(cmd_opts):
     app = FastAPI(title="Serena", description="Stable Diffusion web UI runtime with an A1111-compatible API",
                   lifespan=lifespan, **hidden_docs)
     api = Api(app, auth=cmd_opts.api_auth)
+    if workers is not None:
+        from modules.api.models import WorkerItem
+        api.add_api_route("/serena/v1/workers", workers.workers, methods=["GET"], response_model=list[WorkerItem])
     if cmd_opts.api_auth:
         add_protected_docs(app, api.auth)
     plugins.host.call("on_app_started", app=app)
@@ -53,6 +57,9 @@ def create_app(cmd_opts):
                         "(generate, change settings); --api-auth does not cover it (docs/security.md)")
         app = gr.mount_gradio_app(app, blocks, path="/", footer_links=["api"], auth=logins)
     add_middleware(app, cmd_opts)
+    if workers is not None:
+        from modules.scale_out import WorkerHeader
+        app.add_middleware(WorkerHeader)
     return app
 
 
@@ -167,16 +174,26 @@ def load_starting_model(started: float) -> threading.Thread:
     return thread
 
 
-def serve(cmd_opts, started: float) -> int:
+def serve(cmd_opts, started: float, argv: list[str]) -> int:
     import uvicorn
 
     host = "0.0.0.0" if cmd_opts.listen else "127.0.0.1"
     port = cmd_opts.port or (7861 if cmd_opts.nowebui else 7860)
-    app = create_app(cmd_opts)
+    if cmd_args.scales_out(cmd_opts):
+        # Workers first: the server answers once they are ready, and this process never loads a model.
+        from modules import scale_out
+        front = scale_out.start(cmd_opts, argv)
+        app = create_app(cmd_opts, workers=front)
+    else:
+        app = create_app(cmd_opts)
+        load_starting_model(started)
     app.state.url = f"http://{host}:{port}"
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
-    load_starting_model(started)
-    server.run()
+    try:
+        server.run()
+    finally:
+        if cmd_args.scales_out(cmd_opts):
+            scale_out.stop(front)  # the local Ray cluster ends with the server, its workers with it
     return 0
 
 
@@ -196,7 +213,7 @@ def main(argv=None) -> int:
     if cmd_opts.txt2img is not None:
         from modules import cli
         return cli.run_txt2img(cmd_opts)
-    return serve(shared.cmd_opts, started)
+    return serve(shared.cmd_opts, started, list(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from modules import cmd_args, jobs, processing, request_preparation, scripts, sd_models, shared
+from modules import cmd_args, dispatch, processing, request_preparation, scripts, sd_models, shared
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -49,7 +49,7 @@ def run_txt2img(cmd_opts, out=sys.stdout) -> int:
         print(f"serena: error: {e}", file=sys.stderr)
         return 2
     try:
-        processed = jobs.run_job("txt2img", scripts.run, p)
+        processed = dispatch.run("txt2img", p)
     except ValueError as e:
         print(f"serena: error: {e}", file=sys.stderr)
         return 2

@@ -95,6 +95,12 @@ def make_parser() -> argparse.ArgumentParser:
                         help="log every /sdapi request: method, path, status and time taken")
     server.add_argument("--share", action="store_true",
                         help="refused: Serena never opens a public tunnel (use --listen behind your own proxy)")
+    server.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="(Serena) serve the same API and UI backed by N generation workers: Ray Serve replicas "
+                             "on this machine (docs/operations.md, 'Scaling out'); installs ray on first use")
+    server.add_argument("--ray-address", default=None, metavar="ADDR",
+                        help="(Serena) join this Ray cluster (e.g. ray://head:10001 or auto) instead of starting one; "
+                             "one worker per GPU unless --workers says how many")
     server.add_argument("--exit", action="store_true",
                         help="prepare the environment and initialise, then exit instead of serving")
 
@@ -173,7 +179,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.share:
         parser.error("--share is not supported: Serena never opens a public tunnel. Serve on your network with "
                      "--listen (and --api-auth/--gradio-auth), or put it behind your own reverse proxy")
+    if args.workers is not None and args.workers < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
     return args
+
+
+def scales_out(args) -> bool:
+    """Whether ``args`` ask for Ray Serve workers (``--workers``, ``--ray-address``)."""
+    return bool(args.workers or args.ray_address)
 
 
 def defaults() -> argparse.Namespace:

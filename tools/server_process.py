@@ -72,13 +72,14 @@ class ServerProcess:
                 self.process.wait(5)
 
 
-def start_server(data_dir, *extra_flags, timeout: float = STARTUP_TIMEOUT) -> ServerProcess:
-    """Start ``webui.py --nowebui`` on a free port with ``data_dir`` and wait until it answers."""
+def start_server(data_dir, *extra_flags, timeout: float = STARTUP_TIMEOUT, script: str = "webui.py") -> ServerProcess:
+    """Start ``script --nowebui`` (``webui.py``, or ``launch.py`` as users start it) on a free port with
+    ``data_dir`` and wait until it answers."""
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log_path = data_dir / f"serena-{port}.log"
-    command = [sys.executable, "webui.py", "--nowebui", "--port", str(port), "--data-dir", str(data_dir),
+    command = [sys.executable, script, "--nowebui", "--port", str(port), "--data-dir", str(data_dir),
                *map(str, extra_flags)]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
     with open(log_path, "wb") as log:

@@ -1,7 +1,7 @@
 """The HTTP API: A1111's ``/sdapi/v1`` routes and Serena's ``/serena/v1``, registered on a FastAPI app.
 
 Handlers are thin: they turn a request into a processing object (``build_processing``, over the preparation the UI
-and the CLI share: ``modules.request_preparation``), queue it through ``jobs.run_job`` and shape the result as
+and the CLI share: ``modules.request_preparation``), queue it through ``dispatch.run`` and shape the result as
 A1111 clients parse it. Everything a request can get wrong is checked before it queues: fields (sampler, scheduler,
 size limits, images, scripts) and every override key (``opts.check``), so a bad request never waits behind a
 running generation and never changes anything.
@@ -25,9 +25,9 @@ from fastapi import Depends, HTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
-from modules import (extensions, extra_networks, hires, image_parameters, infotext, jobs, plugins, processing,
-                     request_preparation, runtime_utils, scripts, sd_models, sd_samplers, sd_vae, settings_change,
-                     shared, styles, textual_inversion, upscalers)
+from modules import (dispatch, extensions, extra_networks, hires, image_parameters, infotext, jobs, plugins,
+                     processing, request_preparation, runtime_utils, scripts, sd_models, sd_samplers, sd_vae,
+                     settings_change, shared, styles, textual_inversion, upscalers)
 from modules.api import models
 from modules.api.errors import validation_error_response
 from modules.api.image_codec import check_image_count, decode_images, encode_image
@@ -239,7 +239,7 @@ class Api:
         req = fill_native_size(req)
         p = build_processing(req, processing.StableDiffusionProcessingTxt2Img)
         p.warnings.extend(warnings)
-        processed = jobs.run_job("txt2img", scripts.run, p)
+        processed = dispatch.run("txt2img", p)
         return models.TextToImageResponse(
             images=[encode_image(i) for i in processed.images] if req.send_images else [],
             parameters=request_parameters(req), info=processed.js(), warnings=processed.warnings)
@@ -260,7 +260,7 @@ class Api:
         if req.latent_mask and not req.mask:  # as in A1111, a latent mask alone changes nothing
             warnings.append("`latent_mask` was ignored: it acts only together with a `mask`")
         p.warnings.extend(warnings)
-        processed = jobs.run_job("img2img", scripts.run, p)
+        processed = dispatch.run("img2img", p)
         return models.ImageToImageResponse(
             images=[encode_image(i) for i in processed.images] if req.send_images else [],
             parameters=request_parameters(req, hide_images=not req.include_init_images), info=processed.js(),

@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from modules.dispatch import WorkerUnavailable
 from modules.option_info import OptionError
 from modules.options import OptionsRejected, SettingsFrozenError, SettingsSaveError
 from modules.request_preparation import RequestFieldError
@@ -38,6 +39,9 @@ def error_response(e: Exception) -> JSONResponse:
         return JSONResponse(_error_body(type(e).__name__, str(e), {e.field or "upscaler": str(e)}), status_code=422)
     if isinstance(e, OptionError):
         return JSONResponse(_error_body(type(e).__name__, str(e), {e.key: e.reason}), status_code=422)
+    if isinstance(e, WorkerUnavailable):  # scale-out: the replica died; Ray Serve starts another one
+        log.error("API error: %s", e)
+        return JSONResponse(_error_body(type(e).__name__, str(e), str(e)), status_code=503)
     if isinstance(e, SettingsSaveError):  # the server's disk, not the client: a 5xx; nothing was changed
         log.error("API error: %s", e)
         return JSONResponse(_error_body(type(e).__name__, str(e), str(e)), status_code=500)

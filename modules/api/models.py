@@ -498,3 +498,17 @@ class ActiveOverridesResponse(BaseModel):
     job: str | None = Field(description="The running job's name, or null when idle.")
     overrides: list[OverrideLayerItem] = Field(
         description="The override layers in effect in the running job, outermost first.")
+
+
+class WorkerItem(BaseModel):
+    """One generation worker in ``GET /serena/v1/workers`` (``--workers``/``--ray-address`` only)."""
+
+    name: str = Field(description="The Ray Serve replica's id, as the X-Serena-Worker header names it.")
+    pid: int = Field(description="The replica's process id on its machine.")
+    models: list[str] = Field(description="Checkpoint files the replica holds in memory, most recently used last.")
+    busy: bool = Field(description="Whether it is generating now.")
+    queue_depth: int = Field(description="Generations on the replica now (0 or 1: each runs one at a time; the "
+                                         "rest wait in the deployment's FIFO queue).")
+    served: int = Field(description="Generations it has finished since it started.")
+    hook_order: str = Field(description="A digest of its extensions' resolved hook order (the same on every "
+                                        "replica).")

@@ -288,9 +288,7 @@ def run_generation(make_p: Callable, key: tuple, run_name: str, extra: list, val
     except ValueError as e:
         yield gr.skip(), gr.skip(), gr.skip(), common.status_html(f"Error: {e}", "error"), gr.skip()
         return
-    from modules import scripts
-
-    stream = progress.run_streaming(key, run_name, lambda: scripts.run(p), job_count=p.n_iter)
+    stream = progress.run_streaming(key, run_name, p, job_count=p.n_iter)
     while True:
         try:
             tick = next(stream)

@@ -18,9 +18,9 @@ import itertools
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generator
+from typing import Any, Generator
 
-from modules import jobs
+from modules import dispatch, jobs
 from modules.ui.common import esc
 
 POLL_SECONDS = 0.4
@@ -67,9 +67,10 @@ class Tick:
     preview: Any = None
 
 
-def run_streaming(key: tuple, name: str, func: Callable[[], Any], *, job_count: int = 1,
+def run_streaming(key: tuple, name: str, p, *, job_count: int = 1,
                   poll: float = POLL_SECONDS) -> Generator[Tick, None, UiJob]:
-    """Run ``func`` as a queued job in a worker thread; yield a ``Tick`` per poll; return the finished ``UiJob``.
+    """Run the prepared processing ``p`` as a queued generation (``dispatch.run``) in a worker thread; yield a
+    ``Tick`` per poll; return the finished ``UiJob``.
 
     Use as ``job = yield from run_streaming(...)``. The job keeps running if the page goes away (the browser
     closing the stream stops only the polling); it is forgotten by the session when it ends.
@@ -78,19 +79,19 @@ def run_streaming(key: tuple, name: str, func: Callable[[], Any], *, job_count: 
     with _jobs_lock:
         _jobs[key] = job
 
-    def body():
+    def body(generate):
         if job.cancelled:
             return None
         job.time_started = time.time()
         job.started.set()
         try:
-            return func()
+            return generate()
         finally:
             job.interrupted = jobs.state.interrupted
 
     def target():
         try:
-            job.result = jobs.run_job(name, body, job_count=job_count)
+            job.result = dispatch.run(name, p, job_count=job_count, wrap=body)
         except BaseException as e:  # noqa: BLE001 - handed to the page, which shows it
             job.error = e
         finally:

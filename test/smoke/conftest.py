@@ -1,6 +1,6 @@
 """Smoke-test fixtures: real Serena server processes on 127.0.0.1.
 
-``serena_server(data_dir, *extra_flags)`` starts ``webui.py --nowebui`` on a free port with ``--data-dir data_dir``,
+``serena_server(data_dir, *extra_flags, script="webui.py")`` starts ``webui.py --nowebui`` (or ``launch.py``) on a free port with ``--data-dir data_dir``,
 waits until ``GET /sdapi/v1/progress`` answers, and returns a ``ServerProcess`` (``.url``, ``.port``, ``.log()``,
 ``.stop()``). Every server a module started is stopped when the module's tests are done; a test that needs a
 fresh process calls ``.stop()`` itself. The process helpers live in ``tools/server_process.py`` (shared with
@@ -25,8 +25,8 @@ def serena_server():
     """A factory: ``serena_server(data_dir, *extra_flags) -> ServerProcess``; all are stopped after the module."""
     started: list[ServerProcess] = []
 
-    def start(data_dir, *extra_flags, timeout: float = STARTUP_TIMEOUT) -> ServerProcess:
-        server = start_server(data_dir, *extra_flags, timeout=timeout)
+    def start(data_dir, *extra_flags, timeout: float = STARTUP_TIMEOUT, script: str = "webui.py") -> ServerProcess:
+        server = start_server(data_dir, *extra_flags, timeout=timeout, script=script)
         started.append(server)
         return server
 

@@ -155,8 +155,12 @@ def test_setting_components_follow_option_info(data_dir, monkeypatch):
     assert settings.component_class(OptionInfo(0.5, "f")) is gr.Number
 
 
-def test_progress_streams_interrupts_and_cancels():
+def test_progress_streams_interrupts_and_cancels(monkeypatch):
+    from modules import scripts
     from modules.ui import progress
+
+    # Each job's generation (``dispatch.run`` calls ``scripts.run(p)``) is the function ``p`` names here.
+    monkeypatch.setattr(scripts, "run", lambda p: p())
 
     def work():
         state = jobs.state
