@@ -190,7 +190,8 @@ def test_installing_only_runtime_pins_forgets_the_test_pins(pip_calls, requireme
     launch.prepare_environment(args, with_tests=True)
     assert pip_calls[0][:4] == ["install", "-r", str(requirements), "-r"]
     assert set(launch.read_stamp(prefix)) == {"requirements:requirements_versions.txt",
-                                              "requirements:requirements-test.txt"}
+                                              "requirements:requirements-test.txt",
+                                              "requirements:requirements-scale-out.txt"}
 
     requirements.write_text(f"pluggy=={PLUGGY}  # touched\n", encoding="utf-8")
     launch.prepare_environment(args)

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from modules import cli, image_parameters, images, jobs, request_preparation, sd_models, shared
+from modules import cli, dispatch, image_parameters, images, jobs, request_preparation, sd_models, shared
 from modules.options import OptionsRejected, SettingsFrozenError
 from modules.runtime_utils import OverrideError
 from ui_form import form_values
@@ -37,14 +37,14 @@ def cli_options(**changes) -> types.SimpleNamespace:
 
 @pytest.fixture
 def queued(monkeypatch):
-    """The processing object of every job that reaches the queue (``jobs.run_job``), recorded instead of run."""
+    """The processing object of every job that reaches the queue (``dispatch.run``), recorded instead of run."""
     objects = []
 
-    def run_job(name, func, p, **kwargs):
+    def run(name, p, **kwargs):
         objects.append(p)
         return types.SimpleNamespace(warnings=[], saved_paths=[])
 
-    monkeypatch.setattr(jobs, "run_job", run_job)
+    monkeypatch.setattr(dispatch, "run", run)
     return objects
 
 
