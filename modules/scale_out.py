@@ -281,6 +281,23 @@ class Front:
         self._stop.set()
 
 
+def start_local_ray(num_cpus: int, attempts: int = 3) -> None:
+    """A local Ray cluster with no dashboard. Ray gives its raylet a fixed 30 s to register, which a machine
+    under load can miss: then shut the half-started cluster down and try again."""
+    import ray
+
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, namespace=NAMESPACE, log_to_driver=False,
+                     configure_logging=False)
+            return
+        except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception for this
+            ray.shutdown()
+            if attempt == attempts or "timed out during startup" not in str(e):
+                raise
+            log.warning("Ray did not start (%s); trying again (%d/%d)", e, attempt + 1, attempts)
+
+
 def start(cmd_opts, argv: list[str]) -> Front:
     """Start (or join) Ray, the control board and the workers; route this process's generations to them."""
     import ray
@@ -291,8 +308,7 @@ def start(cmd_opts, argv: list[str]) -> Front:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         replicas, num_cpus, num_gpus = cmd_opts.workers or max(1, gpus), 1, 1 if gpus else 0
     else:
-        ray.init(num_cpus=max(cmd_opts.workers, os.cpu_count() or 1), include_dashboard=False, namespace=NAMESPACE,
-                 log_to_driver=False, configure_logging=False)
+        start_local_ray(max(cmd_opts.workers, os.cpu_count() or 1))
         replicas, num_cpus, num_gpus = cmd_opts.workers, 1, 0
     control = control_class().options(name=CONTROL_NAME, namespace=NAMESPACE, lifetime=None).remote()
     serve.start(http_options={"location": "NoServer"})
