@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import hashlib
+import json
 import os
 import signal
 import time
@@ -57,7 +58,10 @@ def test_two_workers_serve_concurrent_requests_with_the_single_process_bytes(wor
     url = workers_server.url
     listed = workers(url)
     assert len(listed) == 2 and len({w["pid"] for w in listed}) == 2
-    assert len({w["hook_order"] for w in listed}) == 1  # extensions in the same resolved order on every replica
+    # Extensions in the same resolved order on every replica as in the front.
+    front_order = httpx.get(f"{url}/serena/v1/hooks", timeout=10).json()
+    digest = hashlib.sha256(json.dumps(front_order, sort_keys=True).encode()).hexdigest()[:16]
+    assert {w["hook_order"] for w in listed} == {digest}
 
     responses = post_all(url, [request(i) for i in range(8)])
     assert [image_digest(r) for r in responses] == single_digests
@@ -87,6 +91,26 @@ def test_a_settings_change_reaches_every_replica_and_overrides_stay_per_request(
                      json=dict(request(0), override_settings={"eta_noise_seed_delta": 7})).json()["info"]
     assert "ENSD: 7" in one
     assert httpx.get(f"{url}/sdapi/v1/options", timeout=10).json()["eta_noise_seed_delta"] == 31337
+
+
+def test_progress_shows_a_workers_job_and_interrupt_reaches_it(workers_server):
+    url = workers_server.url
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        long_job = pool.submit(httpx.post, f"{url}/sdapi/v1/txt2img", timeout=300,
+                               json={"prompt": "a long job", "steps": 150, "width": 64, "height": 64})
+        deadline, progress = time.monotonic() + 60, {}
+        while time.monotonic() < deadline:
+            progress = httpx.get(f"{url}/sdapi/v1/progress", timeout=10).json()
+            if progress["state"]["sampling_step"] > 0:
+                break
+            time.sleep(0.1)
+        assert progress["state"]["job"] == "txt2img" and progress["state"]["sampling_steps"] == 150
+        assert 0 < progress["progress"] < 1
+        assert httpx.post(f"{url}/sdapi/v1/interrupt", timeout=10).status_code == 200
+        response = long_job.result()
+    assert response.status_code == 200
+    # Stopped early: A1111 returns what was made so far, and the job is over on every replica.
+    assert not any(w["busy"] for w in workers(url))
 
 
 def test_a_replica_killed_mid_job_is_one_503_and_the_next_requests_succeed(workers_server):
