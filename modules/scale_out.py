@@ -158,9 +158,15 @@ class WorkerRuntime:
             time.sleep(REPORT_SECONDS)
 
     def load(self, model_id: str) -> None:
-        """Hold ``model_id`` in the model cache (in queue order: never under a running generation)."""
+        """Hold ``model_id`` in the model cache (in queue order: never under a running generation). A checkpoint
+        this replica does not list yet was added after it started (the front found it on a refresh): look again."""
         with jobs.queue_lock:
-            sd_models.model_manager.get(sd_models.resolve_checkpoint(model_id))
+            try:
+                info = sd_models.resolve_checkpoint(model_id)
+            except ValueError:
+                sd_models.refresh_checkpoints()
+                info = sd_models.resolve_checkpoint(model_id)
+            sd_models.model_manager.get(info)
 
     def generate(self, name: str, p, stored: dict):
         from modules import scripts

@@ -434,6 +434,8 @@ class Api:
         return {}
 
     def reloadapi(self):
+        if dispatch.is_remote():
+            return {}  # scale-out: workers load what their generations need; the front holds no model
         with jobs.queue_lock:
             sd_models.current_model()
         return {}
