@@ -2,7 +2,8 @@
 
 ``create_ui()`` builds the page: quick settings (checkpoint, VAE) on top, then the tabs txt2img, img2img,
 Extras, PNG Info, the tabs extensions add through ``on_ui_tabs``, Settings and Extensions. Generations run through
-``modules.jobs.run_job``, the FIFO queue the API uses too, so UI and API generations never overlap.
+``modules.dispatch.run``, the FIFO queue the API uses too, so UI and API generations never overlap (with
+``--workers``, the workers' queue).
 
 One module per responsibility: ``generation`` (the form and events txt2img and img2img share), ``txt2img``,
 ``img2img``, ``progress`` (queueing, progress, preview, interrupt), ``paste`` (pasted parameters and the

@@ -1,7 +1,7 @@
 """Running a UI generation through the shared queue and streaming its progress to the page.
 
 A Generate click runs a generator function (gradio streams every ``yield`` to the browser). It starts the job in
-a worker thread through ``jobs.run_job`` -- the same FIFO queue lock the API uses, so UI and API generations never
+a worker thread through ``dispatch.run`` -- the same FIFO queue the API uses, so UI and API generations never
 run at once -- and then, every ``POLL_SECONDS``, yields a progress bar (percent, step, batch, ETA) built from
 ``jobs.state`` and, when the sampler published a newer one, the preview image. ``jobs.state`` describes this
 job only while the job holds the lock; before that, the page says it is waiting in the queue.
