@@ -93,6 +93,17 @@ def test_a_settings_change_reaches_every_replica_and_overrides_stay_per_request(
     assert httpx.get(f"{url}/sdapi/v1/options", timeout=10).json()["eta_noise_seed_delta"] == 31337
 
 
+def test_a_script_and_its_extension_run_on_a_worker(workers_server):
+    body = dict(request(0), script_name="prompts from file or textbox",
+                script_args=[False, False, "start", "a red circle\n--steps 2 a blue square"])
+    response = httpx.post(f"{workers_server.url}/sdapi/v1/txt2img", json=body, timeout=300)
+    assert response.status_code == 200, response.text[:300]
+    assert len(response.json()["images"]) == 2
+    assert response.headers["x-serena-worker"] != "front"
+    info = json.loads(response.json()["info"])
+    assert info["all_prompts"] == ["a red circle", "a blue square"]
+
+
 def test_progress_shows_a_workers_job_and_interrupt_reaches_it(workers_server):
     url = workers_server.url
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
