@@ -135,6 +135,7 @@ class WorkerRuntime:
 
     def report(self) -> dict:
         return {"pid": self.pid, "models": [os.path.basename(f) for f in sd_models.model_manager.cached()],
+                "loads": sd_models.model_manager.loads,
                 "busy": jobs.state.busy, "served": self.served, "job": job_snapshot() if jobs.state.busy else None,
                 "hook_order": _hook_order_digest()}
 
@@ -254,8 +255,9 @@ class Front:
 
         board = ray.get(self.control.board.remote())
         fresh = {name: info for name, info in board.items() if time.time() - info["seen"] < 5 * REPORT_SECONDS + 2}
-        return [{"name": name, "pid": info["pid"], "models": info["models"], "busy": info["busy"],
-                 "queue_depth": int(info["busy"]), "served": info["served"], "hook_order": info["hook_order"]}
+        return [{"name": name, "pid": info["pid"], "models": info["models"], "loads": info["loads"],
+                 "busy": info["busy"], "queue_depth": int(info["busy"]), "served": info["served"],
+                 "hook_order": info["hook_order"]}
                 for name, info in sorted(fresh.items())]
 
     def mirror_progress(self) -> None:

@@ -506,6 +506,8 @@ class WorkerItem(BaseModel):
     name: str = Field(description="The Ray Serve replica's id, as the X-Serena-Worker header names it.")
     pid: int = Field(description="The replica's process id on its machine.")
     models: list[str] = Field(description="Checkpoint files the replica holds in memory, most recently used last.")
+    loads: int = Field(description="Checkpoint loads from disk since it started (switches to a model it already "
+                                   "held are not loads).")
     busy: bool = Field(description="Whether it is generating now.")
     queue_depth: int = Field(description="Generations on the replica now (0 or 1: each runs one at a time; the "
                                          "rest wait in the deployment's FIFO queue).")
