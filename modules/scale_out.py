@@ -112,9 +112,14 @@ def job_snapshot() -> dict:
 class WorkerRuntime:
     """What a replica holds: an initialised Serena runtime, and its report loop to the control board."""
 
-    def __init__(self, argv: list[str], name: str):
+    def __init__(self, argv: list[str], name: str, threads: int):
+        import torch
+
         from modules import cmd_args, initialize
 
+        # Ray gives a one-CPU replica one thread; CPU kernels can round differently with another thread count, so
+        # a replica uses what a single process on this machine would, and its images are that process's bytes.
+        torch.set_num_threads(threads)
         cmd_opts = cmd_args.parse_args(argv)
         initialize.initialize(cmd_opts)
         shared.opts.filename = None  # one writer: the front saves config.json; a replica never writes it
@@ -198,11 +203,11 @@ def deployment(num_replicas: int, *, num_cpus: float, num_gpus: float, models_pe
     @serve.deployment(name="GenerationWorker", num_replicas=num_replicas, max_ongoing_requests=1,
                       ray_actor_options={"num_cpus": num_cpus, "num_gpus": num_gpus})
     class GenerationWorker:
-        def __init__(self, argv: list[str]):
+        def __init__(self, argv: list[str], threads: int):
             import ray
 
             context = serve.get_replica_context()
-            self.runtime = WorkerRuntime(argv, context.replica_id.unique_id)
+            self.runtime = WorkerRuntime(argv, context.replica_id.unique_id, threads)
             self.runtime.start_reporting(ray.get_actor(CONTROL_NAME, namespace=NAMESPACE))
 
         @serve.multiplexed(max_num_models_per_replica=models_per_replica)
@@ -289,9 +294,19 @@ class Front:
         self._stop.set()
 
 
+def single_process_threads() -> int:
+    """The intra-op thread count a single Serena process here would run with: ``OMP_NUM_THREADS`` when set (as
+    torch reads it), else every core."""
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
+    except ValueError:
+        return os.cpu_count() or 1
+
+
 def start_local_ray(num_cpus: int, attempts: int = 3) -> None:
-    """A local Ray cluster with no dashboard. Ray gives its raylet a fixed 30 s to register, which a machine
-    under load can miss: then shut the half-started cluster down and try again."""
+    """A local Ray cluster with no dashboard. Ray's start-up waits a fixed time for its own processes (the raylet,
+    its agent's port file), which a machine under load can miss: then shut the half-started cluster down and try
+    again."""
     import ray
 
     for attempt in range(1, attempts + 1):
@@ -322,7 +337,7 @@ def start(cmd_opts, argv: list[str]) -> Front:
     serve.start(http_options={"location": "NoServer"})
     limit = max(1, int(shared.opts.sd_checkpoints_limit))
     app = deployment(replicas, num_cpus=num_cpus, num_gpus=num_gpus, models_per_replica=limit).bind(
-        worker_argv(argv))
+        worker_argv(argv), single_process_threads())
     handle = serve.run(app, name=APP_NAME, route_prefix=None)
     front = Front(handle, control)
     dispatch.use_remote(front)

@@ -111,3 +111,13 @@ def test_one_process_never_imports_ray():
     code = ("import sys, webui, modules.api.api, modules.ui, modules.scale_out, modules.dispatch; "
             "assert 'ray' not in sys.modules, sorted(m for m in sys.modules if m.startswith('ray'))")
     subprocess.run([sys.executable, "-c", code], cwd=launch.ROOT, check=True, timeout=120)
+
+
+@pytest.mark.parametrize("env, expected", [({"OMP_NUM_THREADS": "3"}, 3), ({"OMP_NUM_THREADS": "x"}, None), ({}, None)])
+def test_workers_use_the_thread_count_of_a_single_process(monkeypatch, env, expected):
+    import os
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert scale_out.single_process_threads() == (expected or os.cpu_count())

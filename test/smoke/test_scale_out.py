@@ -99,7 +99,7 @@ def test_a_settings_change_reaches_every_replica_and_overrides_stay_per_request(
 
 def test_a_script_and_its_extension_run_on_a_worker(workers_server):
     body = dict(request(0), script_name="prompts from file or textbox",
-                script_args=[False, False, "start", "a red circle\n--steps 2 a blue square"])
+                script_args=[False, False, "start", "a red circle\n--prompt \"a blue square\" --steps 2"])
     response = httpx.post(f"{workers_server.url}/sdapi/v1/txt2img", json=body, timeout=300)
     assert response.status_code == 200, response.text[:300]
     assert len(response.json()["images"]) == 2
