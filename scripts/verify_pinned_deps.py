@@ -1,7 +1,7 @@
 """Check that every requirement line is an exact ``==`` pin and that the running interpreter has exactly that version.
 
-Usage: ``python scripts/verify_pinned_deps.py [FILE ...]`` (default: requirements_versions.txt and
-requirements-test.txt beside this script's parent). Prints one line per problem and exits 1, or a one-line summary
+Usage: ``python scripts/verify_pinned_deps.py [FILE ...]`` (default: requirements_versions.txt,
+requirements-test.txt and requirements-scale-out.txt beside this script's parent). Prints one line per problem and exits 1, or a one-line summary
 and exits 0. Standard library only: launch.py runs it inside a fresh venv that has nothing else installed yet.
 """
 
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_FILES = (ROOT / "requirements_versions.txt", ROOT / "requirements-test.txt")
+DEFAULT_FILES = (ROOT / "requirements_versions.txt", ROOT / "requirements-test.txt", ROOT / "requirements-scale-out.txt")
 
 # name, optional [extras], "==", version; no markers, wildcards or other operators.
 _PIN = re.compile(r"^([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)\s*(?:\[[^\]]*\])?\s*==\s*([A-Za-z0-9._+!-]+)$")
