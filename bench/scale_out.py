@@ -60,10 +60,6 @@ GEN = {"prompt": "a red circle on a blue background", "negative_prompt": "blurry
        "sampler_name": "Euler a", "cfg_scale": 7.0}
 TIMEOUT = 600.0
 OVERHEAD_TARGET = 1.10
-# Ray's local cluster fails to start when its dashboard agent takes longer than the raylet's fixed 15 s wait to
-# report its ports (Ray 2.58: "Timed out waiting for file .../metrics_agent_port_*"), which happens on a loaded
-# machine; a second start usually finds the agent's imports warm.
-START_ATTEMPTS = 3
 
 
 @dataclass
@@ -80,7 +76,6 @@ class Measured:
     label: str
     workers: int  # 0: the single process
     startup: float = 0.0
-    attempts: int = 1
     sequential: list[Reply] = field(default_factory=list)
     sequential_cpu: float = 0.0  # CPU seconds of the server's whole process tree over the sequential requests
     concurrent: list[Reply] = field(default_factory=list)
@@ -123,19 +118,10 @@ def post_concurrently(client: httpx.Client, payloads: list[dict]) -> tuple[list[
     return replies, time.perf_counter() - start
 
 
-def start(data_dir: Path, workers: int) -> tuple[ServerProcess, float, int]:
-    flags = ["--ckpt", MODEL] + (["--workers", workers] if workers else [])
-    for attempt in range(1, START_ATTEMPTS + 1):
-        began = time.perf_counter()
-        try:
-            server = start_server(data_dir, *flags, timeout=300)
-        except RuntimeError as e:
-            if not workers or attempt == START_ATTEMPTS or "timed out during startup" not in str(e):
-                raise
-            print(f"  Ray's local cluster did not start (attempt {attempt}): retrying", flush=True)
-            continue
-        return server, time.perf_counter() - began, attempt
-    raise AssertionError("unreachable")
+def start(data_dir: Path, workers: int) -> tuple[ServerProcess, float]:
+    began = time.perf_counter()
+    server = start_server(data_dir, "--ckpt", MODEL, *(["--workers", workers] if workers else []), timeout=300)
+    return server, time.perf_counter() - began
 
 
 def tree_cpu(pid: int) -> float:
@@ -155,8 +141,8 @@ def tree_cpu(pid: int) -> float:
 def measure(label: str, workers: int, seq_seeds: list[int], conc_seeds: list[int], steps: int,
             data_dir: Path) -> Measured:
     print(f"{label}: starting", flush=True)
-    server, startup, attempts = start(data_dir, workers)
-    m = Measured(label, workers, startup, attempts)
+    server, startup = start(data_dir, workers)
+    m = Measured(label, workers, startup)
     try:
         limits = httpx.Limits(max_connections=len(conc_seeds) + 4)
         with httpx.Client(base_url=server.url, timeout=TIMEOUT, limits=limits) as client:
@@ -194,8 +180,7 @@ def table(runs: list[Measured], load_start: tuple, load_end: tuple, args) -> tup
         per = f"{m.per_request:.3f}" if m.per_request is not None else "—"
         cpu = f"{m.cpu_per_request:.3f}" if m.cpu_per_request is not None else "—"
         served = len({r.worker for r in m.concurrent}) if m.workers else "—"
-        retried = f" ({m.attempts} starts)" if m.attempts > 1 else ""
-        lines.append(f"| {m.label} | {m.startup:.1f}{retried} | {per} | {cpu} | {m.throughput:.3f} | "
+        lines.append(f"| {m.label} | {m.startup:.1f} | {per} | {cpu} | {m.throughput:.3f} | "
                      f"{served} |")
     overhead = one.per_request / single.per_request
     gain = two.throughput / one.throughput
