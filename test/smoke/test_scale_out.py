@@ -47,7 +47,7 @@ def single_digests(serena_server, tmp_path_factory, embedded_model):
 
 @pytest.fixture(scope="module")
 def workers_server(serena_server, tmp_path_factory, single_digests):
-    return serena_server(tmp_path_factory.mktemp("workers"), "--workers", "2", script="launch.py", timeout=560)
+    return serena_server(tmp_path_factory.mktemp("workers"), "--workers", "2", script="launch.py", timeout=300)
 
 
 def workers(url: str) -> list[dict]:
@@ -105,7 +105,8 @@ def test_a_script_and_its_extension_run_on_a_worker(workers_server):
     assert len(response.json()["images"]) == 2
     assert response.headers["x-serena-worker"] != "front"
     info = json.loads(response.json()["info"])
-    assert info["all_prompts"] == ["a red circle", "a blue square"]
+    # A plain line goes before the request's prompt ("start"); a --prompt line replaces it.
+    assert info["all_prompts"] == ["a red circle a red circle 0", "a blue square"]
 
 
 def test_progress_shows_a_workers_job_and_interrupt_reaches_it(workers_server):
