@@ -105,8 +105,8 @@ def test_a_script_and_its_extension_run_on_a_worker(workers_server):
     assert len(response.json()["images"]) == 2
     assert response.headers["x-serena-worker"] != "front"
     info = json.loads(response.json()["info"])
-    # A plain line goes before the request's prompt ("start"); a --prompt line replaces it.
-    assert info["all_prompts"] == ["a red circle a red circle 0", "a blue square"]
+    # Each line's prompt goes before the request's ("start"), a --prompt line's too (A1111's rule).
+    assert info["all_prompts"] == ["a red circle a red circle 0", "a blue square a red circle 0"]
 
 
 def test_progress_shows_a_workers_job_and_interrupt_reaches_it(workers_server):
