@@ -117,7 +117,8 @@ def test_progress_shows_a_workers_job_and_interrupt_reaches_it(workers_server):
         deadline, progress = time.monotonic() + 60, {}
         while time.monotonic() < deadline:
             progress = httpx.get(f"{url}/sdapi/v1/progress", timeout=10).json()
-            if progress["state"]["sampling_step"] > 0:
+            # The board may still show the previous job for one report interval: wait for this one.
+            if progress["state"]["sampling_steps"] == 150 and progress["state"]["sampling_step"] > 0:
                 break
             time.sleep(0.1)
         assert progress["state"]["job"] == "txt2img" and progress["state"]["sampling_steps"] == 150
