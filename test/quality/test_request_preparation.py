@@ -128,15 +128,16 @@ def test_api_and_ui_paste_the_same_fields_and_overrides(data_dir, fake_models, p
     assert params["override_settings"] == {"CLIP_stop_at_last_layers": 2}
     pasted = paste.from_infotext(PASTED)
     assert pasted.fields["batch_size"] == 2 and pasted.overrides == ["Clip skip: 2"]
-    # The form has no variation seed fields; every field it has comes from the one list, and the Hires fix
-    # section pastes the rest.
-    from modules.ui import hires
+    # The form has no variation seed fields; every field it has comes from the one list, and the Hires fix and
+    # Refiner sections paste the rest.
+    from modules.ui import hires, refiner
 
-    section = {name for name, _, _ in hires.FIELDS}
+    sections = {"hr_": {name for name, _, _ in hires.FIELDS}, "refiner_": {name for name, _, _ in refiner.FIELDS}}
     not_in_form = ("subseed", "subseed_strength")
     assert [f for _, f, _ in paste.FORM_FIELDS] == [f for _, f in request_preparation.PASTE_FIELDS
-                                                    if f not in not_in_form and not f.startswith("hr_")]
-    assert {f for _, f in request_preparation.PASTE_FIELDS if f.startswith("hr_")} <= section
+                                                    if f not in not_in_form and not f.startswith(tuple(sections))]
+    for prefix, section in sections.items():
+        assert {f for _, f in request_preparation.PASTE_FIELDS if f.startswith(prefix)} <= section
 
 
 def test_paste_never_switches_the_checkpoint(data_dir, fake_models, painted, api_client):
