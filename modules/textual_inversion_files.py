@@ -24,8 +24,6 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 
-from modules import sd_models_loader
-
 EXTENSIONS = (".safetensors", ".pt", ".bin")
 SDXL_PARTS = ("clip_l", "clip_g")
 
@@ -90,6 +88,8 @@ def read_embedding(path: str, *, allow_pickle: bool) -> Embedding:
         except (SafetensorError, ValueError) as e:
             raise ValueError(f"{filename}: corrupt or truncated .safetensors file: {e}") from e
     else:
+        from modules import sd_models_loader  # the model stack, only for a pickle: the UI lists embeddings without it
+
         content = sd_models_loader.read_pickle(path, allow_pickle=allow_pickle, what="embedding")
     if not isinstance(content, dict):
         raise ValueError(f"{filename}: holds {type(content).__name__}, not an embedding")
