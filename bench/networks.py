@@ -90,7 +90,7 @@ def main():
                 raise SystemExit("weights differ after a LoRA generation")
             checks += 1
             state = script.patch.state_for(model)
-            applied = tuple(script.patch.Applied(k, d, 0.8, 0.8) for k, d in state.deltas.items())
+            applied = tuple(script.patch.Applied(k, d, 0.8, 0.8) for k, (d, _) in state.deltas.items())
 
             def patch_only():
                 with script.patch.applied(model, applied):

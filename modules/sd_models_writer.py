@@ -64,6 +64,21 @@ def _unet_key_to_ldm(key: str, config: dict) -> str:
     raise ValueError(f"UNet parameter {key!r} has no place in the SD1.x LDM layout")
 
 
+def unet_ldm_module_paths(unet: UNet2DConditionModel) -> dict[str, str]:
+    """``{diffusers module path: LDM module path}`` of every UNet module with a weight (``down_blocks.1.attentions.0.
+    proj_in`` -> ``input_blocks.4.1.proj_in``): the inverse of the loader's LDM -> diffusers map (the single-file
+    round trip is bitwise), which kohya's SDXL LoRA files use for their layer names. A module the LDM layout has
+    no place for is left out."""
+    config, paths = dict(unet.config), {}
+    for path, module in unet.named_modules():
+        if isinstance(getattr(module, "weight", None), torch.Tensor):
+            try:
+                paths[path] = _unet_key_to_ldm(path + ".weight", config).removesuffix(".weight")
+            except ValueError:
+                continue
+    return paths
+
+
 def _vae_key_to_ldm(key: str, config: dict) -> str:
     n_levels = len(config["block_out_channels"])
     key = key.replace("conv_norm_out.", "norm_out.")

@@ -44,6 +44,14 @@ def allow_pickle() -> bool:
     return bool(getattr(_shared.cmd_opts, "allow_pickle_checkpoints", False))
 
 
+def original_unet_paths(unet) -> dict[str, str]:
+    """``{module path: original module path}`` for a loaded model's UNet: the diffusers path of every layer with a
+    weight and its name in the original (LDM/SGM) layout of single-file checkpoints, as the checkpoint loader maps
+    them (``down_blocks.1.attentions.0.proj_in`` -> ``input_blocks.4.1.proj_in``)."""
+    from modules import sd_models_writer  # the model stack, imported only when a model is there
+    return sd_models_writer.unet_ldm_module_paths(unet)
+
+
 def hook_order() -> dict[str, list[str]]:
     """``{hook name: [extension, ...]}`` in call order, for every hook."""
     return _plugins.host.hook_order()
@@ -87,5 +95,6 @@ __all__ = [
     "format_multiplier",
     "model_dirs",
     "allow_pickle",
+    "original_unet_paths",
     "save_result",
 ]

@@ -148,7 +148,7 @@ def _warn(p, message: str) -> None:
 def _load(p, model, name: str, network, te: float, unet: float, dyn):
     """One tag's network for this model (``patch.Applied``), or ``None`` with a warning."""
     try:
-        key, deltas, unmatched = patch.load_deltas(model, network, dyn)
+        key, deltas, unmatched, misfits = patch.load_deltas(model, network, dyn)
     except Exception as e:  # a broken or foreign file costs its own LoRA, not the others or the image
         log.debug("Lora %s (%s)", name, network.path, exc_info=True)
         _warn(p, f"Lora {name} not applied: {type(e).__name__}: {e}")
@@ -159,6 +159,10 @@ def _load(p, model, name: str, network, te: float, unet: float, dyn):
     if not deltas:
         _warn(p, f"Lora {name} has no layer that fits the loaded model {_model_name(model)}; not applied")
         return None
+    if misfits:  # an SD1.x file on SDXL shares some layer names and shapes: say so rather than half-apply quietly
+        log.info("Lora %s: layers that do not fit %s: %s", name, _model_name(model), ", ".join(misfits[:5]))
+        _warn(p, f"Lora {name}: {len(misfits)} of its layers do not fit the loaded model {_model_name(model)} "
+                 f"(made for another model?); applied to the {len(deltas)} that do")
     return patch.Applied(key, deltas, te, unet)
 
 

@@ -2,15 +2,20 @@
 
 Key formats (the layer part, then the weight part after it):
 
-* kohya: ``lora_unet_<module path with _>`` / ``lora_te_<module path with _>`` with ``lora_down.weight``,
+* kohya: ``lora_unet_<module path with _>`` and, for the text encoder, ``lora_te_<path>`` (SD1.x) or
+  ``lora_te1_<path>`` (SDXL's CLIP ViT-L) and ``lora_te2_<path>`` (SDXL's OpenCLIP bigG), with ``lora_down.weight``,
   ``lora_up.weight``, ``alpha`` (and LoCon's ``lora_mid.weight``);
-* diffusers/PEFT: ``unet.<module path>`` / ``text_encoder.<module path>`` (or ``base_model.model.<path>``, the UNet)
-  with ``lora_A.weight``/``lora_B.weight``, the alphas from ``lora_adapter_metadata`` when the file has them;
+* diffusers/PEFT: ``unet.<module path>`` / ``text_encoder.<module path>`` / ``text_encoder_2.<module path>`` (or
+  ``base_model.model.<path>``, the UNet) with ``lora_A.weight``/``lora_B.weight``, the alphas from
+  ``lora_adapter_metadata`` when the file has them;
 * LyCORIS LoHa (``hada_w1_a``, ``hada_w1_b``, ``hada_w2_a``, ``hada_w2_b``, ``hada_t1``/``hada_t2``) and LoKr
   (``lokr_w1`` or ``lokr_w1_a``/``lokr_w1_b``, ``lokr_w2`` or ``lokr_w2_a``/``lokr_w2_b``, ``lokr_t2``), kohya
   layer names.
 
-Module paths are the diffusers UNet's and the transformers CLIP text model's, as kohya's trainer writes them.
+Text encoder paths are the transformers CLIP text models' (kohya's trainer uses them for both of SDXL's). A UNet
+layer has two kohya names: its diffusers path (kohya's SD1.x trainer) and its path in the original LDM/SGM layout
+(``input_blocks.4.1.transformer_blocks.0.attn1.to_q``, ``…in_layers.2``: kohya's SDXL trainer, older SD1.x files),
+taken from the checkpoint loader's own map (``original_unet_paths``).
 A delta is computed once per layer in float32 and kept in the layer weight's dtype: ``weight + multiplier * delta``.
 """
 
@@ -21,31 +26,47 @@ from dataclasses import dataclass
 
 import torch
 
-UNET, TEXT = "unet", "te"
+from modules.extensions_api import original_unet_paths
+
+UNET, TEXT, TEXT_2 = "unet", "te", "te2"
+#: Each component's attribute on the loaded model (SDXL's refiner has no ``text_encoder``).
+ROOTS = {UNET: "unet", TEXT: "text_encoder", TEXT_2: "text_encoder_2"}
 _LAYER_TYPES = (torch.nn.Linear, torch.nn.Conv2d)
-_PEFT_PREFIXES = {"unet.": "lora_unet_", "text_encoder.": "lora_te_", "base_model.model.": "lora_unet_"}
 _PEFT_PARTS = {"lora_A.weight": "lora_down.weight", "lora_B.weight": "lora_up.weight"}
+_PEFT_UNET = "unet."  # a PEFT key with no component prefix (or ``base_model.model.``) is the UNet's
+_PEFT_PREFIXES = {UNET: _PEFT_UNET, TEXT: "text_encoder.", TEXT_2: "text_encoder_2."}
 
 
 def layer_names(model) -> dict[str, tuple[str, str]]:
-    """``{kohya layer name: (component, module path)}`` for every Linear and Conv2d layer of the model."""
+    """``{layer name: (component, module path)}`` for every Linear and Conv2d layer of the model, under each name
+    a file may give it: kohya's (diffusers and original UNet paths) and PEFT's."""
+    two_encoders = getattr(model, "text_encoder_2", None) is not None
+    kohya = {UNET: ("lora_unet_",), TEXT: ("lora_te1_",) if two_encoders else ("lora_te_",), TEXT_2: ("lora_te2_",)}
     names = {}
-    for component, prefix, root in ((UNET, "lora_unet_", model.unet), (TEXT, "lora_te_", model.text_encoder)):
+    for component, attribute in ROOTS.items():
+        root = getattr(model, attribute, None)
+        if root is None:
+            continue
+        original = original_unet_paths(root) if component == UNET else {}
         for path, module in root.named_modules():
-            if isinstance(module, _LAYER_TYPES):
+            if not isinstance(module, _LAYER_TYPES):
+                continue
+            for prefix in kohya[component]:
                 names[prefix + path.replace(".", "_")] = (component, path)
+                if path in original:
+                    names[prefix + original[path].replace(".", "_")] = (component, path)
+            names[_PEFT_PREFIXES[component] + path] = (component, path)
     return names
 
 
 def _split(key: str) -> tuple[str, str]:
-    """A tensor's key as ``(kohya layer name, weight part)``."""
+    """A tensor's key as ``(layer name, weight part)``: a PEFT layer keeps its dotted path, with its prefix."""
     for peft_part, part in _PEFT_PARTS.items():
         if key.endswith("." + peft_part):
-            layer = key[: -len(peft_part) - 1]
-            for prefix, kohya in _PEFT_PREFIXES.items():
-                if layer.startswith(prefix):
-                    return kohya + layer[len(prefix):].replace(".", "_"), part
-            return "lora_unet_" + layer.replace(".", "_"), part
+            layer = key[: -len(peft_part) - 1].removeprefix("base_model.model.")
+            if not layer.startswith(tuple(_PEFT_PREFIXES.values())):
+                layer = _PEFT_UNET + layer
+            return layer, part
     layer, _, part = key.partition(".")
     return layer, part
 
@@ -62,7 +83,7 @@ def _peft_alphas(metadata: dict) -> dict:
 
 
 def group(tensors: dict, metadata: dict) -> dict[str, dict]:
-    """``{kohya layer name: {part: tensor}}``."""
+    """``{layer name: {part: tensor}}``."""
     layers: dict[str, dict] = {}
     for key, tensor in tensors.items():
         layer, part = _split(key)
@@ -72,7 +93,8 @@ def group(tensors: dict, metadata: dict) -> dict[str, dict]:
     peft = _peft_alphas(metadata)
     if peft:
         for layer, parts in layers.items():
-            config = peft.get("text_encoder" if layer.startswith("lora_te_") else "unet", peft)
+            component = layer.partition(".")[0]
+            config = peft.get(component if component in ("text_encoder", "text_encoder_2") else "unet", peft)
             if "alpha" not in parts and "lora_down.weight" in parts and config.get("lora_alpha"):
                 parts["alpha"] = torch.tensor(float(config["lora_alpha"]))
     return layers

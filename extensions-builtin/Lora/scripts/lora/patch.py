@@ -37,24 +37,23 @@ class Applied:
     unet: float
 
     def multiplier(self, component: str) -> float:
-        return self.te if component == layers_module.TEXT else self.unet
+        return self.unet if component == layers_module.UNET else self.te
 
 
 @dataclass
 class ModelState:
     """What this extension keeps for one loaded model."""
 
-    names: dict | None = None                                  # kohya layer name -> (component, path)
+    names: dict | None = None                                  # layer name -> (component, path)
     modules: dict = field(default_factory=dict)                # (component, path) -> module
-    deltas: OrderedDict = field(default_factory=OrderedDict)   # network key -> tuple[LayerDelta], LRU
+    deltas: OrderedDict = field(default_factory=OrderedDict)   # network key -> (LayerDeltas, misfits), LRU
     backups: dict = field(default_factory=dict)                # (component, path) -> weight before any delta
     applied: tuple = ()                                        # the Applied networks now in the weights
 
     def module(self, model, component: str, path: str):
         key = (component, path)
         if key not in self.modules:
-            root = model.unet if component == layers_module.UNET else model.text_encoder
-            self.modules[key] = root.get_submodule(path)
+            self.modules[key] = getattr(model, layers_module.ROOTS[component]).get_submodule(path)
         return self.modules[key]
 
 
@@ -68,17 +67,20 @@ def state_for(model) -> ModelState:
     return state
 
 
-def load_deltas(model, network, dyn: int | None) -> tuple[tuple, tuple, list[str]]:
-    """``(cache key, deltas, unmatched keys)`` of one file for this model; from the cache when it has them."""
+def load_deltas(model, network, dyn: int | None) -> tuple[tuple, tuple, list[str], tuple]:
+    """``(cache key, deltas, unknown layer names, misfits)`` of one file for this model: misfits are the layers
+    the model has by name whose weights the file's do not fit (a file made for another model family). From the
+    cache when it has them (the unknown names are then not listed again)."""
     state = state_for(model)
     key = (network.signature, dyn)
     if key in state.deltas:
         state.deltas.move_to_end(key)
-        return key, state.deltas[key], []
+        deltas, misfits = state.deltas[key]
+        return key, deltas, [], misfits
     if state.names is None:
         state.names = layers_module.layer_names(model)
     grouped = layers_module.group(network.read_tensors(), network.metadata)
-    deltas, unmatched = [], []
+    deltas, unmatched, misfits = [], [], []
     for name, parts in grouped.items():
         where = state.names.get(name)
         if where is None:
@@ -92,11 +94,11 @@ def load_deltas(model, network, dyn: int | None) -> tuple[tuple, tuple, list[str
         try:
             change = layers_module.delta(parts, weight, dyn)
         except (ValueError, KeyError, RuntimeError) as e:
-            unmatched.append(f"{name} ({e})")
+            misfits.append(f"{name} ({e})")
             continue
         deltas.append(layers_module.LayerDelta(component, path, change))
-    state.deltas[key] = tuple(deltas)
-    return key, state.deltas[key], unmatched
+    state.deltas[key] = (tuple(deltas), tuple(misfits))
+    return key, tuple(deltas), unmatched, tuple(misfits)
 
 
 def trim_cache(model, keep: set, extra: int) -> None:
