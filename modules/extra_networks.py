@@ -11,6 +11,11 @@ does to the model lives exactly as long as the batch that asked for it.
 
 The prompts a generation records (``p.all_prompts``, the infotext) keep their tags.
 
+A later pass of the same batch with prompts of its own (Hires fix's second pass with ``hr_prompt``), or on
+another model (``hr_checkpoint_name``, the refiner), enters ``for_pass``: every type activated again for that pass
+with that pass's tags and model, nested inside the batch's contexts, so the batch's networks are back after it. A
+pass with the batch's tags on the batch's model activates nothing again (A1111 re-activates only what differs).
+
 A type also lists its networks as ``Card``s for the UI's Extra networks panel (``ExtraNetwork.cards``; the pages
 themselves are ``modules.extra_networks_cards``): name, file, preview and description found next to the file
 (``find_preview``, ``find_description``), the words a search matches and the text a click puts in the prompt.
@@ -23,6 +28,7 @@ import logging
 import os
 import re
 from collections import defaultdict
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, ContextManager
 
@@ -31,6 +37,8 @@ from modules import plugins, shared
 log = logging.getLogger("serena.extra_networks")
 
 TAG = re.compile(r"<(\w+):([^>]+)>")
+#: ``(model, tags)`` of the innermost ``activated`` block of this context: what a later pass compares with.
+_active: ContextVar[tuple | None] = ContextVar("serena_extra_networks_active", default=None)
 
 
 class ExtraNetworkParams:
@@ -213,7 +221,9 @@ def activated(p, model, data: dict[str, list[ExtraNetworkParams]]):
     networks = registered()
     for unknown in sorted(set(data) - set(networks)):
         log.info("Skipping unknown extra network: %s", unknown)
+    token = _active.set((model, data))
     with contextlib.ExitStack() as stack:
+        stack.callback(_active.reset, token)
         for name, network in networks.items():
             try:
                 manager: Any = network.activate(p, list(data.get(name, [])), model)
@@ -226,3 +236,16 @@ def activated(p, model, data: dict[str, list[ExtraNetworkParams]]):
                 if plugins.host.strict:
                     raise
         yield
+
+
+def for_pass(p, model, prompts=None) -> ContextManager:
+    """A later pass of the active batch (Hires fix's second, the refiner): ``activated`` for ``model`` with the
+    tags of ``prompts``' first prompt, or with the batch's tags when ``prompts`` is ``None``, nested in the batch's
+    contexts. Nothing is activated again when the tags and the model are the batch's, or outside a batch."""
+    active = _active.get()
+    if active is None:
+        return contextlib.nullcontext()
+    data = active[1] if prompts is None else parse_prompts(prompts)[1]
+    if active[0] is model and data == active[1]:
+        return contextlib.nullcontext()
+    return activated(p, model, data)

@@ -9,6 +9,10 @@ target size, noised to ``denoising_strength``, with the same seeds: a second ``S
 ``hr_checkpoint_name`` runs the second pass under a nested ``temporary_opts({"sd_model_checkpoint": ...})``: the
 seam validates it, the core's hook switches the model (from the loaded-models cache when it is there), every
 extension's enter/exit hooks fire at that depth, and the outer checkpoint is back when the block ends.
+
+The second pass's extra networks are its prompt's (A1111's ``hr_extra_network_data``): the tags of ``hr_prompt``,
+or the first pass's when it is empty. When they or the model differ from the first pass's, they are activated
+for the second pass alone (``extra_networks.for_pass``), and the first pass's are back after it.
 """
 
 from __future__ import annotations
@@ -184,7 +188,7 @@ def second_pass_request(p, first, *, latents=None, images=None):
     sampler, scheduler = second_sampler(p)
     size = target(p.width, p.height, p.hr_scale, p.hr_resize_x, p.hr_resize_y)
     prompts, negative_prompts = second_prompts(p, first.prompts, first.negative_prompts)
-    prompts = tuple(extra_networks.strip_prompt(text) for text in prompts)  # the first pass's networks apply
+    prompts = tuple(extra_networks.strip_prompt(text) for text in prompts)  # their tags act through `sample`
     return dataclasses.replace(
         first, width=size.width, height=size.height, steps=p.hr_second_pass_steps or p.steps,
         sampler_name=sampler, scheduler=scheduler, prompts=prompts, negative_prompts=negative_prompts,
@@ -216,4 +220,7 @@ def sample(p, model, first, state, step_callback, refiner=None) -> list:
         request = second_pass_request(p, dataclasses.replace(first, settings=first.settings.fit(
             hires_model, p.warnings), embeddings=embeddings), **start)
         refine = {} if refiner is None else {"refiner": refiner}
-        return sd_pipeline.sample_batch(request, hires_model, state, step_callback(request), **refine)
+        # A1111: the second pass runs with the extra networks of its own prompt (the first pass's without one)
+        hr_prompts = second_prompts(p, first.prompts, first.negative_prompts)[0] if p.hr_prompt else None
+        with extra_networks.for_pass(p, hires_model, hr_prompts):
+            return sd_pipeline.sample_batch(request, hires_model, state, step_callback(request), **refine)

@@ -8,9 +8,11 @@ noise level's timestep ``t`` has ``(999 - t) / 1000 >= refiner_switch_at`` (A111
 switches the model (from the loaded-models cache when it is there) and every extension's enter/exit hooks fire at
 that depth; the loop continues on the refiner's UNet with the refiner's conditioning (SDXL's refiner: bigG alone,
 aesthetic scores), and its VAE decodes. The override closes when the batch's sampling ends, so the base model is
-back for the next batch and the next request. The infotext's ``Refiner`` and ``Refiner switch at`` are written when
-the switch happens (A1111: into ``extra_generation_params``). With Hires fix, the refiner takes over in the second
-pass (A1111's default ``hires_fix_refiner_pass``, "second pass").
+back for the next batch and the next request. The batch's extra networks (its LoRAs) are activated on the refiner
+for the rest of the pass (``extra_networks.for_pass``), as A1111 applies them to whatever model runs; what does not
+fit the refiner is a warning of the network's type. The infotext's ``Refiner`` and ``Refiner switch at`` are
+written when the switch happens (A1111: into ``extra_generation_params``). With Hires fix, the refiner takes over
+in the second pass (A1111's default ``hires_fix_refiner_pass``, "second pass").
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-from modules import sd_models, shared
+from modules import extra_networks, sd_models, shared
 from modules.runtime_utils import temporary_opts
 
 NO_REFINER = (None, "", "None", "none")  # A1111's spellings of "no refiner"
@@ -64,6 +66,8 @@ class Switch:
         self._stack.enter_context(temporary_opts({"sd_model_checkpoint": self.p.refiner_checkpoint}, p=self.p,
                                                  owner="refiner"))
         self.model = sd_models.current_model(self.p.warnings)
+        # A1111 applies the active networks to whatever model runs: the batch's tags, on the refiner now
+        self._stack.enter_context(extra_networks.for_pass(self.p, self.model))
         return self.model
 
     def __enter__(self):

@@ -4,9 +4,11 @@ The weights are seeded random numbers, large enough to change an image visibly; 
 
 * ``kohya``: ``lora_unet_…``/``lora_te_…`` with ``lora_down.weight``, ``lora_up.weight`` and ``alpha``, on linear
   layers (attention projections, text encoder ``q_proj``/``v_proj``) and conv layers (a 3×3 ``lora_down`` on
-  ResNet ``conv1``, a 1×1 one on ``conv_shortcut``);
-* ``peft``: diffusers/PEFT keys, ``unet.<path>.lora_A.weight``/``lora_B.weight`` and
-  ``text_encoder.<path>…``, with diffusers' ``lora_adapter_metadata`` (``lora_alpha``, ``r``);
+  ResNet ``conv1``, a 1×1 one on ``conv_shortcut``). For an SDXL model, kohya's SDXL names: ``lora_te1_…``,
+  ``lora_te2_…`` and the UNet's original paths (``lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q``,
+  ``…_in_layers_2``, ``…_out_layers_3``, ``…_emb_layers_1``, ``…_skip_connection``, ``…_op``);
+* ``peft``: diffusers/PEFT keys, ``unet.<path>.lora_A.weight``/``lora_B.weight``, ``text_encoder.<path>…`` (and
+  ``text_encoder_2.<path>…`` for SDXL), with diffusers' ``lora_adapter_metadata`` (``lora_alpha``, ``r``);
 * ``loha``: LyCORIS LoHa (``hada_w1_a``, ``hada_w1_b``, ``hada_w2_a``, ``hada_w2_b``, ``alpha``);
 * ``lokr``: LyCORIS LoKr (``lokr_w1`` full, ``lokr_w2_a``/``lokr_w2_b`` low rank, ``alpha``);
 * ``foreign``: kohya keys for layers no SD1.x model has (a file that fits nothing).
@@ -35,20 +37,43 @@ RANK, ALPHA = 4, 2.0
 
 
 def _targets(model) -> list[tuple[str, str, torch.nn.Module]]:
-    """``(component, module path, module)`` for the layers a file touches: linear and conv layers."""
+    """``(component, module path, module)`` for the layers a file touches: linear and conv layers (ResNet ones, and
+    for SDXL the down- and upsamplers' too)."""
+    convs = ("conv1", "conv2", "conv_shortcut", "time_emb_proj", "downsamplers.0.conv", "upsamplers.0.conv") \
+        if _is_sdxl(model) else ("conv1", "conv_shortcut")
     found = []
-    for component, root in (("unet", model.unet), ("te", model.text_encoder)):
-        for path, module in root.named_modules():
+    for component, attribute in (("unet", "unet"), ("te", "text_encoder"), ("te2", "text_encoder_2")):
+        root = getattr(model, attribute, None)
+        for path, module in root.named_modules() if root is not None else ():
             linear = isinstance(module, torch.nn.Linear) and path.endswith(UNET_LINEAR + TEXT_LINEAR)
-            conv = component == "unet" and isinstance(module, torch.nn.Conv2d) and path.endswith(
-                ("conv1", "conv_shortcut")) and "resnets" in path
+            conv = component == "unet" and isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)) and \
+                path.endswith(convs) and ("resnets" in path or "samplers" in path)
             if linear or conv:
                 found.append((component, path, module))
     return found
 
 
-def _kohya_name(component: str, path: str) -> str:
-    return ("lora_unet_" if component == "unet" else "lora_te_") + path.replace(".", "_")
+def _is_sdxl(model) -> bool:
+    return getattr(model, "text_encoder_2", None) is not None
+
+
+def _kohya_names(model):
+    """``name(component, path)``: kohya's layer name (``lora_te_text_model_encoder_…``, with the ``text_model.`` level
+    transformers 5's ``CLIPTextModel`` lacks). SDXL's as kohya's SDXL trainer writes them: ``lora_te1_`` /
+    ``lora_te2_`` and the UNet's original (LDM/SGM) module paths, from the loader's map; SD1.x's ``lora_te_`` and
+    the diffusers paths."""
+    sdxl = _is_sdxl(model)
+    original = {}
+    if sdxl:
+        from modules.extensions_api import original_unet_paths
+        original = original_unet_paths(model.unet)
+    prefixes = {"unet": "lora_unet_", "te": "lora_te1_" if sdxl else "lora_te_", "te2": "lora_te2_"}
+    return lambda component, path: prefixes[component] + _canonical(component, original.get(path, path))
+
+
+def _canonical(component: str, path: str) -> str:
+    """The module path as kohya and diffusers write it: a text encoder's under ``text_model.``."""
+    return path if component == "unet" or path.startswith("text_model.") else "text_model." + path
 
 
 def _pair(weight: torch.Tensor, g: torch.Generator, std: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,20 +100,22 @@ def tensors_for(model, kind: str, seed: int = 1, std: float = 0.6) -> tuple[dict
             tensors[f"{name}.lora_down.weight"] = torch.randn(RANK, 8, generator=g)
             tensors[f"{name}.lora_up.weight"] = torch.randn(8, RANK, generator=g)
         return tensors, metadata
+    kohya_name = _kohya_names(model)
+    peft_prefixes = {"unet": "unet.", "te": "text_encoder.", "te2": "text_encoder_2."}
     for component, path, module in _targets(model):
         weight = module.weight
-        if kind == "peft" and weight.dim() == 4:
+        if kind == "peft" and (weight.dim() == 4 or path.endswith("time_emb_proj")):
             continue  # diffusers' format covers the linear layers here; kohya's covers conv
-        if kind in ("loha", "lokr") and weight.dim() == 4:
+        if kind in ("loha", "lokr") and (weight.dim() == 4 or path.endswith("time_emb_proj")):
             continue
-        name = _kohya_name(component, path)
+        name = kohya_name(component, path).replace(".", "_")
         if kind == "kohya":
             up, down = _pair(weight, g, std)
             tensors[f"{name}.lora_up.weight"], tensors[f"{name}.lora_down.weight"] = up, down
             tensors[f"{name}.alpha"] = torch.tensor(ALPHA)
         elif kind == "peft":
             up, down = _pair(weight, g, std)
-            prefix = ("unet." if component == "unet" else "text_encoder.") + path
+            prefix = peft_prefixes[component] + _canonical(component, path)
             tensors[f"{prefix}.lora_A.weight"], tensors[f"{prefix}.lora_B.weight"] = down, up
         elif kind == "loha":
             out_features, in_features = weight.shape
@@ -106,7 +133,8 @@ def tensors_for(model, kind: str, seed: int = 1, std: float = 0.6) -> tuple[dict
             tensors[f"{name}.alpha"] = torch.tensor(ALPHA)
     if kind == "peft":
         config = {"r": RANK, "lora_alpha": ALPHA}
-        metadata["lora_adapter_metadata"] = json.dumps({"unet": config, "text_encoder": config})
+        metadata["lora_adapter_metadata"] = json.dumps({"unet": config, "text_encoder": config,
+                                                        "text_encoder_2": config})
     return tensors, metadata
 
 

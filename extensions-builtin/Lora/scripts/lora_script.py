@@ -2,8 +2,9 @@
 
 Written against ``modules.extensions_api`` only: the ``lora`` tag type is an ``ExtraNetwork`` listed through
 ``on_list_extra_networks``, so the core takes the tags out of the conditioning text and enters this type's
-``activate`` context around every batch, with the model the batch runs on. The weight patch lives in that context
-(``lora.patch.applied``): after the batch every weight is bitwise what it was.
+``activate`` context around every batch, with the model the batch runs on, and again, nested, for a later pass with
+other tags or on another model (Hires fix's ``hr_prompt``/``hr_checkpoint_name``, the refiner). The weight patch
+lives in that context (``lora.patch.applied``): after it every weight is bitwise what it was.
 
 Options (A1111's names, section "Extra Networks"): ``sd_lora`` ("Add network to prompt": a LoRA added to every
 prompt; as a per-request override, a LoRA for one request), ``lora_add_hashes_to_infotext`` and
@@ -66,7 +67,8 @@ class ExtraNetworkLora(ExtraNetwork):
         additional = opts.get("sd_lora", "None")
         if additional not in ("None", "", None) and not any(x.positional[:1] == [additional] for x in params_list):
             tag = f"<lora:{additional}:{default}>"
-            p.all_prompts = [prompt + tag for prompt in p.all_prompts]
+            # a later pass of the batch (Hires fix's prompt) gets it too, without a second tag in the records
+            p.all_prompts = [prompt if tag in prompt else prompt + tag for prompt in p.all_prompts]
             params_list.append(ExtraNetworkParams([additional, str(default)]))
         wanted, hashes, missing = [], [], []
         for params in params_list:
@@ -86,7 +88,9 @@ class ExtraNetworkLora(ExtraNetwork):
         if missing:
             _warn(p, f"Networks not found: {', '.join(missing)}")
         if hashes and opts.get("lora_add_hashes_to_infotext", True):
-            p.extra_generation_params["Lora hashes"] = ", ".join(hashes)
+            # a Hires pass with a LoRA of its own adds to the first pass's hashes (A1111's second write replaced them)
+            known = [h for h in str(p.extra_generation_params.get("Lora hashes") or "").split(", ") if h]
+            p.extra_generation_params["Lora hashes"] = ", ".join(dict.fromkeys(known + hashes))
         if wanted:  # a generation without networks keeps the cache for the next one with them
             patch.trim_cache(model, {a.key for a in wanted}, int(opts.get("lora_in_memory_limit", 0)))
         return patch.applied(model, tuple(wanted))

@@ -12,8 +12,9 @@ Key formats (the layer part, then the weight part after it):
   (``lokr_w1`` or ``lokr_w1_a``/``lokr_w1_b``, ``lokr_w2`` or ``lokr_w2_a``/``lokr_w2_b``, ``lokr_t2``), kohya
   layer names.
 
-Text encoder paths are the transformers CLIP text models' (kohya's trainer uses them for both of SDXL's). A UNet
-layer has two kohya names: its diffusers path (kohya's SD1.x trainer) and its path in the original LDM/SGM layout
+Text encoder paths are the transformers CLIP text models' (kohya's trainer uses them for both of SDXL's), with
+their ``text_model.`` level (``lora_te_text_model_encoder_layers_0_…``) and without it (the layout of transformers
+5's ``CLIPTextModel``, which Serena's own example files follow). A UNet layer has two kohya names: its diffusers path (kohya's SD1.x trainer) and its path in the original LDM/SGM layout
 (``input_blocks.4.1.transformer_blocks.0.attn1.to_q``, ``…in_layers.2``: kohya's SDXL trainer, older SD1.x files),
 taken from the checkpoint loader's own map (``original_unet_paths``).
 A delta is computed once per layer in float32 and kept in the layer weight's dtype: ``weight + multiplier * delta``.
@@ -47,15 +48,18 @@ def layer_names(model) -> dict[str, tuple[str, str]]:
         root = getattr(model, attribute, None)
         if root is None:
             continue
-        original = original_unet_paths(root) if component == UNET else {}
+        if component == UNET:
+            original = original_unet_paths(root)
+        else:  # transformers 5's CLIPTextModel has no ``text_model`` level; kohya's and diffusers' names do
+            original = {} if hasattr(root, "text_model") else {path: "text_model." + path
+                                                               for path, _ in root.named_modules()}
         for path, module in root.named_modules():
             if not isinstance(module, _LAYER_TYPES):
                 continue
-            for prefix in kohya[component]:
-                names[prefix + path.replace(".", "_")] = (component, path)
-                if path in original:
-                    names[prefix + original[path].replace(".", "_")] = (component, path)
-            names[_PEFT_PREFIXES[component] + path] = (component, path)
+            for named in (path, original[path]) if path in original else (path,):
+                for prefix in kohya[component]:
+                    names[prefix + named.replace(".", "_")] = (component, path)
+                names[_PEFT_PREFIXES[component] + named] = (component, path)
     return names
 
 

@@ -1,0 +1,153 @@
+"""The built-in Lora extension on the tiny SDXL model: kohya's SDXL names (``lora_te1_``, ``lora_te2_``, the UNet's
+original layout) and PEFT's, an SD1.x file on SDXL, and LoRA tags in Hires fix's ``hr_prompt``.
+
+The SDXL checkpoint is written by ``tools/make_tiny_sdxl.py``, the LoRA files by ``tools/make_tiny_lora.py``
+(64x64 images, 2 steps).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from modules import extensions, paths, processing, shared
+from modules.checkpoint_info import CheckpointInfo
+from modules.hookspecs import hookimpl
+from tools import make_tiny_lora, make_tiny_sdxl
+
+LORA_DIR = os.path.join(paths.script_path, "extensions-builtin", "Lora")
+
+
+@pytest.fixture(scope="module")
+def xl_base(tmp_path_factory):
+    from modules import sd_models_xl
+    out = tmp_path_factory.mktemp("xl-lora")
+    make_tiny_sdxl.main(["--out-dir", str(out)])
+    path = str(out / "models" / "Stable-diffusion" / make_tiny_sdxl.BASE_FILE)
+    return sd_models_xl.load_checkpoint(CheckpointInfo(path, os.path.basename(path), "0" * 64))
+
+
+def weights_digest(model) -> str:
+    digest = hashlib.sha256()
+    for component in (model.unet, model.text_encoder, model.text_encoder_2, model.vae):
+        for name, tensor in component.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(dtype=torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+@pytest.fixture
+def lora(data_dir, serve_model, xl_base, tiny_model, plugin_host, monkeypatch):
+    """The Lora extension on this test's host, every generation on the tiny SDXL base, and in models/Lora: kohya
+    and PEFT files for it, and a kohya file for the tiny SD1.x model (``sd1``)."""
+    monkeypatch.setattr(shared.opts, "data_labels", dict(shared.opts.data_labels))
+    lora_dir = data_dir / "models" / "Lora"
+    make_tiny_lora.write(xl_base, str(lora_dir / "xl.safetensors"), "kohya", seed=1, std=0.1)
+    make_tiny_lora.write(xl_base, str(lora_dir / "xl-peft.safetensors"), "peft", seed=2, std=0.15)
+    make_tiny_lora.write(tiny_model, str(lora_dir / "sd1.safetensors"), "kohya", seed=3)
+    serve_model(xl_base)
+    ext = extensions.load_folder(LORA_DIR, host=plugin_host, group="builtin")
+    assert ext.loaded and not ext.problems, ext.problems
+    assert extensions.register_extension_options(plugin_host, only=ext.plugins) == []
+    yield plugin_host.pm.get_plugin("Lora")
+    extensions.unload([ext], plugin_host)
+
+
+def generate(prompt: str, **kw) -> tuple[np.ndarray, processing.Processed]:
+    p = processing.StableDiffusionProcessingTxt2Img(prompt=prompt, sampler_name="Euler", steps=2, width=64,
+                                                    height=64, seed=11, cfg_scale=5, do_not_save_samples=True,
+                                                    **kw)
+    processed = processing.process_images(p)
+    return np.asarray(processed.images[0], dtype=np.int16), processed
+
+
+def test_kohya_sdxl_names_are_the_original_layout_and_every_one_finds_its_layer(lora, xl_base):
+    from safetensors import safe_open
+    with safe_open(lora.library.find("xl").path, "pt") as f:
+        layers = {key.partition(".")[0] for key in f.keys()}
+    for part in ("lora_te1_text_model_encoder_layers_0_self_attn_q_proj",
+                 "lora_te2_text_model_encoder_layers_0_self_attn_v_proj",
+                 "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q",
+                 "lora_unet_middle_block_1_transformer_blocks_0_attn2_to_k",
+                 "lora_unet_output_blocks_0_1_transformer_blocks_0_attn2_to_out_0",
+                 "lora_unet_input_blocks_1_0_in_layers_2", "lora_unet_input_blocks_4_0_skip_connection",
+                 "lora_unet_output_blocks_2_0_out_layers_3", "lora_unet_middle_block_0_emb_layers_1",
+                 "lora_unet_input_blocks_3_0_op", "lora_unet_output_blocks_2_2_conv"):
+        assert part in layers
+    names = lora.patch.layers_module.layer_names(xl_base)
+    assert layers <= set(names)
+    # the original name and the diffusers one are the same layer
+    assert names["lora_unet_input_blocks_4_1_proj_in"] == names["lora_unet_down_blocks_1_attentions_0_proj_in"] \
+        == ("unet", "down_blocks.1.attentions.0.proj_in")
+    assert names["lora_te2_text_model_encoder_layers_1_mlp_fc1"] == ("te2", "text_model.encoder.layers.1.mlp.fc1")
+    assert names["text_encoder_2.text_model.encoder.layers.1.mlp.fc1"] == ("te2", "text_model.encoder.layers.1.mlp.fc1")
+    assert "lora_te_text_model_encoder_layers_0_self_attn_q_proj" not in names  # SD1.x's text encoder name
+
+
+@pytest.mark.parametrize("name", ["xl", "xl-peft"])
+def test_an_sdxl_lora_changes_the_image_by_its_weight_and_leaves_the_model_as_it_was(lora, xl_base, name):
+    before, _ = generate("a red circle")
+    digest = weights_digest(xl_base)
+    full, processed = generate(f"a red circle <lora:{name}:1>")
+    assert processed.warnings == []
+    assert weights_digest(xl_base) == digest
+    zero, _ = generate(f"a red circle <lora:{name}:0>")
+    half, _ = generate(f"a red circle <lora:{name}:0.5>")
+    te_only, _ = generate(f"a red circle <lora:{name}:1:0>")
+    after, _ = generate("a red circle")
+    change = np.abs(full - before).mean()
+    assert change > 2, f"{name} at weight 1 changed the image by {change}"
+    assert np.array_equal(zero, before)
+    assert 0 < np.abs(half - before).mean() < change, (np.abs(half - before).mean(), change)
+    assert np.abs(te_only - before).mean() > 0  # both text encoders' layers act
+    assert np.array_equal(after, before)
+    assert weights_digest(xl_base) == digest
+
+
+def test_an_sd1_lora_on_sdxl_is_a_warning_and_the_image_is_the_plain_one(lora, xl_base):
+    before, _ = generate("a red circle")
+    image, processed = generate("a red circle <lora:sd1:1>")
+    assert any("sd1" in warning for warning in processed.warnings), processed.warnings
+    assert np.array_equal(image, before)
+
+
+class FirstPass:
+    """The latents after every step of the first (64x64) pass."""
+
+    def __init__(self):
+        self.latents = []
+
+    @hookimpl
+    def on_sampling_step(self, request, latents):
+        if request.width == 64:
+            self.latents.append(latents.clone())
+
+
+HIRES = {"enable_hr": True, "hr_scale": 1.5, "denoising_strength": 0.6, "hr_upscaler": "Latent"}
+
+
+def test_a_lora_in_hr_prompt_acts_on_the_second_pass_only(lora, xl_base, register):
+    recorder = register(FirstPass(), "first-pass")
+    digest = weights_digest(xl_base)
+    plain, _ = generate("a red circle", hr_prompt="a red circle", **HIRES)
+    plain_first = recorder.latents[:]
+    recorder.latents.clear()
+    tagged, processed = generate("a red circle", hr_prompt="a red circle <lora:xl:1>", **HIRES)
+    assert processed.warnings == []
+    assert all(torch.equal(a, b) for a, b in zip(plain_first, recorder.latents, strict=True))
+    assert np.abs(tagged - plain).mean() > 1
+    assert weights_digest(xl_base) == digest
+    info = processed.infotexts[0]
+    assert 'Hires prompt: "a red circle <lora:xl:1>"' in info and "Lora hashes:" in info
+    # weight 0: the tag is out of the hr conditioning text and nothing acts
+    zero, _ = generate("a red circle", hr_prompt="a red circle <lora:xl:0>", **HIRES)
+    assert np.array_equal(zero, plain)
+    # the first pass's LoRA is not the second pass's when hr_prompt has none (A1111)
+    both, _ = generate("a red circle <lora:xl:1>", **HIRES)
+    with_first, _ = generate("a red circle <lora:xl:1>", hr_prompt="a red circle", **HIRES)
+    assert not np.array_equal(both, with_first)
+    assert weights_digest(xl_base) == digest
