@@ -123,7 +123,8 @@ class ExtraNetwork:
     ``activate(p, params_list, model)`` runs before each batch with the batch's tags of this type (an empty list
     when the prompt has none: a type that keeps state must drop its effect then) and the model the batch runs on.
     It returns a context manager (``contextlib.contextmanager`` suits), or ``None`` for nothing to undo: the
-    generation enters it around the batch's sampling and exits it after, also on an exception or interrupt.
+    generation enters it around the batch's sampling and exits it after, also on an exception or interrupt. A
+    later pass with other tags or on another model (``for_pass``) calls it again, nested, for that pass.
     """
 
     name = ""

@@ -295,8 +295,11 @@ def on_list_extra_networks() -> Any:
     the batch's first prompt (``ExtraNetworkParams``, an empty list when there are none) and the loaded model the
     batch runs on (``.unet``, ``.text_encoder``, ``.info``); it returns a context manager (or ``None``) that the
     generation enters around the batch's sampling and exits after it, also when sampling raised or was
-    interrupted, in reverse order. The tags are removed from the text the conditioning reads (inside prompt
-    editing and alternation too) and kept in the recorded prompts and infotext. A type whose ``activate`` raises
+    interrupted, in reverse order. A later pass of the batch with other tags or on another model (Hires fix's
+    ``hr_prompt`` or ``hr_checkpoint_name``, the refiner once it takes over) calls every type's ``activate`` again
+    with that pass's tags and model, its context nested inside the batch's and exited when the pass ends. The tags
+    are removed from the text the conditioning reads (inside prompt editing and alternation too) and kept in the
+    recorded prompts and infotext. A type whose ``activate`` raises
     is reported in the generation's warnings and the batch runs without it; an exception while exiting fails the
     generation (a model left changed must not run the next one).
 

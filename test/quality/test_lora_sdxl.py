@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,44 +24,54 @@ LORA_DIR = os.path.join(paths.script_path, "extensions-builtin", "Lora")
 
 
 @pytest.fixture(scope="module")
-def xl_base(tmp_path_factory):
-    from modules import sd_models_xl
+def xl_files(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("xl-lora")
     make_tiny_sdxl.main(["--out-dir", str(out)])
-    path = str(out / "models" / "Stable-diffusion" / make_tiny_sdxl.BASE_FILE)
+    folder = out / "models" / "Stable-diffusion"
+    return {"base": str(folder / make_tiny_sdxl.BASE_FILE), "refiner": str(folder / make_tiny_sdxl.REFINER_FILE)}
+
+
+@pytest.fixture(scope="module")
+def xl_base(xl_files):
+    from modules import sd_models_xl
+    path = xl_files["base"]
     return sd_models_xl.load_checkpoint(CheckpointInfo(path, os.path.basename(path), "0" * 64))
 
 
 def weights_digest(model) -> str:
     digest = hashlib.sha256()
     for component in (model.unet, model.text_encoder, model.text_encoder_2, model.vae):
-        for name, tensor in component.state_dict().items():
+        for name, tensor in component.state_dict().items() if component is not None else ():
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().view(-1).view(dtype=torch.uint8).numpy())
     return digest.hexdigest()
 
 
-@pytest.fixture
-def lora(data_dir, serve_model, xl_base, tiny_model, plugin_host, monkeypatch):
-    """The Lora extension on this test's host, every generation on the tiny SDXL base, and in models/Lora: kohya
-    and PEFT files for it, and a kohya file for the tiny SD1.x model (``sd1``)."""
+def load_extension(plugin_host, monkeypatch, lora_dir, xl_base, tiny_model):
+    """The Lora extension on this test's host, and in ``lora_dir``: kohya and PEFT files for the tiny SDXL base
+    (``xl``, ``xl-peft``) and a kohya file for the tiny SD1.x model (``sd1``)."""
     monkeypatch.setattr(shared.opts, "data_labels", dict(shared.opts.data_labels))
-    lora_dir = data_dir / "models" / "Lora"
     make_tiny_lora.write(xl_base, str(lora_dir / "xl.safetensors"), "kohya", seed=1, std=0.1)
     make_tiny_lora.write(xl_base, str(lora_dir / "xl-peft.safetensors"), "peft", seed=2, std=0.15)
     make_tiny_lora.write(tiny_model, str(lora_dir / "sd1.safetensors"), "kohya", seed=3)
-    serve_model(xl_base)
     ext = extensions.load_folder(LORA_DIR, host=plugin_host, group="builtin")
     assert ext.loaded and not ext.problems, ext.problems
     assert extensions.register_extension_options(plugin_host, only=ext.plugins) == []
+    return ext
+
+
+@pytest.fixture
+def lora(data_dir, serve_model, xl_base, tiny_model, plugin_host, monkeypatch):
+    """The Lora extension with its files (``load_extension``), every generation on the tiny SDXL base."""
+    serve_model(xl_base)
+    ext = load_extension(plugin_host, monkeypatch, data_dir / "models" / "Lora", xl_base, tiny_model)
     yield plugin_host.pm.get_plugin("Lora")
     extensions.unload([ext], plugin_host)
 
 
 def generate(prompt: str, **kw) -> tuple[np.ndarray, processing.Processed]:
-    p = processing.StableDiffusionProcessingTxt2Img(prompt=prompt, sampler_name="Euler", steps=2, width=64,
-                                                    height=64, seed=11, cfg_scale=5, do_not_save_samples=True,
-                                                    **kw)
+    fields = {"sampler_name": "Euler", "steps": 2, "width": 64, "height": 64, "seed": 11, "cfg_scale": 5, **kw}
+    p = processing.StableDiffusionProcessingTxt2Img(prompt=prompt, do_not_save_samples=True, **fields)
     processed = processing.process_images(p)
     return np.asarray(processed.images[0], dtype=np.int16), processed
 
@@ -151,3 +162,24 @@ def test_a_lora_in_hr_prompt_acts_on_the_second_pass_only(lora, xl_base, registe
     with_first, _ = generate("a red circle <lora:xl:1>", hr_prompt="a red circle", **HIRES)
     assert not np.array_equal(both, with_first)
     assert weights_digest(xl_base) == digest
+
+
+def test_on_the_refiner_a_base_lora_is_one_warning_and_both_models_come_back(disk_models, xl_files, xl_base,
+                                                                             tiny_model, plugin_host, monkeypatch):
+    from modules import sd_models
+    disk_models({"xl-base.safetensors": xl_files["base"], "xl-refiner.safetensors": xl_files["refiner"]})
+    ext = load_extension(plugin_host, monkeypatch, Path(shared.data_paths.model_dirs("Lora")[0]), xl_base, tiny_model)
+    refined = {"override_settings": {"sd_model_checkpoint": "xl-base", "sd_checkpoints_limit": 2}, "steps": 4,
+               "refiner_checkpoint": "xl-refiner", "refiner_switch_at": 0.5}
+    try:
+        plain, _ = generate("a red circle", **refined)
+        models = [sd_models.model_manager.get(sd_models.resolve_checkpoint(name)) for name in ("xl-base", "xl-refiner")]
+        digests = [weights_digest(model) for model in models]
+        image, processed = generate("a red circle <lora:xl:1>", **refined)
+        assert [w for w in processed.warnings if "xl" in w] == processed.warnings and len(processed.warnings) == 1
+        assert "xl-refiner" in processed.warnings[0]
+        assert "Refiner: xl-refiner" in processed.infotexts[0] and not np.array_equal(image, plain)
+        assert [weights_digest(model) for model in models] == digests
+        assert np.array_equal(generate("a red circle", **refined)[0], plain)
+    finally:
+        extensions.unload([ext], plugin_host)

@@ -14,9 +14,10 @@ Key formats (the layer part, then the weight part after it):
 
 Text encoder paths are the transformers CLIP text models' (kohya's trainer uses them for both of SDXL's), with
 their ``text_model.`` level (``lora_te_text_model_encoder_layers_0_…``) and without it (the layout of transformers
-5's ``CLIPTextModel``, which Serena's own example files follow). A UNet layer has two kohya names: its diffusers path (kohya's SD1.x trainer) and its path in the original LDM/SGM layout
-(``input_blocks.4.1.transformer_blocks.0.attn1.to_q``, ``…in_layers.2``: kohya's SDXL trainer, older SD1.x files),
-taken from the checkpoint loader's own map (``original_unet_paths``).
+5's ``CLIPTextModel``, which Serena's own example files follow). A UNet layer has two kohya names: its diffusers
+path (kohya's SD1.x trainer) and its path in the original LDM/SGM layout (``input_blocks.4.1.transformer_blocks.0.
+attn1.to_q``, ``…in_layers.2``: kohya's SDXL trainer, older SD1.x files), taken from the checkpoint loader's own
+map (``original_unet_paths``).
 A delta is computed once per layer in float32 and kept in the layer weight's dtype: ``weight + multiplier * delta``.
 """
 
