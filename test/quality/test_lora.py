@@ -100,6 +100,25 @@ def test_named_weights_te_and_unet(lora, real_model):
     assert np.array_equal(unet_only, unet_named) and not np.array_equal(unet_only, both)
 
 
+def test_kohya_names_of_the_original_unet_layout_are_the_same_layers_on_sd1(lora, data_dir, real_model):
+    """Older SD1.x kohya files name UNet layers by the original layout (``lora_unet_input_blocks_1_1_…``, A1111 reads
+    both): renamed by the loader's map, the file gives the same image."""
+    from safetensors.torch import load_file, save_file
+
+    from modules.extensions_api import original_unet_paths
+    original = {("lora_unet_" + k).replace(".", "_"): ("lora_unet_" + v).replace(".", "_")
+                for k, v in original_unet_paths(real_model.unet).items()}
+    tensors = load_file(str(data_dir / "models" / "Lora" / "kohya.safetensors"))
+    renamed = {original.get(key.partition(".")[0], key.partition(".")[0]) + "." + key.partition(".")[2]: value
+               for key, value in tensors.items()}
+    assert any(key.startswith("lora_unet_input_blocks_") for key in renamed)
+    assert any(key.startswith("lora_te_text_model_encoder_layers_") for key in renamed)  # kohya's own te names
+    save_file(renamed, str(data_dir / "models" / "Lora" / "kohya-ldm.safetensors"))
+    diffusers_named, _ = generate("a red circle <lora:kohya:1>")
+    ldm_named, processed = generate("a red circle <lora:kohya-ldm:1>")
+    assert processed.warnings == [] and np.array_equal(ldm_named, diffusers_named)
+
+
 def test_unknown_name_and_foreign_file_are_warnings_and_the_generation_runs(lora, data_dir, real_model):
     (data_dir / "models" / "Lora" / "broken.safetensors").write_bytes(b"\xff" * 64)  # skipped by the scan
     plain, _ = generate("a red circle")
