@@ -11,15 +11,19 @@ import io
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from modules import jobs, model_families, paths, sd_models, sd_pipeline
+from modules import checkpoint_loaders, jobs, model_families, paths, sd_models, sd_pipeline, shared
 from modules import sd_models_sd2 as sd2, sd_models_writer as writer
-from modules.checkpoint_info import CheckpointInfo
+from modules.checkpoint_info import CheckpointInfo, config_beside
 from tools import make_tiny_sd2 as tiny
+
+import front_doors
+import tiny_pickles
 
 SHIPPED = os.path.join(paths.script_path, "models")
 TINY_SD1 = os.path.join(SHIPPED, "Stable-diffusion", "serena-tiny-v1.safetensors")
@@ -57,8 +61,8 @@ def test_sd2_files_are_detected_and_runnable(folder):
     for name in (tiny.EPS_FILE, tiny.V_FILE):
         family = model_families.detect_path(str(folder / name))
         assert (family.name, family.context_dim, family.runnable) == ("sd2", 32, True)
-    assert sd_models._loader_for(str(folder / tiny.V_FILE)) is sd2
-    assert sd_models._loader_for(TINY_SD1) is not sd2
+    assert checkpoint_loaders.loader_for(str(folder / tiny.V_FILE)) is sd2
+    assert checkpoint_loaders.loader_for(TINY_SD1) is not sd2
 
 
 def test_open_clip_text_encoder_round_trips_bitwise(folder, built, v_model):
@@ -170,6 +174,61 @@ def test_an_sd2_override_generates_deterministically_then_sd1_serves_the_next_re
     assert not jobs.queue_lock.locked() and not jobs.state.busy
 
 
+def test_the_cli_and_the_ui_generate_the_same_sd2_image(models, tmp_path):
+    cli_pixels, cli_info = front_doors.through_cli(tmp_path / "out", "sd2-v")
+    ui_pixels, ui_info = front_doors.through_ui("sd2-v")
+    assert cli_pixels == ui_pixels and len(cli_pixels) == 64 * 64 * 3
+    assert "Model: sd2-v" in cli_info and "Model: sd2-v" in ui_info
+    assert models.disk_loads.count("sd2-v.safetensors") == 1
+
+
+def test_a_pickled_sd2_state_dict_loads_with_its_yaml_and_generates_as_its_safetensors(models, folder, tmp_path,
+                                                                                      monkeypatch, api_client):
+    beside = tmp_path / "models" / "Stable-diffusion"
+    # a bare state dict (not under "state_dict"), its v-prediction declared by the .yaml beside it alone
+    configs = tiny_pickles.write_pickle(str(folder / tiny.V_FILE), beside / "sd2-old.ckpt", nested=False)
+    tiny_pickles.default_to(monkeypatch, sd2, configs)
+    shutil.copy(folder / "serena-tiny-sd2-v.yaml", beside / "sd2-old.yaml")
+    monkeypatch.setattr(shared.cmd_opts, "allow_pickle_checkpoints", True)
+    sd_models.refresh_checkpoints()
+    info = sd_models.resolve_checkpoint("sd2-old")
+    assert (models.facts(info).family, models.facts(info).native_size) == ("sd2", 64)  # decided: no test forward
+
+    def txt2img(name):
+        response = api_client.post("/sdapi/v1/txt2img",
+                                   json={**TXT, "override_settings": {"sd_model_checkpoint": name}})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    pickled = txt2img("sd2-old")
+    assert "Model: sd2-old" in pickled["info"]
+    assert pixels(pickled["images"][0]) == pixels(txt2img("sd2-v")["images"][0])
+    assert models.get(info).family.prediction == "v"
+
+
+@pytest.mark.parametrize("restart", [False, True], ids=["in memory", "from cache.json"])
+def test_facts_follow_a_yaml_added_changed_or_removed_beside_the_file(disk_models, folder, restart):
+    """SD2's prediction type comes from a .yaml beside the file: a check kept for the file alone would go stale."""
+    disk_models({"sd2.safetensors": folder / tiny.V_FILE})  # its v-prediction declared by nothing else
+    info = sd_models.resolve_checkpoint("sd2")
+    stored = sd_models.StoredFacts(lambda: "the same code")
+    kept = sd_models.LoadedModels(lambda info: None, sd_models.inspect_on_disk, stored)
+
+    def native_size():
+        manager = sd_models.LoadedModels(lambda info: None, sd_models.inspect_on_disk, stored) if restart else kept
+        return manager.facts(info).native_size
+
+    assert native_size() is None  # undecided until a load's test forward
+    yaml = Path(config_beside(info.filename))
+    yaml.write_text(tiny.V_YAML)
+    assert native_size() == 64  # decided: the UNet config's size
+    yaml.write_text("model: [not, a, config]\n")
+    with pytest.raises(ValueError, match="sd2.yaml: not an LDM model config"):
+        native_size()
+    yaml.unlink()
+    assert native_size() is None
+
+
 def test_a_diffusers_folder_cut_as_diffusers_cuts_conditions_as_the_file(v_model, tmp_path):
     from transformers import CLIPTextConfig, CLIPTextModel
     folder = tmp_path / "sd2-folder"
@@ -183,7 +242,7 @@ def test_a_diffusers_folder_cut_as_diffusers_cuts_conditions_as_the_file(v_model
     (folder / "scheduler").mkdir()
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(v_model.scheduler_config))
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
-    assert sd_models._loader_for(str(folder)) is sd2
+    assert checkpoint_loaders.loader_for(str(folder)) is sd2
     model = sd2.load_checkpoint(CheckpointInfo(str(folder), "sd2-folder", "0" * 64))
     assert (model.family.name, model.family.prediction, model.family.native_size) == ("sd2", "v", 768)
     encode = [sd_pipeline.PromptEncoder(m.tokenizer, m.text_encoder, m.conditioning_layer, "cpu",
