@@ -229,6 +229,49 @@ def test_facts_follow_a_yaml_added_changed_or_removed_beside_the_file(disk_model
     assert native_size() is None
 
 
+def test_sd2_uses_the_embeddings_of_its_width_and_skips_sd1s(models, api_client):
+    from modules import textual_inversion
+    from tools.make_tiny_embedding import make_embedding
+    folder = shared.data_paths.embeddings_dir
+    real = sd2.default_configs("v")["text_encoder"]["hidden_size"]  # 1024: ViT-H's
+    for name, width in (("tinysd2", tiny.TEXT_CONFIG["hidden_size"]), ("realsd2", real), ("sd1emb", 768)):
+        make_embedding(os.path.join(folder, f"{name}.safetensors"), width=width, vectors=2, seed=3, scale=1.0)
+    evaluation = textual_inversion.database().evaluate((real,))
+    assert list(evaluation.loaded) == ["realsd2"] and set(evaluation.skipped) == {"sd1emb", "tinysd2"}
+    response = api_client.post("/sdapi/v1/txt2img", json={**TXT, "prompt": "a tinysd2 sd1emb circle",
+                                                          "override_settings": {"sd_model_checkpoint": "sd2-v"}})
+    assert response.status_code == 200, response.text
+    [infotext] = json.loads(response.json()["info"])["infotexts"]
+    assert 'TI hashes: "tinysd2: ' in infotext and "sd1emb:" not in infotext  # the tiny width used, SD1's a word
+
+
+def test_a_lora_for_sd2_changes_an_sd2_image(models, v_model, tmp_path, plugin_host, monkeypatch):
+    """SD2's LoRA names are SD1's (diffusers' module names): the Lora extension applies one unchanged."""
+    from modules import extensions, processing
+    from tools import make_tiny_lora
+    monkeypatch.setattr(shared.opts, "data_labels", dict(shared.opts.data_labels))
+    make_tiny_lora.write(v_model, str(tmp_path / "models" / "Lora" / "sd2lora.safetensors"), "kohya")
+    ext = extensions.load_folder(os.path.join(paths.script_path, "extensions-builtin", "Lora"), host=plugin_host,
+                                 group="builtin")
+    assert ext.loaded and not ext.problems, ext.problems
+    assert extensions.register_extension_options(plugin_host, only=ext.plugins) == []
+    try:
+        def generate(prompt):
+            p = processing.StableDiffusionProcessingTxt2Img(
+                prompt=prompt, sampler_name="Euler", steps=2, width=64, height=64, seed=5, do_not_save_samples=True,
+                override_settings={"sd_model_checkpoint": "sd2-v"})
+            processed = processing.process_images(p)
+            return processed.images[0].tobytes(), processed
+
+        plain, _ = generate("a red circle")
+        with_lora, processed = generate("a red circle <lora:sd2lora:1>")
+        assert with_lora != plain and processed.warnings == []
+        assert 'Lora hashes: "sd2lora: ' in processed.infotexts[0]
+        assert generate("a red circle")[0] == plain  # the weights came back
+    finally:
+        extensions.unload([ext], plugin_host)
+
+
 def test_a_diffusers_folder_cut_as_diffusers_cuts_conditions_as_the_file(v_model, tmp_path):
     from transformers import CLIPTextConfig, CLIPTextModel
     folder = tmp_path / "sd2-folder"
