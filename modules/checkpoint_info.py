@@ -9,6 +9,12 @@ import os
 from dataclasses import dataclass
 
 
+def config_beside(path: str) -> str:
+    """The ``.yaml`` model config A1111 reads beside a checkpoint file (``model.safetensors`` -> ``model.yaml``):
+    SD2.x's prediction type comes from it, so a check of the file is only as fresh as this file too."""
+    return os.path.splitext(path)[0] + ".yaml"
+
+
 @dataclass(frozen=True)
 class CheckpointInfo:
     """One checkpoint on disk: a single file, or a diffusers-format folder (``model_index.json``)."""

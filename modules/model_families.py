@@ -2,7 +2,7 @@
 
 A leaf that imports no torch: a single file is classified from its safetensors header (``read_header``), a diffusers
 folder from ``model_index.json`` and its UNet's ``config.json`` (``detect_folder``). ``detect`` is a pure function
-of ``{tensor name: shape}``, so the loader classifies a pickled state dict the same way.
+of ``{tensor name: shape}``, so ``modules.checkpoint_loaders`` classifies a pickled state dict the same way.
 
 ``RUNNABLE`` is the one table of what Serena can run; a family leaves "recognised, cannot run yet" by being added
 there (with the loader code that runs it). Everything else is refused by name (``refusal``) before it is chosen.
@@ -212,7 +212,8 @@ def detect_folder(folder: str) -> Family:
 
 
 def detect_path(path: str) -> Family | None:
-    """The family of a checkpoint file or folder; ``None`` for a pickled file (its keys need ``torch.load``).
+    """The family of a checkpoint file or folder; ``None`` for a pickled file (its keys need ``torch.load``, which
+    ``modules.checkpoint_loaders`` runs when the file is chosen).
 
     Raises:
         ValueError: a ``.safetensors`` header that cannot be read (``read_header``).

@@ -1,8 +1,9 @@
 """Checkpoints: discovery, A1111 titles and hashes, name resolution, and the loaded-models cache.
 
-Discovery and resolution import no torch; loading happens in ``modules.sd_models_loader`` and is reached only
-through ``LoadedModels``, which also inspects a file (its header only, cached by path, size and mtime) before it is
-selected, overridden or loaded, so a file that cannot load is refused by name instead of failing a generation.
+Discovery and resolution import no torch; loading happens in the loaders ``modules.checkpoint_loaders`` chooses and
+is reached only through ``LoadedModels``, which also inspects a file (its header only, cached by path, size and mtime,
+of the ``.yaml`` beside it too) before it is selected, overridden or loaded, so a file that cannot load is refused by
+name instead of failing a generation.
 Hashes and successful inspections are kept across starts in ``<data-dir>/cache.json`` (``modules.cache_file``).
 """
 
@@ -20,7 +21,7 @@ from typing import Any, Callable
 
 from modules import model_families, shared
 from modules.cache_file import CacheFile
-from modules.checkpoint_info import CheckpointInfo
+from modules.checkpoint_info import CheckpointInfo, config_beside
 from modules.model_facts import ModelFacts
 from modules.option_info import OptionError
 
@@ -260,10 +261,15 @@ class CheckpointLoadError(OptionError):
 
 
 def _signature(path: str) -> tuple:
-    """What changes when a checkpoint's content may have: size and mtime of the file, or of every file in a folder."""
+    """What changes when a checkpoint's facts may have: size and mtime of the file and of the ``.yaml`` config beside
+    it (``None`` while there is none; SD2.x's prediction type comes from it), or of every file in a folder."""
     if not os.path.isdir(path):
         st = os.stat(path)
-        return st.st_size, st.st_mtime_ns
+        try:
+            config = os.stat(config_beside(path))
+        except OSError:
+            return st.st_size, st.st_mtime_ns, None
+        return st.st_size, st.st_mtime_ns, (config.st_size, config.st_mtime_ns)
     entries = []
     for root, dirs, files in os.walk(path):
         dirs.sort()
@@ -277,8 +283,9 @@ class StoredFacts:
     """Successful inspections kept in ``cache.json`` (section ``serena-model-facts``), so that a start with
     unchanged files reads the starting checkpoint's ``ModelFacts`` without importing the model stack.
 
-    An entry is keyed by kind and absolute path and holds only while the file's signature (size and mtime of it,
-    or of every file in a folder) and the digest of what decides the facts (``inspection_digest``) are the same.
+    An entry is keyed by kind and absolute path and holds only while the file's signature (size and mtime of it
+    and of the ``.yaml`` beside it, or of every file in a folder) and the digest of what decides the facts
+    (``inspection_digest``) are the same.
     """
 
     SECTION = "serena-model-facts"
@@ -334,7 +341,8 @@ class LoadedModels:
     def facts(self, info: CheckpointInfo):
         """The ``ModelFacts`` of a checkpoint, from its header; ``ValueError`` naming the file and what is wrong.
 
-        ``None`` when this cache has no ``inspect_fn``. The result is kept until the file's size or mtime changes.
+        ``None`` when this cache has no ``inspect_fn``. The result is kept until ``_signature`` changes (the file's
+        size or mtime, or the ``.yaml`` beside it).
         """
         return self._inspect("checkpoint", info.filename)
 
@@ -408,49 +416,36 @@ def placement():
     return devices.placement_for(shared.cmd_opts)
 
 
-def _loader_for(path: str):
-    """The loading module for a checkpoint's family (``model_families``, from its header or ``model_index.json``):
-    SDXL's, SD2.x's, or SD1.x's (which also reports every file it cannot read or run)."""
-    from modules import sd_models_loader, sd_models_sd2, sd_models_xl
-    try:
-        family = model_families.detect_path(path)
-    except ValueError:
-        family = None
-    for loader in (sd_models_xl, sd_models_sd2):
-        if family is not None and family.name in loader.FAMILIES:
-            return loader
-    return sd_models_loader
-
-
 def load_from_disk(info: CheckpointInfo):
     """Load ``info``'s weights as the flags ask (device, precision, offload, attention, pickles) and the
-    ``serena_torch_compile`` setting: the process's model cache's loader."""
-    from modules import model_placement
+    ``serena_torch_compile`` setting, by its family's loader: the process's model cache's loader."""
+    from modules import checkpoint_loaders, model_placement
     where = placement()
-    model = _loader_for(info.filename).load_checkpoint(info, device=where.load_device,
-                                                       dtype=model_placement.torch_dtype(where.dtype),
-                                                       allow_pickle=shared.cmd_opts.allow_pickle_checkpoints)
+    model = checkpoint_loaders.load_checkpoint(info, device=where.load_device,
+                                               dtype=model_placement.torch_dtype(where.dtype),
+                                               allow_pickle=shared.cmd_opts.allow_pickle_checkpoints)
     return model_placement.apply(model, where, compile_unet=bool(shared.opts.serena_torch_compile))
 
 
 def inspect_on_disk(kind: str, path: str):
     """Check a checkpoint's or VAE's header against the model it declares: the process's model cache's inspector."""
-    from modules import sd_models_loader
+    from modules import checkpoint_loaders, sd_models_loader
     if kind == "vae":
         return sd_models_loader.inspect_vae(path)
-    return _loader_for(path).inspect_checkpoint(path, allow_pickle=shared.cmd_opts.allow_pickle_checkpoints)
+    return checkpoint_loaders.inspect_checkpoint(path, allow_pickle=shared.cmd_opts.allow_pickle_checkpoints)
 
 
 @functools.lru_cache(maxsize=None)
 def inspection_digest(allow_pickle: bool) -> str:
-    """A digest of what decides an inspection's outcome besides the file: the source of the loaders, of the family
-    detection and of the UNet input channels it accepts, the SD1.x, SD2.x and SDXL configs (read, not imported), the
-    versions of the packages it runs, and whether pickles are allowed."""
+    """A digest of what decides an inspection's outcome besides the file: the source of the loaders (and of the choice
+    among them), of the family detection and of the UNet input channels it accepts, the SD1.x, SD2.x and SDXL configs
+    (read, not imported), the versions of the packages it runs, and whether pickles are allowed."""
     from importlib import metadata
     h = hashlib.sha256()
     loader_dir = os.path.dirname(os.path.abspath(__file__))
     files = [os.path.join(loader_dir, name) for name in ("sd_models_loader.py", "sd_models_xl.py", "sd_models_sd2.py",
-                                                         "model_families.py", "inpaint_conditioning.py")]
+                                                         "checkpoint_loaders.py", "model_families.py",
+                                                         "inpaint_conditioning.py")]
     for configs in ("v1", "v2", "xl", "xl_refiner"):
         for root, dirs, names in os.walk(os.path.join(loader_dir, "sd_configs", configs)):
             dirs.sort()

@@ -180,7 +180,7 @@ def default_configs() -> dict[str, dict]:
 
 
 def load_checkpoint(info: CheckpointInfo, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                    allow_pickle: bool = False) -> SDModel:
+                    allow_pickle: bool = False, state: tuple | None = None) -> SDModel:
     """Load a checkpoint file or diffusers folder into an ``SDModel``.
 
     Args:
@@ -188,6 +188,7 @@ def load_checkpoint(info: CheckpointInfo, *, device: str | torch.device = "cpu",
         device: where the components are placed.
         dtype: the components' floating-point dtype (weights are cast from whatever the file holds).
         allow_pickle: accept pickled ``.ckpt`` files (read with ``torch.load(weights_only=True)``).
+        state: the file's ``read_state_dict`` result when the caller has read it already (``file_state``).
 
     Raises:
         ValueError: the file is unreadable, truncated, pickled without ``allow_pickle``, not an SD1.x layout,
@@ -199,14 +200,14 @@ def load_checkpoint(info: CheckpointInfo, *, device: str | torch.device = "cpu",
         family = _folder_family(info.filename)
         components = _load_diffusers_folder(info.filename, device, dtype)
     else:
-        components, sampling, family = _ldm_file_components(info.filename, device, dtype, allow_pickle)
+        components, sampling, family = _ldm_file_components(info.filename, device, dtype, allow_pickle, state)
     unet, vae, text_encoder, scheduler_config = components
     return SDModel(info=info, tokenizer=load_tokenizer(), text_encoder=text_encoder.eval(), unet=unet.eval(),
                    vae=vae.eval(), scheduler_config=scheduler_config, device=device, dtype=dtype,
                    guidance_rescale=sampling["guidance_rescale"], cfg_scale=sampling["cfg_scale"], family=family)
 
 
-def inspect_checkpoint(path: str, *, allow_pickle: bool = False) -> ModelFacts:
+def inspect_checkpoint(path: str, *, allow_pickle: bool = False, state: tuple | None = None) -> ModelFacts:
     """Check that ``load_checkpoint`` would succeed, without reading any weight; return what the model can do.
 
     A single file goes through the very steps of ``load_checkpoint`` on the ``meta`` device, its tensors built
@@ -219,7 +220,8 @@ def inspect_checkpoint(path: str, *, allow_pickle: bool = False) -> ModelFacts:
     """
     if os.path.isdir(path):
         return _inspect_diffusers_folder(path)
-    (unet, vae, text_encoder, _), sampling, family = _ldm_file_components(path, META, torch.float32, allow_pickle)
+    (unet, vae, text_encoder, _), sampling, family = _ldm_file_components(path, META, torch.float32, allow_pickle,
+                                                                          state)
     return model_facts(unet, vae, text_encoder, sampling, family)
 
 
@@ -228,9 +230,16 @@ def inspect_vae(path: str) -> ModelFacts:
     return model_facts(vae=load_vae(path, device=META))
 
 
-def _ldm_file_components(path: str, device: torch.device, dtype: torch.dtype, allow_pickle: bool):
+def file_state(path: str, device: torch.device, allow_pickle: bool, state: tuple | None = None) -> tuple:
+    """``state`` when the caller read the file already, else ``read_state_dict`` of it for ``device`` (``meta``:
+    no weight read): a pickle, unpickled once to tell its family, is not read again to load it."""
+    return state if state is not None else read_state_dict(path, allow_pickle=allow_pickle, meta=device.type == "meta")
+
+
+def _ldm_file_components(path: str, device: torch.device, dtype: torch.dtype, allow_pickle: bool,
+                         state: tuple | None = None):
     """``((unet, vae, text_encoder, scheduler_config), sampling, family)`` of a single-file checkpoint."""
-    state_dict, metadata = read_state_dict(path, allow_pickle=allow_pickle, meta=device.type == "meta")
+    state_dict, metadata = file_state(path, device, allow_pickle, state)
     family = _check_ldm_layout(state_dict, os.path.basename(path))
     configs = _configs_from_metadata(metadata, path)
     if family.in_channels is not None:  # conv_in's shape decides (9: inpainting), whatever the config says

@@ -35,7 +35,7 @@ from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from modules import model_families, sd_models_loader as loader
-from modules.checkpoint_info import CheckpointInfo
+from modules.checkpoint_info import CheckpointInfo, config_beside
 from modules.model_facts import ModelFacts
 
 FAMILIES = ("sd2",)
@@ -88,7 +88,7 @@ def open_clip_text_state(source: dict[str, torch.Tensor], width: int) -> dict[st
 
 
 def _yaml_prediction(path: str) -> str | None:
-    config_path = os.path.splitext(path)[0] + ".yaml"
+    config_path = config_beside(path)
     if not os.path.isfile(config_path):
         return None
     try:
@@ -128,11 +128,12 @@ def v_test(unet) -> float:
     return (unet(x, t, encoder_hidden_states=context).sample - x).float().mean().item()
 
 
-def _file_components(path: str, device: torch.device, dtype: torch.dtype, allow_pickle: bool):
+def _file_components(path: str, device: torch.device, dtype: torch.dtype, allow_pickle: bool,
+                     state: tuple | None = None):
     """``((unet, vae, text_encoder, scheduler_config), sampling, family)`` of an SD2.x single file; the family
-    decided unless an inspection found no declared prediction."""
+    decided unless an inspection found no declared prediction. ``state``: as for ``sd_models_loader``."""
     name = os.path.basename(path)
-    state_dict, metadata = loader.read_state_dict(path, allow_pickle=allow_pickle, meta=device.type == "meta")
+    state_dict, metadata = loader.file_state(path, device, allow_pickle, state)
     family = model_families.detect({k: tuple(v.shape) for k, v in state_dict.items()})
     if family.name not in FAMILIES:
         raise ValueError(model_families.refusal(name, family) or f"{name}: not an SD2.x checkpoint ({family.label})")
@@ -171,7 +172,7 @@ def _text_encoder(state_dict, config: dict, name: str, device, dtype) -> CLIPTex
 
 
 def load_checkpoint(info: CheckpointInfo, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                    allow_pickle: bool = False) -> SD2Model:
+                    allow_pickle: bool = False, state: tuple | None = None) -> SD2Model:
     """Load an SD2.x single file or diffusers folder into an ``SD2Model``; its family decided (v or epsilon,
     native size).
 
@@ -192,7 +193,7 @@ def load_checkpoint(info: CheckpointInfo, *, device: str | torch.device = "cpu",
         layer = 1
     else:
         (unet, vae, text_encoder, scheduler_config), sampling, family = _file_components(info.filename, device,
-                                                                                         dtype, allow_pickle)
+                                                                                         dtype, allow_pickle, state)
     model = SD2Model(info=info, tokenizer=load_tokenizer(), text_encoder=text_encoder.eval(), unet=unet.eval(),
                      vae=vae.eval(), scheduler_config=scheduler_config, device=device, dtype=dtype,
                      guidance_rescale=sampling["guidance_rescale"], cfg_scale=sampling["cfg_scale"], family=family)
@@ -200,11 +201,12 @@ def load_checkpoint(info: CheckpointInfo, *, device: str | torch.device = "cpu",
     return model
 
 
-def inspect_checkpoint(path: str, *, allow_pickle: bool = False) -> ModelFacts:
+def inspect_checkpoint(path: str, *, allow_pickle: bool = False, state: tuple | None = None) -> ModelFacts:
     """Check that ``load_checkpoint`` would succeed without reading a weight; return what the model can do (the
     native size ``None`` while the prediction type waits for the load's test forward)."""
     if os.path.isdir(path):
         return loader._inspect_diffusers_folder(path)
-    (unet, vae, text_encoder, _), sampling, family = _file_components(path, loader.META, torch.float32, allow_pickle)
+    (unet, vae, text_encoder, _), sampling, family = _file_components(path, loader.META, torch.float32, allow_pickle,
+                                                                      state)
     facts = loader.model_facts(unet, vae, text_encoder, sampling, family)
     return facts if family.prediction else dataclasses.replace(facts, native_size=None)

@@ -124,7 +124,7 @@ def default_configs(family: str = SDXL) -> dict[str, dict]:
 
 
 def load_checkpoint(info: CheckpointInfo, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                    allow_pickle: bool = False) -> SDXLModel:
+                    allow_pickle: bool = False, state: tuple | None = None) -> SDXLModel:
     """Load an SDXL (base or refiner) file or diffusers folder into an ``SDXLModel``.
 
     Raises:
@@ -136,7 +136,7 @@ def load_checkpoint(info: CheckpointInfo, *, device: str | torch.device = "cpu",
         family = _folder_family(info.filename)
         parts = _load_diffusers_folder(info.filename, family, device, dtype)
     else:
-        parts, sampling, family = _file_components(info.filename, device, dtype, allow_pickle)
+        parts, sampling, family = _file_components(info.filename, device, dtype, allow_pickle, state)
     unet, vae, text_encoder, text_encoder_2, scheduler_config = parts
     return SDXLModel(info=info, tokenizer=loader.load_tokenizer(), tokenizer_2=load_tokenizer_2(),
                      text_encoder=text_encoder.eval() if text_encoder is not None else None,
@@ -145,13 +145,14 @@ def load_checkpoint(info: CheckpointInfo, *, device: str | torch.device = "cpu",
                      guidance_rescale=sampling["guidance_rescale"], cfg_scale=sampling["cfg_scale"], family=family)
 
 
-def inspect_checkpoint(path: str, *, allow_pickle: bool = False) -> ModelFacts:
+def inspect_checkpoint(path: str, *, allow_pickle: bool = False, state: tuple | None = None) -> ModelFacts:
     """Check that ``load_checkpoint`` would succeed without reading a weight (the loading steps on the ``meta``
     device; a folder's configs and headers only); return what the model can do."""
     if os.path.isdir(path):
         return _inspect_diffusers_folder(path)
     (unet, vae, text_encoder, text_encoder_2, _), sampling, family = _file_components(path, loader.META,
-                                                                                      torch.float32, allow_pickle)
+                                                                                      torch.float32, allow_pickle,
+                                                                                      state)
     return _facts(unet, vae, text_encoder, text_encoder_2, sampling, family)
 
 
@@ -170,11 +171,12 @@ def _configs(metadata: dict[str, str], path: str, family: str) -> dict[str, dict
     return configs
 
 
-def _file_components(path: str, device: torch.device, dtype: torch.dtype, allow_pickle: bool):
+def _file_components(path: str, device: torch.device, dtype: torch.dtype, allow_pickle: bool,
+                     state: tuple | None = None):
     """``((unet, vae, text_encoder or None, text_encoder_2, scheduler_config), sampling, family)`` of a single
-    file."""
+    file; ``state``: as for ``sd_models_loader``."""
     name = os.path.basename(path)
-    state_dict, metadata = loader.read_state_dict(path, allow_pickle=allow_pickle, meta=device.type == "meta")
+    state_dict, metadata = loader.file_state(path, device, allow_pickle, state)
     family = model_families.detect({k: tuple(v.shape) for k, v in state_dict.items()})
     if family.name not in FAMILIES:
         raise ValueError(f"{name}: not an SDXL checkpoint: {model_families.refusal(name, family) or family.label}")

@@ -210,6 +210,26 @@ def test_an_unrunnable_checkpoint_is_a_422_at_every_front_door(client, name):
     assert sd_models.model_manager.loads == 0  # refused from the header: nothing was loaded, nothing queued
 
 
+def test_a_pickled_sd3_file_is_a_422_naming_what_it_is_only_with_allow_pickle(models, client, monkeypatch):
+    torch.save({"state_dict": {k: torch.zeros(shape) for k, shape in CASES["sd3"][0].items()}}, models / "old.ckpt")
+    sd_models.refresh_checkpoints()
+    title = sd_models.resolve_checkpoint("old").title
+
+    def refusal():
+        r = client.post("/sdapi/v1/txt2img", json={**TXT, "override_settings": {"sd_model_checkpoint": "old"}})
+        assert r.status_code == 422, r.text
+        return r.json()["errors"]["sd_model_checkpoint"]
+
+    assert "old.ckpt: pickled checkpoints can run arbitrary code" in refusal()  # not read at all
+    monkeypatch.setattr(shared.cmd_opts, "allow_pickle_checkpoints", True)
+    monkeypatch.setattr(sd_models, "model_manager",  # a start with the flag: nothing checked yet
+                        sd_models.LoadedModels(sd_models.load_from_disk, sd_models.inspect_on_disk))
+    assert "old.ckpt is an SD3 checkpoint, which Serena cannot run yet" in refusal()  # told from its state dict
+    from modules.ui import settings
+    assert settings.checkpoint_choices([title]) == [(title, title)]  # a pickle's family is unknown until chosen
+    assert sd_models.model_manager.loads == 0
+
+
 def test_a_runnable_checkpoint_records_its_family_and_still_generates(client):
     info = sd_models.resolve_checkpoint("a-tiny")
     assert sd_models.model_manager.facts(info).family == "sd1"

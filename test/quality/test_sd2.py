@@ -11,15 +11,19 @@ import io
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from modules import jobs, model_families, paths, sd_models, sd_pipeline
+from modules import checkpoint_loaders, jobs, model_families, paths, sd_models, sd_pipeline, shared
 from modules import sd_models_sd2 as sd2, sd_models_writer as writer
-from modules.checkpoint_info import CheckpointInfo
+from modules.checkpoint_info import CheckpointInfo, config_beside
 from tools import make_tiny_sd2 as tiny
+
+import front_doors
+import tiny_pickles
 
 SHIPPED = os.path.join(paths.script_path, "models")
 TINY_SD1 = os.path.join(SHIPPED, "Stable-diffusion", "serena-tiny-v1.safetensors")
@@ -57,8 +61,8 @@ def test_sd2_files_are_detected_and_runnable(folder):
     for name in (tiny.EPS_FILE, tiny.V_FILE):
         family = model_families.detect_path(str(folder / name))
         assert (family.name, family.context_dim, family.runnable) == ("sd2", 32, True)
-    assert sd_models._loader_for(str(folder / tiny.V_FILE)) is sd2
-    assert sd_models._loader_for(TINY_SD1) is not sd2
+    assert checkpoint_loaders.loader_for(str(folder / tiny.V_FILE)) is sd2
+    assert checkpoint_loaders.loader_for(TINY_SD1) is not sd2
 
 
 def test_open_clip_text_encoder_round_trips_bitwise(folder, built, v_model):
@@ -170,6 +174,104 @@ def test_an_sd2_override_generates_deterministically_then_sd1_serves_the_next_re
     assert not jobs.queue_lock.locked() and not jobs.state.busy
 
 
+def test_the_cli_and_the_ui_generate_the_same_sd2_image(models, tmp_path):
+    cli_pixels, cli_info = front_doors.through_cli(tmp_path / "out", "sd2-v")
+    ui_pixels, ui_info = front_doors.through_ui("sd2-v")
+    assert cli_pixels == ui_pixels and len(cli_pixels) == 64 * 64 * 3
+    assert "Model: sd2-v" in cli_info and "Model: sd2-v" in ui_info
+    assert models.disk_loads.count("sd2-v.safetensors") == 1
+
+
+def test_a_pickled_sd2_state_dict_loads_with_its_yaml_and_generates_as_its_safetensors(models, folder, tmp_path,
+                                                                                      monkeypatch, api_client):
+    beside = tmp_path / "models" / "Stable-diffusion"
+    # a bare state dict (not under "state_dict"), its v-prediction declared by the .yaml beside it alone
+    configs = tiny_pickles.write_pickle(str(folder / tiny.V_FILE), beside / "sd2-old.ckpt", nested=False)
+    tiny_pickles.default_to(monkeypatch, sd2, configs)
+    shutil.copy(folder / "serena-tiny-sd2-v.yaml", beside / "sd2-old.yaml")
+    monkeypatch.setattr(shared.cmd_opts, "allow_pickle_checkpoints", True)
+    sd_models.refresh_checkpoints()
+    info = sd_models.resolve_checkpoint("sd2-old")
+    assert (models.facts(info).family, models.facts(info).native_size) == ("sd2", 64)  # decided: no test forward
+
+    def txt2img(name):
+        response = api_client.post("/sdapi/v1/txt2img",
+                                   json={**TXT, "override_settings": {"sd_model_checkpoint": name}})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    pickled = txt2img("sd2-old")
+    assert "Model: sd2-old" in pickled["info"]
+    assert pixels(pickled["images"][0]) == pixels(txt2img("sd2-v")["images"][0])
+    assert models.get(info).family.prediction == "v"
+
+
+@pytest.mark.parametrize("restart", [False, True], ids=["in memory", "from cache.json"])
+def test_facts_follow_a_yaml_added_changed_or_removed_beside_the_file(disk_models, folder, restart):
+    """SD2's prediction type comes from a .yaml beside the file: a check kept for the file alone would go stale."""
+    disk_models({"sd2.safetensors": folder / tiny.V_FILE})  # its v-prediction declared by nothing else
+    info = sd_models.resolve_checkpoint("sd2")
+    stored = sd_models.StoredFacts(lambda: "the same code")
+    kept = sd_models.LoadedModels(lambda info: None, sd_models.inspect_on_disk, stored)
+
+    def native_size():
+        manager = sd_models.LoadedModels(lambda info: None, sd_models.inspect_on_disk, stored) if restart else kept
+        return manager.facts(info).native_size
+
+    assert native_size() is None  # undecided until a load's test forward
+    yaml = Path(config_beside(info.filename))
+    yaml.write_text(tiny.V_YAML)
+    assert native_size() == 64  # decided: the UNet config's size
+    yaml.write_text("model: [not, a, config]\n")
+    with pytest.raises(ValueError, match="sd2.yaml: not an LDM model config"):
+        native_size()
+    yaml.unlink()
+    assert native_size() is None
+
+
+def test_sd2_uses_the_embeddings_of_its_width_and_skips_sd1s(models, api_client):
+    from modules import textual_inversion
+    from tools.make_tiny_embedding import make_embedding
+    folder = shared.data_paths.embeddings_dir
+    real = sd2.default_configs("v")["text_encoder"]["hidden_size"]  # 1024: ViT-H's
+    for name, width in (("tinysd2", tiny.TEXT_CONFIG["hidden_size"]), ("realsd2", real), ("sd1emb", 768)):
+        make_embedding(os.path.join(folder, f"{name}.safetensors"), width=width, vectors=2, seed=3, scale=1.0)
+    evaluation = textual_inversion.database().evaluate((real,))
+    assert list(evaluation.loaded) == ["realsd2"] and set(evaluation.skipped) == {"sd1emb", "tinysd2"}
+    response = api_client.post("/sdapi/v1/txt2img", json={**TXT, "prompt": "a tinysd2 sd1emb circle",
+                                                          "override_settings": {"sd_model_checkpoint": "sd2-v"}})
+    assert response.status_code == 200, response.text
+    [infotext] = json.loads(response.json()["info"])["infotexts"]
+    assert 'TI hashes: "tinysd2: ' in infotext and "sd1emb:" not in infotext  # the tiny width used, SD1's a word
+
+
+def test_a_lora_for_sd2_changes_an_sd2_image(models, v_model, tmp_path, plugin_host, monkeypatch):
+    """SD2's LoRA names are SD1's (diffusers' module names): the Lora extension applies one unchanged."""
+    from modules import extensions, processing
+    from tools import make_tiny_lora
+    monkeypatch.setattr(shared.opts, "data_labels", dict(shared.opts.data_labels))
+    make_tiny_lora.write(v_model, str(tmp_path / "models" / "Lora" / "sd2lora.safetensors"), "kohya")
+    ext = extensions.load_folder(os.path.join(paths.script_path, "extensions-builtin", "Lora"), host=plugin_host,
+                                 group="builtin")
+    assert ext.loaded and not ext.problems, ext.problems
+    assert extensions.register_extension_options(plugin_host, only=ext.plugins) == []
+    try:
+        def generate(prompt):
+            p = processing.StableDiffusionProcessingTxt2Img(
+                prompt=prompt, sampler_name="Euler", steps=2, width=64, height=64, seed=5, do_not_save_samples=True,
+                override_settings={"sd_model_checkpoint": "sd2-v"})
+            processed = processing.process_images(p)
+            return processed.images[0].tobytes(), processed
+
+        plain, _ = generate("a red circle")
+        with_lora, processed = generate("a red circle <lora:sd2lora:1>")
+        assert with_lora != plain and processed.warnings == []
+        assert 'Lora hashes: "sd2lora: ' in processed.infotexts[0]
+        assert generate("a red circle")[0] == plain  # the weights came back
+    finally:
+        extensions.unload([ext], plugin_host)
+
+
 def test_a_diffusers_folder_cut_as_diffusers_cuts_conditions_as_the_file(v_model, tmp_path):
     from transformers import CLIPTextConfig, CLIPTextModel
     folder = tmp_path / "sd2-folder"
@@ -183,7 +285,7 @@ def test_a_diffusers_folder_cut_as_diffusers_cuts_conditions_as_the_file(v_model
     (folder / "scheduler").mkdir()
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(v_model.scheduler_config))
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
-    assert sd_models._loader_for(str(folder)) is sd2
+    assert checkpoint_loaders.loader_for(str(folder)) is sd2
     model = sd2.load_checkpoint(CheckpointInfo(str(folder), "sd2-folder", "0" * 64))
     assert (model.family.name, model.family.prediction, model.family.native_size) == ("sd2", "v", 768)
     encode = [sd_pipeline.PromptEncoder(m.tokenizer, m.text_encoder, m.conditioning_layer, "cpu",

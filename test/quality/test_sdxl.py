@@ -17,12 +17,15 @@ import pytest
 import torch
 from PIL import Image
 
-from modules import jobs, model_families, paths, sd_models, sd_pipeline, shared
+from modules import checkpoint_loaders, jobs, model_families, paths, sd_models, sd_pipeline, shared
 from modules import sd_models_loader as loader, sd_models_writer as writer, sd_models_xl as xl
 from modules.checkpoint_info import CheckpointInfo
 from modules.hookspecs import hookimpl
 from modules.processing import GenerationSettings
 from tools import make_tiny_sdxl as tiny
+
+import front_doors
+import tiny_pickles
 
 SHIPPED = os.path.join(paths.script_path, "models")
 TINY_SD1 = os.path.join(SHIPPED, "Stable-diffusion", "serena-tiny-v1.safetensors")
@@ -65,7 +68,7 @@ def test_families_are_told_apart_by_their_keys_and_model_index(files, base, refi
     found = {which: model_families.detect_path(files[which]).name for which in ("base", "folder", "refiner")}
     assert found == {"base": "sdxl", "folder": "sdxl", "refiner": "sdxl-refiner"}
     assert all(model_families.FAMILIES[name].runnable for name in xl.FAMILIES)
-    assert sd_models._loader_for(files["folder"]) is xl and sd_models._loader_for(TINY_SD1) is loader
+    assert checkpoint_loaders.loader_for(files["folder"]) is xl and checkpoint_loaders.loader_for(TINY_SD1) is loader
     assert (base.family.name, refiner.family.name) == ("sdxl", "sdxl-refiner") and refiner.is_refiner
     assert base.facts.text_encoder_widths == (32, 64) and refiner.facts.text_encoder_widths == (64,)
     with pytest.raises(ValueError, match="an SDXL checkpoint, which modules.sd_models_xl loads"):
@@ -194,6 +197,11 @@ def txt2img(client, **fields):
     return body["images"][0], body["info"]
 
 
+def pixels(png_b64: str) -> bytes:
+    """An image's pixels (the PNG's own bytes also hold its infotext, which names the checkpoint)."""
+    return Image.open(io.BytesIO(base64.b64decode(png_b64))).tobytes()
+
+
 def test_an_sdxl_override_generates_deterministically_then_sd1_serves_the_next_request(client, models):
     override = {"override_settings": {"sd_model_checkpoint": "xl-base"}}
     first, info = txt2img(client, **override)
@@ -212,6 +220,32 @@ def test_an_sdxl_vae_override_keeps_the_sdxl_latent_scale(client, models):
     model = sd_models.model_manager.get(sd_models.resolve_checkpoint("xl-base"))
     assert model.vae_name == "tiny-vae.safetensors" and model.vae.config.scaling_factor == 0.13025
     assert sd_models._vae_cache and all(v.config.scaling_factor == 0.18215 for v in sd_models._vae_cache.values())
+
+
+def test_the_cli_and_the_ui_generate_the_same_sdxl_image(models, tmp_path):
+    cli_pixels, cli_info = front_doors.through_cli(tmp_path / "out", "xl-base")
+    ui_pixels, ui_info = front_doors.through_ui("xl-base")
+    assert cli_pixels == ui_pixels and len(cli_pixels) == 64 * 64 * 3
+    assert "Model: xl-base" in cli_info and "Model: xl-base" in ui_info
+    assert models.disk_loads.count("xl-base.safetensors") == 1
+
+
+def test_a_pickled_sdxl_checkpoint_is_read_once_and_generates_as_its_safetensors(disk_models, files, tmp_path,
+                                                                                 monkeypatch, api_client):
+    source = tmp_path / "xl-old.ckpt"
+    tiny_pickles.default_to(monkeypatch, xl, tiny_pickles.write_pickle(files["base"], source))
+    monkeypatch.setattr(shared.cmd_opts, "allow_pickle_checkpoints", True)
+    models = disk_models({"a-sd1.safetensors": TINY_SD1, "xl-base.safetensors": files["base"],
+                          "xl-old.ckpt": source})
+    reads, torch_load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda *args, **kw: reads.append(kw.get("mmap")) or torch_load(*args, **kw))
+    pickled, info = txt2img(api_client, width=64, height=64,
+                            override_settings={"sd_model_checkpoint": "xl-old"})
+    # the check memory-maps it and the load reads it, once each: telling the family read nothing more
+    assert reads == [True, False] and "Model: xl-old" in info
+    assert models.facts(sd_models.resolve_checkpoint("xl-old")).family == "sdxl"
+    safetensors, _ = txt2img(api_client, width=64, height=64, override_settings={"sd_model_checkpoint": "xl-base"})
+    assert pixels(pickled) == pixels(safetensors)
 
 
 # --- the refiner ----------------------------------------------------------------------------------------------------
