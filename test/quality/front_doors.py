@@ -31,3 +31,12 @@ def through_ui(checkpoint: str) -> tuple[bytes, str]:
     *_, last = generation.run_generation(txt2img.make_p, ("session", "txt2img"), "txt2img", [], values)
     [image] = last[0]
     return image.tobytes(), last[1]
+
+
+def assert_cli_and_ui_agree(out_dir, checkpoint: str, disk_loads: list) -> None:
+    """The CLI and the UI give the same 64x64 image of ``checkpoint``, named in both infotexts, from one disk load."""
+    cli_pixels, cli_info = through_cli(out_dir, checkpoint)
+    ui_pixels, ui_info = through_ui(checkpoint)
+    assert cli_pixels == ui_pixels and len(cli_pixels) == 64 * 64 * 3
+    assert f"Model: {checkpoint}" in cli_info and f"Model: {checkpoint}" in ui_info
+    assert disk_loads.count(f"{checkpoint}.safetensors") == 1

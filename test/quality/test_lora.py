@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import hashlib
 import io
 import json
 import os
@@ -22,19 +21,11 @@ from PIL import Image
 
 from modules import extensions, extra_networks, jobs, paths, plugins, processing, sd_models, shared
 from modules.hookspecs import hookimpl
+from lora_checks import generate, images_by_weight, weights_digest
 from tools import make_tiny_lora
 
 LORA_DIR = os.path.join(paths.script_path, "extensions-builtin", "Lora")
 FORMATS = ("kohya", "peft", "loha", "lokr")
-
-
-def weights_digest(model) -> str:
-    digest = hashlib.sha256()
-    for component in (model.unet, model.text_encoder, model.vae):
-        for name, tensor in component.state_dict().items():
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().view(-1).view(dtype=torch.uint8).numpy())
-    return digest.hexdigest()
 
 
 @pytest.fixture
@@ -52,29 +43,14 @@ def lora(data_dir, real_model, plugin_host, monkeypatch):
     extensions.unload([ext], plugin_host)
 
 
-def generate(prompt: str, **kw) -> tuple[np.ndarray, processing.Processed]:
-    p = processing.StableDiffusionProcessingTxt2Img(prompt=prompt, sampler_name="Euler", steps=2, width=64,
-                                                    height=64, seed=11, do_not_save_samples=True, **kw)
-    processed = processing.process_images(p)
-    return np.asarray(processed.images[0], dtype=np.int16), processed
-
-
 @pytest.mark.parametrize("kind", FORMATS)
 def test_each_format_changes_the_image_by_its_weight_and_leaves_the_model_as_it_was(lora, real_model, kind):
-    before, _ = generate("a red circle")
-    digest = weights_digest(real_model)
-    full, processed = generate(f"a red circle <lora:{kind}:1>")
-    assert processed.warnings == []
-    assert weights_digest(real_model) == digest
-    zero, _ = generate(f"a red circle <lora:{kind}:0>")
-    half, _ = generate(f"a red circle <lora:{kind}:0.5>")
-    after, _ = generate("a red circle")
-    change = np.abs(full - before).mean()
+    images = images_by_weight(real_model, "a red circle", kind)
+    before, change = images["before"], np.abs(images["1"] - images["before"]).mean()
     assert change > 2, f"{kind} at weight 1 changed the image by {change}"
-    assert np.abs(zero - before).max() <= 1
-    assert 0 < np.abs(half - before).mean() < change
-    assert np.array_equal(after, before)
-    assert weights_digest(real_model) == digest
+    assert np.abs(images["0"] - before).max() <= 1
+    assert 0 < np.abs(images["0.5"] - before).mean() < change
+    assert np.array_equal(images["after"], before)
 
 
 def test_tags_leave_the_conditioning_and_stay_in_the_infotext(lora, real_model):

@@ -7,7 +7,6 @@ The SDXL checkpoint is written by ``tools/make_tiny_sdxl.py``, the LoRA files by
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -15,9 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from modules import extensions, paths, processing, shared
+from modules import extensions, paths, shared
 from modules.checkpoint_info import CheckpointInfo
 from modules.hookspecs import hookimpl
+import lora_checks
+from lora_checks import weights_digest
 from tools import make_tiny_lora, make_tiny_sdxl
 
 LORA_DIR = os.path.join(paths.script_path, "extensions-builtin", "Lora")
@@ -36,15 +37,6 @@ def xl_base(xl_files):
     from modules import sd_models_xl
     path = xl_files["base"]
     return sd_models_xl.load_checkpoint(CheckpointInfo(path, os.path.basename(path), "0" * 64))
-
-
-def weights_digest(model) -> str:
-    digest = hashlib.sha256()
-    for component in (model.unet, model.text_encoder, model.text_encoder_2, model.vae):
-        for name, tensor in component.state_dict().items() if component is not None else ():
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().view(-1).view(dtype=torch.uint8).numpy())
-    return digest.hexdigest()
 
 
 def load_extension(plugin_host, monkeypatch, lora_dir, xl_base, tiny_model):
@@ -69,11 +61,8 @@ def lora(data_dir, serve_model, xl_base, tiny_model, plugin_host, monkeypatch):
     extensions.unload([ext], plugin_host)
 
 
-def generate(prompt: str, **kw) -> tuple[np.ndarray, processing.Processed]:
-    fields = {"sampler_name": "Euler", "steps": 2, "width": 64, "height": 64, "seed": 11, "cfg_scale": 5, **kw}
-    p = processing.StableDiffusionProcessingTxt2Img(prompt=prompt, do_not_save_samples=True, **fields)
-    processed = processing.process_images(p)
-    return np.asarray(processed.images[0], dtype=np.int16), processed
+def generate(prompt: str, **kw):
+    return lora_checks.generate(prompt, cfg_scale=5, **kw)
 
 
 def test_kohya_sdxl_names_are_the_original_layout_and_every_one_finds_its_layer(lora, xl_base):
@@ -101,22 +90,14 @@ def test_kohya_sdxl_names_are_the_original_layout_and_every_one_finds_its_layer(
 
 @pytest.mark.parametrize("name", ["xl", "xl-peft"])
 def test_an_sdxl_lora_changes_the_image_by_its_weight_and_leaves_the_model_as_it_was(lora, xl_base, name):
-    before, _ = generate("a red circle")
-    digest = weights_digest(xl_base)
-    full, processed = generate(f"a red circle <lora:{name}:1>")
-    assert processed.warnings == []
-    assert weights_digest(xl_base) == digest
-    zero, _ = generate(f"a red circle <lora:{name}:0>")
-    half, _ = generate(f"a red circle <lora:{name}:0.5>")
-    te_only, _ = generate(f"a red circle <lora:{name}:1:0>")
-    after, _ = generate("a red circle")
-    change = np.abs(full - before).mean()
+    # "1:0": the text encoders' layers only
+    images = lora_checks.images_by_weight(xl_base, "a red circle", name, ("1", "0", "0.5", "1:0"), cfg_scale=5)
+    before, change = images["before"], np.abs(images["1"] - images["before"]).mean()
     assert change > 2, f"{name} at weight 1 changed the image by {change}"
-    assert np.array_equal(zero, before)
-    assert 0 < np.abs(half - before).mean() < change, (np.abs(half - before).mean(), change)
-    assert np.abs(te_only - before).mean() > 0  # both text encoders' layers act
-    assert np.array_equal(after, before)
-    assert weights_digest(xl_base) == digest
+    assert np.array_equal(images["0"], before)
+    assert 0 < np.abs(images["0.5"] - before).mean() < change, (np.abs(images["0.5"] - before).mean(), change)
+    assert np.abs(images["1:0"] - before).mean() > 0  # both text encoders' layers act
+    assert np.array_equal(images["after"], before)
 
 
 def test_an_sd1_lora_on_sdxl_is_a_warning_and_the_image_is_the_plain_one(lora, xl_base):

@@ -175,11 +175,7 @@ def test_an_sd2_override_generates_deterministically_then_sd1_serves_the_next_re
 
 
 def test_the_cli_and_the_ui_generate_the_same_sd2_image(models, tmp_path):
-    cli_pixels, cli_info = front_doors.through_cli(tmp_path / "out", "sd2-v")
-    ui_pixels, ui_info = front_doors.through_ui("sd2-v")
-    assert cli_pixels == ui_pixels and len(cli_pixels) == 64 * 64 * 3
-    assert "Model: sd2-v" in cli_info and "Model: sd2-v" in ui_info
-    assert models.disk_loads.count("sd2-v.safetensors") == 1
+    front_doors.assert_cli_and_ui_agree(tmp_path / "out", "sd2-v", models.disk_loads)
 
 
 def test_a_pickled_sd2_state_dict_loads_with_its_yaml_and_generates_as_its_safetensors(models, folder, tmp_path,

@@ -223,11 +223,7 @@ def test_an_sdxl_vae_override_keeps_the_sdxl_latent_scale(client, models):
 
 
 def test_the_cli_and_the_ui_generate_the_same_sdxl_image(models, tmp_path):
-    cli_pixels, cli_info = front_doors.through_cli(tmp_path / "out", "xl-base")
-    ui_pixels, ui_info = front_doors.through_ui("xl-base")
-    assert cli_pixels == ui_pixels and len(cli_pixels) == 64 * 64 * 3
-    assert "Model: xl-base" in cli_info and "Model: xl-base" in ui_info
-    assert models.disk_loads.count("xl-base.safetensors") == 1
+    front_doors.assert_cli_and_ui_agree(tmp_path / "out", "xl-base", models.disk_loads)
 
 
 def test_a_pickled_sdxl_checkpoint_is_read_once_and_generates_as_its_safetensors(disk_models, files, tmp_path,
