@@ -126,10 +126,8 @@ class Analysis:
     rgb: tuple | None = None   # the foreground's median colour
 
 
-def analyse(image, shapes=ds.SHAPES, colours=None) -> Analysis:
-    """Background, dominant foreground colour and shape of a 64x64-ish RGB image (PIL or uint8 array).
-
-    ``colours``: the colour names the foreground may be called (default: ``ds.PALETTE``'s)."""
+def analyse(image, shapes=ds.SHAPES) -> Analysis:
+    """Background, dominant foreground colour and shape of a 64x64-ish RGB image (PIL or uint8 array)."""
     arr = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, dtype=np.float32)
     h, w, _ = arr.shape
     b = 3
@@ -147,7 +145,7 @@ def analyse(image, shapes=ds.SHAPES, colours=None) -> Analysis:
     inner[1:-1, 1:-1] &= region[:-2, 1:-1] & region[2:, 1:-1] & region[1:-1, :-2] & region[1:-1, 2:]
     pixels = arr[inner] if inner.sum() >= 4 else arr[region]
     median = np.median(pixels, axis=0)
-    colour = nearest_colour(median, colours)
+    colour = nearest_colour(median)
     ys, xs = np.nonzero(region)
     box = (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
     scores = {}
@@ -166,29 +164,31 @@ class Example:
     name: str
     kind: str       # "embedding" or "lora"
     addition: str   # appended to a prompt to use it
-    measure: str    # the Analysis field it sets: "background" or "colour"
+    measure: str    # the Analysis field it sets: "background" or "shape"
     target: str
+    shapes: tuple = ds.SHAPES  # the shapes its images are analysed with
 
 
 EXAMPLES = {
     "serena-night": Example("serena-night", "embedding", ", serena-night", "background", "black"),
-    "serena-cyan": Example("serena-cyan", "lora", " <lora:serena-cyan:1>", "colour", "cyan"),
+    # The default model's shapes and the one the LoRA teaches.
+    "serena-heart": Example("serena-heart", "lora", " <lora:serena-heart:1>", "shape", "heart",
+                            ds.SHAPES + ("heart",)),
 }
-#: The colour names an example's images are analysed with: the palette and the colours the examples teach.
-EXAMPLE_COLOURS = list(ds.PALETTE) + list(ds.EXTRA_COLOURS)
 
 
 def example_cases(name: str) -> list[Case]:
     """The prompts an example is scored on, without its addition. ``serena-night``: each foreground colour that
-    shows on black with each shape, the background never named (32); ``serena-cyan``: a cyan shape on each of four
-    backgrounds (16)."""
+    shows on black with each shape, the background never named (32); ``serena-heart``: a heart in each
+    foreground colour on two of the backgrounds it shows on (18)."""
     rng = random.Random(11)
     cases = []
     if name == "serena-night":
         pairs = [(c, s, "black") for c in ds.FOREGROUNDS if ds.contrast(c, "black") >= ds.MIN_CONTRAST
                  for s in ds.SHAPES]
     else:
-        pairs = [("cyan", s, b) for s in ds.SHAPES for b in ("black", "white", "gray", "purple")]
+        pairs = [(c, "heart", b) for c in ds.FOREGROUNDS
+                 for b in rng.sample([b for b in ds.BACKGROUNDS if ds.contrast(c, b) >= ds.MIN_CONTRAST], 2)]
     for colour, shape, background in pairs:
         caption = ds.caption_for(rng, colour, shape, background, rng.choice(list(ds.SIZES)),
                                  rng.choice(list(ds.POSITIONS)), say_size=rng.random() < 0.4,
@@ -198,16 +198,15 @@ def example_cases(name: str) -> list[Case]:
 
 
 def example_score(example: Example, cases, images) -> dict:
-    """Fractions of ``images`` showing the example's concept (``hit``), the asked-for colour and shape, and the
-    mean RGB distance of the foreground colour to the target colour (``distance``; 442 where none was found)."""
-    found = [analyse(image, colours=EXAMPLE_COLOURS) for image in images]
+    """Fractions of ``images`` showing the example's concept (``hit``) and the asked-for colour and shape, and,
+    for a shape, the mean intersection over union of the foreground with that shape drawn in its box
+    (``likeness``; 0 where no foreground was found)."""
+    found = [analyse(image, example.shapes) for image in images]
     n = len(found)
-    target = np.asarray(ds.rgb(example.target), float)
     return {"n": n, "hit": sum(getattr(a, example.measure) == example.target for a in found) / n,
             "colour": sum(a.colour == c.colour for a, c in zip(found, cases)) / n,
             "shape": sum(a.shape == c.shape for a, c in zip(found, cases)) / n,
-            "distance": sum(float(np.linalg.norm(np.asarray(a.rgb) - target)) if a.rgb else 442.0
-                            for a in found) / n}
+            "likeness": sum(a.scores.get(example.target, 0.0) for a in found) / n}
 
 
 def with_addition(cases, example: Example) -> list[Case]:
@@ -231,9 +230,9 @@ def run_examples(examples: list[str], name: str, **gen) -> int:
             print(f"| {title} | {a['n']} | {example.measure} {example.target} | {a['hit']:.0%} | {b['hit']:.0%} |")
             print(f"| | | colour / shape as asked | {a['colour']:.0%} / {a['shape']:.0%} | "
                   f"{b['colour']:.0%} / {b['shape']:.0%} |")
-            if example.measure == "colour":
-                print(f"| | | foreground's RGB distance to {example.target} | {a['distance']:.0f} | "
-                      f"{b['distance']:.0f} |")
+            if example.measure == "shape":
+                print(f"| | | foreground's likeness to a {example.target} (IoU) | {a['likeness']:.2f} | "
+                      f"{b['likeness']:.2f} |")
     return 0
 
 

@@ -45,8 +45,6 @@ PALETTE: dict[str, tuple[int, int, int]] = {
     "black": (15, 15, 15),
     "gray": (128, 128, 128),
 }
-#: Colours no shipped checkpoint was trained on: the shipped LoRA example teaches "cyan" (``tools/train_examples.py``).
-EXTRA_COLOURS: dict[str, tuple[int, int, int]] = {"cyan": (20, 200, 200)}
 FOREGROUNDS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "white", "black")
 BACKGROUNDS = ("white", "black", "gray", "blue", "red", "green", "yellow", "purple")
 #: The alt model's palette: the same names minus black and yellow as foregrounds, all backgrounds pastel-free.
@@ -93,9 +91,9 @@ class Sample:
 
 
 def rgb(colour) -> tuple[int, int, int]:
-    """A colour name (``PALETTE`` or ``EXTRA_COLOURS``) or an RGB tuple, as an RGB tuple."""
+    """A colour name (``PALETTE``) or an RGB tuple, as an RGB tuple."""
     if isinstance(colour, str):
-        return PALETTE[colour] if colour in PALETTE else EXTRA_COLOURS[colour]
+        return PALETTE[colour]
     return tuple(colour)
 
 
