@@ -18,7 +18,7 @@ import sys
 import pytest
 from safetensors.torch import load_file
 
-from modules import cmd_args, extensions, jobs, paths, processing, sd_models, shared
+from modules import cmd_args, extensions, extra_networks, jobs, paths, processing, sd_models, shared
 
 ROOT = paths.script_path
 sys.path.insert(0, os.path.join(ROOT, "bench"))
@@ -67,8 +67,12 @@ def test_examples_ship_where_serena_looks_and_are_small(path):
     default_embeddings = paths.from_cmd_opts(cmd_args.parse_args([])).embeddings_dir
     assert os.path.dirname(path) in (default_embeddings, *shared.data_paths.model_dirs("Lora"))
     assert os.path.getsize(path) < (16 << 10 if path == EMBEDDING else 1 << 20)
-    ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT)
-    assert ignored.returncode == 1, f"{path} is git-ignored"
+    # Its Extra Networks card has an image (tools/train_examples.py previews).
+    preview = extra_networks.find_preview(path)
+    assert preview == os.path.splitext(path)[0] + ".preview.png"
+    for shipped_file in (path, preview):
+        ignored = subprocess.run(["git", "check-ignore", "-q", shipped_file], cwd=ROOT)
+        assert ignored.returncode == 1, f"{shipped_file} is git-ignored"
 
 
 def test_shipped_embedding_is_loaded_for_the_default_model(shipped):
