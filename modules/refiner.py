@@ -10,7 +10,8 @@ that depth; the loop continues on the refiner's UNet with the refiner's conditio
 aesthetic scores), and its VAE decodes. The override closes when the batch's sampling ends, so the base model is
 back for the next batch and the next request. The batch's extra networks (its LoRAs) are activated on the refiner
 for the rest of the pass (``extra_networks.for_pass``), as A1111 applies them to whatever model runs; what does not
-fit the refiner is a warning of the network's type. The infotext's ``Refiner`` and ``Refiner switch at`` are
+fit the refiner is a warning of the network's type. A tiled request tiles on the refiner too (its convolutions
+pad circularly until the pass ends, then are as they were). The infotext's ``Refiner`` and ``Refiner switch at`` are
 written when the switch happens (A1111: into ``extra_generation_params``). With Hires fix, the refiner takes over
 in the second pass (A1111's default ``hires_fix_refiner_pass``, "second pass").
 """
@@ -20,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-from modules import extra_networks, sd_models, shared
+from modules import extra_networks, sd_models, shared, tiling
 from modules.runtime_utils import temporary_opts
 
 NO_REFINER = (None, "", "None", "none")  # A1111's spellings of "no refiner"
@@ -68,6 +69,8 @@ class Switch:
         self.model = sd_models.current_model(self.p.warnings)
         # A1111 applies the active networks to whatever model runs: the batch's tags, on the refiner now
         self._stack.enter_context(extra_networks.for_pass(self.p, self.model))
+        # The base model's padding is the pipeline's; the refiner's sampling and decoding tile as the request asks
+        self._stack.enter_context(tiling.padding_for(self.model, self.p.uses_tiling()))
         return self.model
 
     def __enter__(self):

@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from modules import checkpoint_loaders, jobs, model_families, paths, sd_models, sd_pipeline, shared
+from modules import checkpoint_loaders, jobs, model_families, paths, sd_models, sd_pipeline, shared, tiling
 from modules import sd_models_loader as loader, sd_models_writer as writer, sd_models_xl as xl
 from modules.checkpoint_info import CheckpointInfo
 from modules.hookspecs import hookimpl
@@ -280,6 +280,24 @@ def test_the_refiner_takes_over_mid_sampling_as_a_nested_override(client, models
     assert models.disk_loads.count("xl-refiner.safetensors") == 1  # the cache served the second switch
     _, info = txt2img(client, width=64, height=64)
     assert '"sd_model_name": "a-sd1"' in info and "Refiner" not in info
+
+
+def test_a_tiled_request_tiles_on_the_refiner_and_leaves_its_padding_as_it_was(client, register):
+    class Modes:
+        seen = []
+
+        @hookimpl
+        def on_sampling_step(self, step):
+            model = sd_models.current_model()
+            self.seen.append((model.info.name, {conv.padding_mode for conv in tiling.convolutions(model)}))
+
+    register(Modes(), "padding-modes")
+    txt2img(client, **REFINED, tiling=True)
+    refiner = sd_models.model_manager.get(sd_models.resolve_checkpoint("xl-refiner"))
+    # Both models pad circularly while they sample (4 steps, the switch at half), and neither does afterwards.
+    assert Modes.seen == [("xl-base.safetensors", {"circular"})] * 2 + [("xl-refiner.safetensors", {"circular"})] * 2
+    assert {conv.padding_mode for conv in tiling.convolutions(refiner)} == {"zeros"}
+    assert {conv.padding_mode for conv in tiling.convolutions(sd_models.current_model())} == {"zeros"}
 
 
 def test_a_refiner_that_never_switches_changes_nothing(client):
