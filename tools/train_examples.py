@@ -57,6 +57,7 @@ from modules.sd_pipeline import EMBEDDING_PLACEHOLDER  # noqa: E402
 DEFAULT_CHECKPOINT = os.path.join(ROOT, "models", "Stable-diffusion", "serena-shapes-v1.safetensors")
 EMBEDDING_NAME, EMBEDDING_BACKGROUND, EMBEDDING_VECTORS = "serena-night", "black", 2
 LORA_NAME, LORA_SHAPE, LORA_RANK = "serena-heart", "heart", 4
+SEED = 20261202  # what made the shipped files
 #: The UNet's and the text encoder's layers the LoRA trains (module path suffixes).
 UNET_TARGETS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
                 "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")
@@ -217,7 +218,7 @@ def main(argv=None) -> int:
     parser.add_argument("kind", choices=("embedding", "lora", "previews"))
     parser.add_argument("--out", help="default: embeddings/serena-night.safetensors, models/Lora/serena-heart.safetensors")
     parser.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
-    parser.add_argument("--seed", type=int, default=20261202)
+    parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--images", type=int, default=None, help="default: 256 (embedding), 512 (lora)")
     parser.add_argument("--steps", type=int, default=None, help="default: 200 (embedding), 800 (lora)")
     parser.add_argument("--batch", type=int, default=8)

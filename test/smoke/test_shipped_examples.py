@@ -145,3 +145,15 @@ def test_lora_tag_draws_hearts_by_its_weight_and_the_next_generation_is_as_befor
     # Weight 0 is no tag (to within one level), and the next generation without it is the one before it.
     assert np.abs(np.asarray(first["0"], np.int16) - np.asarray(before, np.int16)).max() <= 1
     assert run(cases[0]).images[0].tobytes() == before.tobytes()
+
+
+def test_no_training_caption_of_the_examples_is_a_prompt_they_are_scored_on():
+    import train_examples
+
+    scored = train_examples.oracle_prompts()
+    assert {c.prompt + HEART.addition for c in prompt_adherence.example_cases(HEART.name)} <= scored
+    # The shipped files' own data (the tool's default sizes and seed). Before the rule, 15 of the embedding's
+    # captions and 4 of the LoRA's were scored prompts.
+    for data, n in ((train_examples.embedding_data, 256), (train_examples.lora_data, 512)):
+        captions = set(data(n, train_examples.SEED)[2])
+        assert not captions & scored, sorted(captions & scored)
